@@ -1,0 +1,1 @@
+"""Cleaning: extraction, normalization, language ID, quality filters, PII."""

@@ -1,0 +1,78 @@
+"""`lmforge` entry point: global options, command registration and error handling.
+
+User mistakes (`UserError`) print one line and exit 2; other failures print one line and
+exit 1; `--debug` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from lmforge import __version__
+from lmforge.cli import demo, run, stats
+from lmforge.cli.console import console, setup_logging
+from lmforge.errors import UserError
+
+app = typer.Typer(
+    name="lmforge",
+    help="From raw Chinese/English text to a served language model.\n\n"
+    "Examples:\n\n  lmforge demo\n\n  lmforge run recipes/demo.yaml --out runs/demo\n\n  lmforge stats runs/demo",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
+) -> None:
+    _state["debug"] = debug or bool(os.environ.get("LMFORGE_DEBUG"))
+    setup_logging(_state["debug"])
+
+
+app.command("run", help=run.__doc__, no_args_is_help=True)(run.run_command)
+app.command("stats", help=stats.__doc__, no_args_is_help=True)(stats.stats_command)
+app.command("demo", help=demo.__doc__)(demo.demo_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("[yellow]interrupted[/]: run the same command again to resume where it stopped")
+        return 130
+    except UserError as exc:
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/] {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
+                      highlight=False, soft_wrap=True)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

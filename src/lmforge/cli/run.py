@@ -1,0 +1,43 @@
+"""Run a recipe: data pipeline, tokenizer, pretraining and samples, resumably.
+
+Examples:
+
+  lmforge run recipes/demo.yaml --out runs/demo
+
+  lmforge run recipes/demo.yaml --out runs/demo --executor ray --workers 2
+
+Re-running the same command on the same --out resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def run_command(
+    recipe: Path = typer.Argument(..., help="YAML recipe file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<recipe name>]."),
+    executor: Optional[str] = typer.Option(None, help="Override the recipe's executor: local or ray."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
+    ray_address: Optional[str] = typer.Option(None, help="Address of an existing Ray cluster."),
+) -> None:
+    from lmforge.cli.console import rich_progress
+    from lmforge.cli.summary import print_run_summary
+    from lmforge.flow import run_recipe
+    from lmforge.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    ex = r.executor.model_copy()
+    if executor is not None:
+        ex.kind = executor
+    if workers is not None:
+        ex.workers = workers
+    if ray_address is not None:
+        ex.kind, ex.address = "ray", ray_address
+    run_dir = out or Path("runs") / r.name
+    with rich_progress():
+        result = run_recipe(r, run_dir, base_dir=recipe.parent, executor=ex)
+    print_run_summary(result)

@@ -1,0 +1,62 @@
+"""Tables the CLI prints after a run: the data funnel and the training figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from lmforge.cli.console import out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def stats_table(stats: dict[str, Any]) -> Table:
+    table = Table(title="data pipeline", title_justify="left")
+    for col in ("stage", "in", "out", "dropped by reason", "MB out", "s"):
+        table.add_column(col, justify="left" if col in ("stage", "dropped by reason") else "right")
+    for st in stats.get("stages", []):
+        reasons = "\n".join(f"{k} {v}" for k, v in st["dropped"].items()) or "-"
+        table.add_row(st["name"], str(st["in"]), str(st["out"]), reasons, _mb(st["bytes_out"]), f"{st['seconds']:.2f}")
+    t = stats.get("totals", {})
+    table.caption = f"records in {t.get('records_in', 0)}, written {t.get('records_out', 0)}, dropped {sum(t.get('dropped', {}).values())}"
+    return table
+
+
+def loss_table(losses: list[list[float]], rows: int = 8) -> Table:
+    table = Table(title="pretraining loss", title_justify="left")
+    table.add_column("step", justify="right")
+    table.add_column("loss", justify="right")
+    if losses:
+        stride = max(1, len(losses) // rows)
+        picked = losses[::stride]
+        if picked[-1] != losses[-1]:
+            picked.append(losses[-1])
+        for step, loss in picked:
+            table.add_row(str(int(step)), f"{loss:.3f}")
+    return table
+
+
+def print_run_summary(result) -> None:
+    out.print(stats_table(result.stats))
+    steps = result.steps
+    if "tokens" in steps:
+        t = steps["tokens"]
+        out.print(f"tokens: train {t['train_tokens']:,}  val {t['val_tokens']:,}  "
+                  f"({t['chars_per_token']} characters per token)")
+    if "pretrain" in steps:
+        p = steps["pretrain"]
+        out.print(loss_table(p["losses"]))
+        out.print(f"held-out perplexity: before training [bold]{p['val_ppl_before']:.1f}[/] -> "
+                  f"after [bold green]{p['val_ppl_after']:.1f}[/]   "
+                  f"({p['steps']} steps, {p['tokens_per_second']:,.0f} tokens/s, {p['seconds']:.0f} s)")
+    if "generate" in steps:
+        table = Table(title="samples", title_justify="left", show_lines=True)
+        table.add_column("prompt")
+        table.add_column("completion")
+        for s in steps["generate"]["samples"]:
+            table.add_row(s["prompt"], s["completion"])
+        out.print(table)
+    out.print(f"run directory: {result.run_dir}  (lmforge stats {result.run_dir})")

@@ -1,0 +1,1 @@
+"""Collection: one module per source, each yielding records with provenance."""

@@ -1,0 +1,1 @@
+"""Deduplication: exact, near-duplicate, line-level, decontamination."""

@@ -1,0 +1,37 @@
+"""Errors a user can fix.
+
+Bad *data* never raises (it is quarantined with a reason); bad *requests* do, as a
+`UserError` with one clear sentence that the CLI prints before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix: bad config, missing file, unreadable input."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A recipe or config value is invalid; the message names the field."""
+
+
+class InputError(UserError):
+    """An input file cannot be read at all (corrupt, missing, wrong format); the message names it."""
+
+
+class MissingDependencyError(UserError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency or explain which extra provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            f"this feature needs the '{module}' package: pip install 'lmforge[{extra}]'"
+        ) from exc

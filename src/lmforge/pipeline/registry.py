@@ -1,0 +1,33 @@
+"""Stage names usable in recipes, resolved lazily so validating a recipe imports nothing heavy.
+
+A recipe may also name a custom stage as `package.module:ClassName`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from lmforge.errors import ConfigError
+from lmforge.pipeline.stage import Stage
+
+BUILTIN_STAGES: dict[str, str] = {
+    "normalize": "lmforge.clean.basic:Normalize",
+    "strip_html": "lmforge.clean.basic:StripHtml",
+    "length_filter": "lmforge.clean.basic:LengthFilter",
+    "exact_dedup": "lmforge.dedup.exact:ExactDedup",
+}
+
+
+def resolve_stage(name: str) -> type[Stage]:
+    target = BUILTIN_STAGES.get(name)
+    if target is None and ":" not in name:
+        allowed = ", ".join(sorted(BUILTIN_STAGES))
+        raise ConfigError(f"unknown stage {name!r}; allowed: {allowed} (or 'package.module:Class')")
+    module_name, _, attr = (target or name).partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load stage {name!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise ConfigError(f"{name!r} is not a lmforge Stage subclass")
+    return cls

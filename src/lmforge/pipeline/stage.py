@@ -1,0 +1,247 @@
+"""The stage protocol: a typed config and a streaming `run(records) -> records`.
+
+Stages never touch files. Dropped records go to a sink the executor provides (a
+quarantine shard on disk, a list in a test), so every drop is kept with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from lmforge.config import StrictModel, validate
+from lmforge.records import Record, text_bytes
+
+
+class EmptyConfig(StrictModel):
+    """Config of a stage that has no options."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    reason: str
+
+
+KEEP = Keep()
+DropSink = Callable[[Record], None]
+
+
+class Stage:
+    """Base class. Subclasses set `name`, `Config` and implement `run`.
+
+    `is_global` stages (dedup clustering, ...) need the whole corpus; executors run them as
+    map -> reduce -> apply (see `GlobalStage`), while `run` stays usable on an in-memory list.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[StrictModel]] = EmptyConfig
+    is_global: ClassVar[bool] = False
+
+    def __init__(self, config: StrictModel | dict | None = None, **kwargs: Any) -> None:
+        if config is None or isinstance(config, dict):
+            config = validate(self.Config, {**(config or {}), **kwargs}, prefix=self.name)
+        self.config = config
+        self._sink: DropSink = _discard_sink
+
+    def bind(self, sink: DropSink) -> Stage:
+        """Route dropped records to `sink` (the executor's quarantine writer)."""
+        self._sink = sink
+        return self
+
+    def drop(self, record: Record, reason: str, **details: Any) -> None:
+        record.meta["drop_reason"] = reason
+        record.meta["drop_stage"] = self.name
+        if details:
+            record.meta.setdefault(self.name, {}).update(details)
+        self._sink(record)
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+def _discard_sink(record: Record) -> None:
+    """Default sink for stages used outside an executor: the record is simply not yielded."""
+
+
+class Filter(Stage):
+    """A stage built from `decide(record) -> KEEP | Drop(reason)`."""
+
+    def decide(self, record: Record) -> Keep | Drop:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        for record in records:
+            verdict = self.decide(record)
+            if verdict is KEEP or isinstance(verdict, Keep):
+                yield record
+            else:
+                self.drop(record, verdict.reason)
+
+
+class Mapper(Stage):
+    """A stage that rewrites each record in place (normalizers, extractors)."""
+
+    def apply(self, record: Record) -> Record:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        for record in records:
+            yield self.apply(record)
+
+
+class GlobalStage(Stage):
+    """A stage that needs the whole corpus, run as map (per shard) -> reduce (once) -> apply (per shard).
+
+    `map` returns a small summary of one shard (e.g. hashes), `reduce` sees every shard's
+    summary in shard order and returns per-shard decisions, `apply` uses one shard's decision.
+    Summaries and decisions must be JSON- or Arrow-serialisable by the executor.
+    """
+
+    is_global = True
+
+    def map(self, records: Iterable[Record]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reduce(self, summaries: list[tuple[str, Any]]) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, decision: Any, records: Iterable[Record]) -> Iterator[Record]:  # pragma: no cover
+        raise NotImplementedError
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        """In-memory version: one 'shard' holding everything."""
+        records = list(records)
+        decision = self.reduce([("all", self.map(records))])["all"]
+        yield from self.apply(decision, records)
+
+    def applier(self, decision: Any) -> Stage:
+        """A streaming stage applying one shard's decision, so executors can meter it like any other."""
+        return _Applier(self, decision)
+
+
+class _Applier(Stage):
+    def __init__(self, stage: GlobalStage, decision: Any) -> None:
+        super().__init__(stage.config)
+        self.name = stage.name  # type: ignore[misc]
+        self._stage, self._decision = stage, decision
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        self._stage.bind(self._sink)
+        return self._stage.apply(self._decision, records)
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass
+class StageStats:
+    """Counts for one stage on one shard (or merged over shards)."""
+
+    name: str
+    records_in: int = 0
+    records_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+    dropped: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "in": self.records_in,
+            "out": self.records_out,
+            "dropped": dict(sorted(self.dropped.items())),
+            "dropped_total": sum(self.dropped.values()),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "seconds": round(self.seconds, 4),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageStats:
+        return cls(
+            name=d["name"],
+            records_in=d["in"],
+            records_out=d["out"],
+            bytes_in=d["bytes_in"],
+            bytes_out=d["bytes_out"],
+            seconds=d["seconds"],
+            dropped=Counter(d.get("dropped", {})),
+        )
+
+    def merge(self, other: StageStats) -> None:
+        self.records_in += other.records_in
+        self.records_out += other.records_out
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        self.seconds += other.seconds
+        self.dropped.update(other.dropped)
+
+
+class _Metered:
+    """Counts records and bytes leaving an iterator and the time spent producing them.
+
+    The time includes everything upstream; `run_chain` subtracts the upstream meter to
+    get each stage's own seconds.
+    """
+
+    def __init__(self, it: Iterable[Record], stats: StageStats) -> None:
+        self._it = iter(it)
+        self.stats = stats
+        self.elapsed = 0.0
+
+    def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        t0 = time.perf_counter()
+        try:
+            record = next(self._it)
+        finally:
+            self.elapsed += time.perf_counter() - t0
+        self.stats.records_out += 1
+        self.stats.bytes_out += text_bytes(record)
+        return record
+
+
+def run_chain(
+    stages: list[Stage], records: Iterable[Record], sink: DropSink | None = None
+) -> tuple[Iterator[Record], list[StageStats]]:
+    """Chain streaming stages lazily and meter each one.
+
+    Returns the output iterator and one StageStats per stage, filled in as the iterator
+    is consumed. Dropped records are counted by reason and passed to `sink`.
+    """
+    stats = [StageStats(s.name) for s in stages]
+    source = _Metered(records, StageStats("source"))
+    meters: list[_Metered] = [source]
+    for stage, st in zip(stages, stats):
+
+        def on_drop(record: Record, st: StageStats = st) -> None:
+            st.dropped[record.meta.get("drop_reason", "unknown")] += 1
+            if sink is not None:
+                sink(record)
+
+        stage.bind(on_drop)
+        meters.append(_Metered(stage.run(meters[-1]), st))
+    return _finalize(meters, stats), stats
+
+
+def _finalize(meters: list[_Metered], stats: list[StageStats]) -> Iterator[Record]:
+    yield from meters[-1]
+    for i, st in enumerate(stats):
+        upstream = meters[i].stats
+        st.records_in = upstream.records_out
+        st.bytes_in = upstream.bytes_out
+        st.seconds = max(0.0, meters[i + 1].elapsed - meters[i].elapsed)

@@ -1,0 +1,120 @@
+"""Shared fixtures: small real corpora in Chinese and English, written as input files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ZH = [
+    "人民日报讯，新年伊始，各地群众以多种方式欢度元旦佳节。",
+    "这本书的内容很好，印刷清晰，送货也很快，值得推荐给大家。",
+    "酒店的位置不错，但是房间的隔音太差了，晚上睡不好觉。",
+    "１９９８年，我国经济继续保持稳定增长，物价涨幅进一步回落。",
+    "价格要是能再低点就更好了！快递的服务态度不是很好。",
+]
+EN = [
+    "The Python language reference describes the exact syntax and semantics of the language.",
+    "A function definition is an executable statement that binds the function name to a function object.",
+    "Names refer to objects and are introduced by name binding operations such as assignment.",
+    "The global statement is a declaration which holds for the entire current code block.",
+    "Exceptions are a means of breaking out of the normal flow of control of a code block.",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def corpus_docs(n: int) -> list[dict]:
+    """n documents mixing both languages, with real duplicates, HTML, short and empty texts."""
+    docs = []
+    for i in range(n):
+        base = (ZH + EN)[i % 10]
+        kind = i % 7
+        if kind == 0:
+            text = base  # a verbatim repeat of an earlier doc once i >= 10
+        elif kind == 1:
+            text = f"<p>{base}</p>\n<script>var x = {i};</script><p>第{i}段 paragraph {i}.</p>"
+        elif kind == 2:
+            text = "短" if i % 2 else "tiny"
+        elif kind == 3:
+            text = "   "
+        else:
+            text = f"{base} ({i}) {base[::-1]}"
+        docs.append({"id": f"doc-{i:05d}", "text": text, "source": "fixture"})
+    return docs
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """Three JSONL files (one gzipped) of 120 documents each."""
+    import gzip
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    docs = corpus_docs(360)
+    for k in range(3):
+        lines = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs[k * 120 : (k + 1) * 120])
+        if k == 2:
+            (d / f"part-{k}.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+        else:
+            (d / f"part-{k}.jsonl").write_text(lines, encoding="utf-8")
+    return d
+
+
+_DATA_RECIPE = """
+name: small
+input:
+  files: ["corpus/*.jsonl*"]
+  shard_size: {shard_size}
+executor: {{kind: {executor}, workers: {workers}}}
+pipeline:
+{stages}
+"""
+DEFAULT_STAGES = ["strip_html: {}", "normalize: {}", "length_filter: {min_chars: 10}", "exact_dedup: {}"]
+
+
+@pytest.fixture
+def make_recipe(tmp_path: Path, corpus_dir: Path):
+    """Write a data recipe over `corpus_dir` and return its path."""
+
+    def make(shard_size: int = 40, workers: int = 1, stages: list[str] | None = None, executor: str = "local",
+             name: str = "recipe.yaml") -> Path:
+        body = _DATA_RECIPE.format(
+            shard_size=shard_size, workers=workers, executor=executor,
+            stages="\n".join(f"  - {s}" for s in (stages or DEFAULT_STAGES)),
+        )
+        path = tmp_path / name
+        path.write_text(body, encoding="utf-8")
+        return path
+
+    return make
+
+
+def _snapshot(run_dir: Path) -> dict[str, list[dict]]:
+    """Every output and quarantine shard under stages/, as rows, keyed by relative path."""
+    import pyarrow.parquet as pq
+
+    return {
+        str(p.relative_to(run_dir)): pq.read_table(p).to_pylist()
+        for p in sorted((run_dir / "stages").rglob("*.parquet"))
+        if p.parent.name not in ("map", "reduce")
+    }
+
+
+@pytest.fixture
+def snapshot():
+    return _snapshot
