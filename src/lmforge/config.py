@@ -30,7 +30,7 @@ def format_validation_error(exc: ValidationError, where: str = "", prefix: str =
     lines = []
     for err in exc.errors():
         path = _loc(tuple(p for p in (prefix,) if p) + tuple(err["loc"]))
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):

@@ -21,6 +21,15 @@ class InputError(UserError):
     """An input file cannot be read at all (corrupt, missing, wrong format); the message names it."""
 
 
+class Interrupted(UserError):
+    """Ctrl-C: finished shards and steps are kept, so the same command resumes."""
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("interrupted; run the same command again to resume where it stopped")
+
+
 class MissingDependencyError(UserError):
     """An optional dependency is not installed; the message names the extra to install."""
 

@@ -21,8 +21,8 @@ import yaml
 from lmforge.errors import ConfigError, UserError
 from lmforge.pipeline.executors import ExecutorConfig, make_executor
 from lmforge.pipeline.runner import collect_stats, iter_output, run_pipeline
-from lmforge.records import atomic_path, read_json, write_json_atomic
 from lmforge.recipe import Recipe
+from lmforge.records import atomic_path, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _generate_step(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                            top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
     outputs = generate(model, tok, cfg.prompts, gen)
-    samples = [{"prompt": p, "completion": c} for p, c in zip(cfg.prompts, outputs)]
+    samples = [{"prompt": p, "completion": c} for p, c in zip(cfg.prompts, outputs, strict=True)]
     with atomic_path(run_dir / "samples.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
     return {"file": "samples.jsonl", "samples": samples}

@@ -185,10 +185,8 @@ def count_parquet_rows(path: str | Path) -> int:
 # --------------------------------------------------------------------------- jsonl and text
 
 
-def _open_text(path: Path, mode: str):
-    if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8", errors="strict", newline="\n")
-    return open(path, mode, encoding="utf-8", errors="strict", newline="\n")
+def _open_binary(path: Path, gzipped: bool):
+    return gzip.open(path, "wb") if gzipped else open(path, "wb")  # noqa: SIM115 - returned to a with
 
 
 def read_jsonl(path: str | Path, source: str | None = None) -> Iterator[Record]:
@@ -245,12 +243,11 @@ def _jsonl_record(raw: bytes, path: Path, source: str, lineno: int) -> Record:
 def write_jsonl(path: str | Path, records: Iterable[Record]) -> int:
     path = Path(path)
     n = 0
-    with atomic_path(path) as tmp:
-        raw = gzip.open(tmp, "wb") if path.suffix == ".gz" else open(tmp, "wb")
-        with raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as fh:
-            for r in records:
-                fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-                n += 1
+    with atomic_path(path) as tmp, _open_binary(tmp, gzipped=path.suffix == ".gz") as raw, \
+            io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as fh:
+        for r in records:
+            fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-
 HERE = Path(__file__).parent
 STAGES = ['"slowstage:Slow": {seconds: 0.015}', "normalize: {}", "length_filter: {min_chars: 10}", "exact_dedup: {}"]
 

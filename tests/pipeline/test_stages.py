@@ -1,10 +1,10 @@
+import pytest
+
 from lmforge.clean.basic import LengthFilter, Normalize, StripHtml
 from lmforge.dedup.exact import ExactDedup
 from lmforge.errors import ConfigError
 from lmforge.pipeline import KEEP, Drop, Filter, run_chain
 from lmforge.records import Record
-
-import pytest
 
 
 def rec(i, text):

@@ -14,20 +14,23 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def demo_command(
     out: Path = typer.Option(Path("lmforge-demo"), "--out", "-o", help="Run directory."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Pretraining steps [default: the recipe's]."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
+    steps: int | None = typer.Option(None, min=1, help="Pretraining steps [default: the recipe's]."),
+    workers: int | None = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
 ) -> None:
     from lmforge.cli.console import rich_progress
     from lmforge.cli.summary import print_run_summary
     from lmforge.demo import run_demo
+    from lmforge.errors import Interrupted
 
-    with rich_progress():
-        result = run_demo(out, steps=steps, workers=workers)
+    try:
+        with rich_progress():
+            result = run_demo(out, steps=steps, workers=workers)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
     print_run_summary(result)

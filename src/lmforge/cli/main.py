@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from lmforge import __version__
@@ -50,17 +49,12 @@ app.command("demo", help=demo.__doc__)(demo.demo_command)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Click (inside typer) reports usage errors itself (exit 2); we add one-line errors for the rest."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="lmforge")
         return 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print("[yellow]interrupted[/]: run the same command again to resume where it stopped")
-        return 130
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except UserError as exc:
         if _state["debug"]:
             raise

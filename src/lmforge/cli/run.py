@@ -12,20 +12,20 @@ Re-running the same command on the same --out resumes where it stopped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def run_command(
     recipe: Path = typer.Argument(..., help="YAML recipe file."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<recipe name>]."),
-    executor: Optional[str] = typer.Option(None, help="Override the recipe's executor: local or ray."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
-    ray_address: Optional[str] = typer.Option(None, help="Address of an existing Ray cluster."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<recipe name>]."),
+    executor: str | None = typer.Option(None, help="Override the recipe's executor: local or ray."),
+    workers: int | None = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
+    ray_address: str | None = typer.Option(None, help="Address of an existing Ray cluster."),
 ) -> None:
     from lmforge.cli.console import rich_progress
     from lmforge.cli.summary import print_run_summary
+    from lmforge.errors import Interrupted
     from lmforge.flow import run_recipe
     from lmforge.recipe import load_recipe
 
@@ -38,6 +38,9 @@ def run_command(
     if ray_address is not None:
         ex.kind, ex.address = "ray", ray_address
     run_dir = out or Path("runs") / r.name
-    with rich_progress():
-        result = run_recipe(r, run_dir, base_dir=recipe.parent, executor=ex)
+    try:
+        with rich_progress():
+            result = run_recipe(r, run_dir, base_dir=recipe.parent, executor=ex)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
     print_run_summary(result)

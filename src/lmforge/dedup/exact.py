@@ -60,7 +60,7 @@ class ExactDedup(GlobalStage):
         row = np.arange(len(hashes))
         duplicate_of = np.where(winner == row, None, ids[winner])
         out, start = {}, 0
-        for (sid, _), n in zip(summaries, sizes):
+        for (sid, _), n in zip(summaries, sizes, strict=True):
             out[sid] = pa.table({"duplicate_of": pa.array(duplicate_of[start : start + n].tolist(), pa.string())})
             start += n
         return out

@@ -226,7 +226,7 @@ def run_chain(
     stats = [StageStats(s.name) for s in stages]
     source = _Metered(records, StageStats("source"))
     meters: list[_Metered] = [source]
-    for stage, st in zip(stages, stats):
+    for stage, st in zip(stages, stats, strict=True):
 
         def on_drop(record: Record, st: StageStats = st) -> None:
             st.dropped[record.meta.get("drop_reason", "unknown")] += 1
