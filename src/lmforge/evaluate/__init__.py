@@ -1,0 +1,1 @@
+"""Model evaluation; imported only by the commands that need torch."""

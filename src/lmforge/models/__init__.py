@@ -1,0 +1,1 @@
+"""Model definitions; imported only by the commands that need torch."""

@@ -1,0 +1,323 @@
+"""A decoder-only transformer in one readable file.
+
+The same class covers the original GPT-2 layout (learned positions, LayerNorm, GELU MLP) and
+the modern one (rotary positions, RMSNorm, SwiGLU) so that presets can reproduce GPT-2 sizes
+while the small defaults use what trains best at small scale. Generation uses a KV cache:
+each new token attends to stored keys/values instead of re-running the whole prefix.
+
+Shape letters: B batch, T time (tokens), C channels (n_embd), H heads, D head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.errors import ConfigError
+from lmforge.models.presets import PRESETS  # torch-free, so recipes can validate preset names
+
+_CHOICES = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    pos: Literal["learned", "rope"] = "rope"
+    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    mlp: Literal["gelu", "swiglu"] = "swiglu"
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{name} must be a positive integer (got {value!r})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout!r})")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"model.{name} must be one of {list(allowed)} (got {getattr(self, name)!r})"
+                )
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"model.n_embd / model.n_head must be even for rope (got head size {self.n_embd // self.n_head})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
+        """Build from a dict, rejecting unknown keys so a typo is not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config key(s) {unknown}; allowed: {sorted(known)}")
+        if "vocab_size" not in data:
+            raise ConfigError("model.vocab_size is required")
+        return cls(**data)
+
+
+def config_from_preset(preset: str, vocab_size: int, **overrides: Any) -> GPTConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; allowed: {sorted(PRESETS)}")
+    return GPTConfig.from_dict({**PRESETS[preset], **overrides, "vocab_size": vocab_size})
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+class RMSNorm(nn.Module):
+    """LayerNorm without mean-centering or bias: cheaper and as good for transformers."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 so bf16 activations do not lose the small-variance channels.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (D/2,)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, D/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1[i], x2[i]) by a position-dependent angle so q.k depends on relative position."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, D/2), broadcast over B and H
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Keys and values of every token seen so far, one pair per layer."""
+
+    def __init__(self, n_layer: int) -> None:
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        first = self.layers[0]
+        return 0 if first is None else first[0].size(2)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        past = self.layers[layer]
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, D)
+            v = torch.cat([past[1], v], dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H, past + T, D)
+        past = k.size(2) - T
+
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            # is_causal aligns the mask to the top-left corner, which is wrong once keys include a
+            # cached prefix: query i sits at absolute position past + i and may see keys 0..past+i.
+            q_pos = torch.arange(past, past + T, device=x.device)[:, None]  # (T, 1)
+            k_pos = torch.arange(past + T, device=x.device)[None, :]  # (1, past + T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=k_pos <= q_pos, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        if self.swiglu:
+            # 2/3 of 4x keeps the parameter count equal to a GELU MLP; round up to a multiple of 64.
+            hidden = 64 * math.ceil(int(8 * config.n_embd / 3) / 64)
+            self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
+        else:
+            hidden = 4 * config.n_embd
+            self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.c_proj(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=make_norm(config),
+            )
+        )
+        if config.pos == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            # Not persistent: derived from the config, so they stay out of checkpoints.
+            cos, sin = rope_tables(config.head_dim, config.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+        self.apply(self._init_weights)
+        # Each residual branch adds to the stream; scaling the projections into it keeps the
+        # stream's variance from growing with depth (GPT-2 paper).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, exclude_embeddings: bool = True) -> int:
+        """Parameter count; embeddings are lookups, not compute, so scaling laws leave them out."""
+        n = sum(p.numel() for p in self.parameters())  # shared (tied) tensors are counted once
+        if exclude_embeddings:
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token at full context: 6N for the matmuls plus the attention scores.
+
+        N counts the output projection even when tied, because that matmul is real compute.
+        """
+        cfg = self.config
+        n = self.num_params(exclude_embeddings=True)
+        if cfg.tie_embeddings:
+            n += cfg.vocab_size * cfg.n_embd
+        return 6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return logits and, given targets, the mean cross-entropy over non-ignored tokens.
+
+        With `kv_cache`, `idx` holds only the new tokens; their positions continue after the
+        cached ones and the cache is extended in place.
+        """
+        B, T = idx.size()
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == "learned":
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+            x = x + self.transformer.wpe(pos)  # (B, T, C)
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, D/2) each
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, kv_cache, i)  # (B, T, C)
+        x = self.transformer.ln_f(x)
+
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
+            )
+        return logits, loss
+
+    def new_kv_cache(self) -> KVCache:
+        return KVCache(self.config.n_layer)

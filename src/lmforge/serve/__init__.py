@@ -1,0 +1,1 @@
+"""Text generation from a trained checkpoint; imported only by the commands that need torch."""

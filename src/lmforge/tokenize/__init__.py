@@ -1,0 +1,1 @@
+"""Byte-level BPE tokenizers and the binary token files that training reads."""

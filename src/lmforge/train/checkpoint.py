@@ -1,0 +1,103 @@
+"""Checkpoints as `model.safetensors` + `config.json`: no pickle, so loading runs no code.
+
+safetensors also refuses tensors that share memory, which tied embeddings do; `save_model`
+stores the shared tensor once and `load_model` re-ties it on load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from lmforge.errors import ConfigError, InputError
+from lmforge.models.gpt import GPT, GPTConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_TYPE = "lmforge-gpt"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU, so the same recipe runs on a laptop and a GPU box."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {device!r})") from None
+
+
+def save_checkpoint(model: GPT, config: GPTConfig, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write into a sibling temp dir, then move files into place, so readers never see half a file."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stick to the checkpoint after the rename
+    try:
+        # Always store float32 on CPU: the file is then independent of how the model was trained.
+        state_model = model
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+            state_model = GPT(config)
+            state_model.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+        save_model(state_model, str(tmp / WEIGHTS), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        meta: dict[str, Any] = {**config.to_dict(), "model_type": MODEL_TYPE}
+        if extra:
+            meta["extra"] = extra
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        shutil.copymode(tmp / CONFIG, tmp / WEIGHTS)  # safetensors creates 0600; use the umask's mode
+
+        if not out.exists():
+            os.replace(tmp, out)
+        else:
+            # Weights first, config last: a config always describes weights that are already there.
+            for name in (WEIGHTS, CONFIG):
+                os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("saved checkpoint to %s", out)
+    return out
+
+
+def read_checkpoint_config(ckpt_dir: str | Path) -> tuple[GPTConfig, dict]:
+    """The model config and the `extra` dict stored with it."""
+    path = Path(ckpt_dir) / CONFIG
+    if not path.is_file():
+        raise InputError(f"no checkpoint at {Path(ckpt_dir)}: {CONFIG} is missing")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"checkpoint config {path} is unreadable: {exc}") from None
+    if not isinstance(meta, dict) or meta.pop("model_type", None) != MODEL_TYPE:
+        raise InputError(f"{path} is not an lmforge checkpoint (model_type must be {MODEL_TYPE!r})")
+    extra = meta.pop("extra", {})
+    try:
+        return GPTConfig.from_dict(meta), extra
+    except (ConfigError, TypeError) as exc:
+        raise InputError(f"checkpoint config {path} is invalid: {exc}") from None
+
+
+def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """Rebuild the model from its config and load the weights; returned in eval mode."""
+    ckpt = Path(ckpt_dir)
+    config, _ = read_checkpoint_config(ckpt)
+    weights = ckpt / WEIGHTS
+    if not weights.is_file():
+        raise InputError(f"no checkpoint weights at {weights}")
+    model = GPT(config)
+    try:
+        load_model(model, str(weights), strict=True)
+    except Exception as exc:  # safetensors raises its own error type for corrupt headers
+        raise InputError(
+            f"checkpoint weights {weights} are corrupt or do not match config.json: {exc}"
+        ) from None
+    return model.to(resolve_device(device)).eval()
