@@ -101,3 +101,11 @@ def test_corrupt_parquet_names_the_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_any(tmp_path / "missing.jsonl")
     assert not any(n.startswith(".") for n in os.listdir(tmp_path))
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = tmp_path / "s.parquet"
+    write_parquet(path, _records())
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

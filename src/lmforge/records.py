@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -73,23 +73,27 @@ def text_bytes(record: Record) -> int:
 # --------------------------------------------------------------------------- atomic files
 
 
+def temp_sibling(path: Path) -> Path:
+    """A hidden name beside `path`, unique per process and call.
+
+    Unique names mean two processes redoing the same shard (an orphaned worker of a killed run
+    and the resumed run) never write into each other's file. Not `tempfile.mkstemp`: its 0600
+    mode would survive the rename and hide the data from other users.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
-
-    The temp name is unique per process, so two processes redoing the same shard (e.g. an
-    orphaned worker of a killed run and the resumed run) never write into each other's file.
-    """
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_sibling(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -22,6 +20,7 @@ from pydantic import Field, model_validator
 
 from lmforge.config import StrictModel
 from lmforge.errors import InputError, require
+from lmforge.records import atomic_path
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -81,16 +80,8 @@ def _capped(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write then rename so a crash never leaves a half-written file under the real name."""
-    # Not tempfile.mkstemp: its 0600 mode would survive the rename and hide the file from other users.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _new_tokenizer() -> Tokenizer:

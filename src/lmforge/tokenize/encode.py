@@ -8,9 +8,7 @@ silently misread as tokens.
 
 from __future__ import annotations
 
-import os
 import struct
-import uuid
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lmforge.errors import InputError
+from lmforge.records import atomic_path
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -75,17 +74,9 @@ def write_token_file(path: str | Path, tokens: np.ndarray) -> None:
         raise ValueError(f"tokens must be uint16 or uint32 (got {arr.dtype})")
     arr = np.ascontiguousarray(arr, dtype=DTYPES[code])
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("xb") as f:
-            f.write(HEADER.pack(MAGIC, VERSION, code, arr.size))
-            arr.tofile(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("xb") as f:
+        f.write(HEADER.pack(MAGIC, VERSION, code, arr.size))
+        arr.tofile(f)
 
 
 def read_token_file(path: str | Path) -> np.ndarray:

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from safetensors.torch import load_model, save_model
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.records import temp_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def save_checkpoint(model: GPT, config: GPTConfig, out_dir: str | Path, extra: d
     """Write into a sibling temp dir, then move files into place, so readers never see half a file."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_sibling(out)
     tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stick to the checkpoint after the rename
     try:
         # Always store float32 on CPU: the file is then independent of how the model was trained.
