@@ -7,11 +7,12 @@ first unfinished shard).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,34 @@ def run_recipe(
 ) -> RunResult:
     run_dir, base_dir = Path(run_dir), Path(base_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
     save_config(run_dir, recipe)
+    with _log_to(run_dir / "logs" / "run.log"):
+        return _run_steps(recipe, run_dir, base_dir, executor, on_train_step)
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Append this attempt's log lines to the run's own log file (every attempt, resumed ones too)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger("lmforge")
+    previous = root.level
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
+
+
+def _run_steps(recipe: Recipe, run_dir: Path, base_dir: Path, executor: ExecutorConfig | None,
+               on_train_step: Callable[[int, float], None] | None) -> RunResult:
+    log.info("run %s: recipe %s", run_dir, recipe.name)
     ex = make_executor(executor or recipe.executor)
     try:
         output_dir = run_pipeline(run_dir, recipe.input, recipe.stage_specs(), ex, base_dir)
