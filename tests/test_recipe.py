@@ -49,7 +49,7 @@ BASE = "input: {builtin: {}}\n"
         (BASE + "pipeline:\n  - length_filter: {min_chars: lots}\n", "pipeline[0].length_filter.min_chars: Input should be a valid integer"),
         (BASE + "pipeline:\n  - length_filter: {min_char: 3}\n", "pipeline[0].length_filter.min_char: unknown key"),
         (BASE + "pipeline:\n  - {normalize: {}, strip_html: {}}\n", "pipeline: entry [0] must be a single-key mapping"),
-        ("input: {builtin: {}, files: [a.txt]}\n", "input: give exactly one of 'builtin' or 'files'"),
+        ("input: {builtin: {}, files: [a.txt]}\n", "input: give exactly one source of builtin, files, warc, dataset (got ['builtin', 'files'])"),
         ("input: {builtin: {corpora: [wikipedia]}}\n", "input.builtin.corpora[0]: must be one of"),
         ("pipeline: []\n", "input: Field required"),
         ("- just\n- a list\n", "a recipe must be a mapping of steps"),
@@ -66,7 +66,7 @@ def test_missing_recipe_and_missing_input_file(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("input: {files: [data/*.jsonl]}\n")
     recipe = load_recipe(path)
-    with pytest.raises(ConfigError, match=r"input.files\[0\]: no file matches 'data/\*.jsonl'"):
+    with pytest.raises(ConfigError, match=r"input.files.paths\[0\]: no file matches 'data/\*.jsonl'"):
         run_recipe(recipe, tmp_path / "run", base_dir=tmp_path)
 
 

@@ -10,10 +10,8 @@ from lmforge.records import (
     Record,
     atomic_path,
     make_id,
-    read_any,
     read_jsonl,
     read_parquet,
-    read_text,
     write_jsonl,
     write_parquet,
 )
@@ -81,25 +79,13 @@ def test_truncated_gzip_keeps_lines_before_the_damage(tmp_path):
     assert sum(r.drop_reason is not None for r in recs) == 1
 
 
-def test_text_split_modes_and_non_utf8(tmp_path):
-    p = tmp_path / "a.txt"
-    p.write_text("第一段。\n还是第一段。\n\n Second paragraph.\n\n\n", encoding="utf-8")
-    assert [r.text for r in read_text(p)] == ["第一段。\n还是第一段。", " Second paragraph."]
-    assert len(list(read_text(p, split="line"))) == 3
-    assert len(list(read_text(p, split="file"))) == 1
-    gbk = tmp_path / "gbk.txt"
-    gbk.write_bytes("中文编码测试".encode("gbk"))
-    (rec,) = read_text(gbk)
-    assert rec.drop_reason == "bad_utf8"
-
-
 def test_corrupt_parquet_names_the_file(tmp_path):
     bad = tmp_path / "broken.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(InputError, match="broken.parquet"):
-        list(read_any(bad))
+        list(read_parquet(bad))
     with pytest.raises(InputError, match="not found"):
-        read_any(tmp_path / "missing.jsonl")
+        list(read_jsonl(tmp_path / "missing.jsonl"))
     assert not any(n.startswith(".") for n in os.listdir(tmp_path))
 
 

@@ -22,11 +22,11 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator
 
+from lmforge.collect.source import InputConfig
 from lmforge.config import StrictModel, validate
 from lmforge.errors import ConfigError
 from lmforge.pipeline.executors import ExecutorConfig
 from lmforge.pipeline.registry import resolve_stage
-from lmforge.pipeline.runner import InputConfig
 from lmforge.tokenize.bpe import TokenizerConfig
 from lmforge.train.config import PretrainConfig
 

@@ -131,11 +131,12 @@ def test_empty_and_binary_inputs_never_crash(tmp_path):
     (data / "empty.txt").write_bytes(b"")
     (data / "blank.jsonl").write_bytes(b"\n\n")
     (data / "image.bin").write_bytes(bytes(range(256)) * 40)
+    (data / "blob.txt").write_bytes(bytes(range(256)) * 40)
     (data / "gbk.txt").write_bytes("这是一个GBK编码的文件，不是UTF-8。".encode("gbk"))
     (data / "ok.txt").write_text("A paragraph that is long enough to keep.\n\n第二段也足够长，可以保留下来。", "utf-8")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("input: {files: ['in/*']}\npipeline:\n  - length_filter: {min_chars: 10}\n")
     result = run(recipe, tmp_path / "run")
-    assert result.stats["totals"]["records_out"] == 2
-    assert result.stats["totals"]["dropped"] == {"bad_utf8": 2}
+    assert result.stats["totals"]["records_out"] == 2  # ok.txt and the GBK file, decoded
+    assert result.stats["totals"]["dropped"] == {"binary_file": 1, "empty_file": 1, "unsupported_format": 1}
     assert "recipe" in (result.run_dir / "logs" / "run.log").read_text()

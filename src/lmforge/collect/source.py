@@ -1,0 +1,59 @@
+"""The `input` step of a recipe: exactly one source, read in a fixed order and cut into shards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from lmforge.collect.builtin import BuiltinConfig, builtin_records
+from lmforge.collect.dataset import DatasetConfig, iter_dataset
+from lmforge.collect.files import FilesConfig, iter_files
+from lmforge.collect.warc import WarcConfig, iter_warc
+from lmforge.config import StrictModel
+from lmforge.records import Record
+
+SOURCE_NAMES = ("builtin", "files", "warc", "dataset")
+
+
+class InputConfig(StrictModel):
+    builtin: BuiltinConfig | None = None
+    files: FilesConfig | None = None
+    warc: WarcConfig | None = None
+    dataset: DatasetConfig | None = None
+    shard_size: int = Field(500, gt=0, description="records per shard: the unit of parallelism and resume")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputConfig:
+        given = [name for name in SOURCE_NAMES if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one source of {', '.join(SOURCE_NAMES)} (got {given or 'none'})")
+        return self
+
+    @property
+    def source_name(self) -> str:
+        return next(name for name in SOURCE_NAMES if getattr(self, name) is not None)
+
+    @property
+    def source(self) -> StrictModel:
+        return getattr(self, self.source_name)
+
+
+def _builtin(config: BuiltinConfig, base_dir: Path, work_dir: Path) -> Iterator[Record]:
+    return builtin_records(config)
+
+
+READERS: dict[str, Callable[[Any, Path, Path], Iterator[Record]]] = {
+    "builtin": _builtin,
+    "files": iter_files,
+    "warc": iter_warc,
+    "dataset": iter_dataset,
+}
+
+
+def iter_input(config: InputConfig, base_dir: Path, work_dir: Path) -> Iterator[Record]:
+    """Records of the configured source; `work_dir` is where a source may keep state (crawl frontier)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return READERS[config.source_name](config.source, base_dir, work_dir)
