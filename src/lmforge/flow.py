@@ -126,6 +126,16 @@ def _run_steps(recipe: Recipe, run_dir: Path, base_dir: Path, executor: Executor
     return RunResult(run_dir, stats, output_dir, steps)
 
 
+def collect(source: str, config: dict[str, Any], run_dir: str | Path, shard_size: int = 500,
+            base_dir: str | Path = ".") -> RunResult:
+    """Read one source into `run_dir/stages/00-input` (what `lmforge collect` does)."""
+    from lmforge.recipe import parse_recipe
+
+    recipe = parse_recipe({"name": f"collect-{source}", "input": {source: config, "shard_size": shard_size}},
+                          where=f"collect {source}")
+    return run_recipe(recipe, run_dir, base_dir=base_dir)
+
+
 # --------------------------------------------------------------------------- steps
 
 

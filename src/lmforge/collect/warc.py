@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b\x08"
 
 
+def _document_types() -> tuple:
+    from fastwarc.warc import WarcRecordType
+
+    return (WarcRecordType.response, WarcRecordType.resource)
+
+
 class WarcConfig(StrictModel):
     paths: list[str] = Field(min_length=1, description="WARC/ARC files or globs (.warc, .warc.gz, .arc, .arc.gz)")
     content_types: list[str] = Field(
@@ -67,21 +73,34 @@ def read_warc(path: str | Path, config: WarcConfig | None = None, source: str = 
         return
     gzipped = path.name.lower().endswith(".gz")
     offset, size = 0, path.stat().st_size
+    doc_types = _document_types()
     while offset < size:
-        last_pos, error = None, None
+        last_pos, error, held = None, None, None
         try:
             for last_pos, record in _iterate(path, offset):
-                yield _to_record(record, path, config, source, last_pos)
+                # hold each document until the next member parses: only then is its own member whole
+                if held is not None:
+                    yield held
+                    held = None
+                if record.record_type in doc_types:
+                    held = _to_record(record, path, config, source, last_pos)
         except OSError as exc:
             error = exc
         if not gzipped:
+            if held is not None:
+                yield held
             if error is not None:
                 yield _damaged(path, source, last_pos or offset, f"{type(error).__name__}: {error}")
             return
         damaged_at = _find_damage(path, offset, last_pos, error is not None, size)
+        if held is not None:
+            if damaged_at is not None and damaged_at == last_pos and held.drop_reason != "truncated_record":
+                held.meta = {"drop_reason": "truncated_record", "drop_stage": "input",
+                             "error": "gzip member cut short"}
+            yield held
         if damaged_at is None:
             return
-        if damaged_at != last_pos:  # a cut-short last record was already quarantined by _to_record
+        if damaged_at != last_pos:  # a cut-short last record was quarantined just above
             reason = f"{type(error).__name__}: {error}" if error else "truncated gzip member at end of file"
             yield _damaged(path, source, damaged_at, reason)
         nxt = _next_member(path, damaged_at + 1)
@@ -103,10 +122,11 @@ def _find_damage(path: Path, offset: int, last_pos: int | None, failed: bool, si
 def _iterate(path: Path, offset: int):
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-    types = WarcRecordType.response | WarcRecordType.resource
+    # every record type, so the last position seen is the last whole member before any damage
     with open(path, "rb") as fh:
         fh.seek(offset)
-        for record in ArchiveIterator(fh, record_types=types, parse_http=True, fsspec_args=False):
+        for record in ArchiveIterator(fh, record_types=WarcRecordType.any_type, parse_http=True,
+                                      fsspec_args=False):
             yield record.stream_pos, record  # absolute: FastWARC starts counting at the seek position
 
 
@@ -174,37 +194,34 @@ def _to_record(record, path: Path, config: WarcConfig, source: str, offset: int)
     prov = {"fetched_at": headers.get("WARC-Date"), "content_type": content_type, "http_status": status,
             "warc_file": path.name, "warc_offset": offset, "warc_record_id": record_id}
     rec = Record(id=make_id(source, record_id), text="", source=source, url=uri, provenance=prov)
-    reason = _skip_reason(status if record.is_http else 200, content_type, record.content_length // 2, config)
-    if reason:
-        record.reader.consume()
-        rec.meta = {"drop_reason": reason, "drop_stage": "input"}
-        return rec
-    body = record.reader.read(config.max_bytes + 1)
-    if len(body) > config.max_bytes:
-        rec.meta = {"drop_reason": "too_large", "drop_stage": "input"}
-        return rec
-    if len(body) < record.content_length:
+    reason = _skip_reason(status if record.is_http else 200, content_type, config)
+    body = b"" if reason else record.reader.read(config.max_bytes + 1)
+    got = len(body) + record.reader.consume()  # consume() drains the rest: the member must be whole
+    if got < record.content_length:
         rec.meta = {"drop_reason": "truncated_record", "drop_stage": "input",
-                    "error": f"{len(body)} of {record.content_length} payload bytes"}
+                    "error": f"{got} of {record.content_length} payload bytes"}
         return rec
-    full_type = record.http_headers.get("Content-Type") if record.is_http else content_type
-    decoded = decode_html(body, full_type)
-    if decoded is None:
-        rec.meta = {"drop_reason": "undecodable", "drop_stage": "input"}
-        return rec
-    rec.text, rec.provenance["encoding"] = decoded
+    if reason is None and got > config.max_bytes:
+        reason = "too_large"
+    if reason is None:
+        full_type = record.http_headers.get("Content-Type") if record.is_http else content_type
+        decoded = decode_html(body, full_type)
+        if decoded is None:
+            reason = "undecodable"
+        else:
+            rec.text, rec.provenance["encoding"] = decoded
+    if reason is not None:
+        rec.meta = {"drop_reason": reason, "drop_stage": "input"}
     return rec
 
 
-def _skip_reason(status: int | None, content_type: str | None, length: int, config: WarcConfig) -> str | None:
-    """Why a response is not kept as a document, or None to keep it."""
+def _skip_reason(status: int | None, content_type: str | None, config: WarcConfig) -> str | None:
+    """Why a response is not kept as a document (by status and type), or None to keep it."""
     if status not in config.statuses:
         return f"http_{status}"
     mime = (content_type or "").split(";")[0].strip().lower()
     if config.content_types and mime not in config.content_types:
         return "content_type"
-    if length > config.max_bytes:
-        return "too_large"
     return None
 
 
@@ -228,7 +245,8 @@ def _read_arc(path: Path, config: WarcConfig, source: str) -> Iterator[Record]:
                                          "content_type": ctype, "http_status": status, "warc_file": path.name,
                                          "warc_offset": it.offset})
                 body = rec.content_stream().read(config.max_bytes + 1)
-                if reason := _skip_reason(status, ctype, len(body), config):
+                if reason := _skip_reason(status, ctype, config) or ("too_large" if len(body) > config.max_bytes
+                                                                     else None):
                     out.meta = {"drop_reason": reason, "drop_stage": "input"}
                 elif (decoded := decode_html(body, ctype)) is None:
                     out.meta = {"drop_reason": "undecodable", "drop_stage": "input"}

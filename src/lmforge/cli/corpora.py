@@ -1,0 +1,63 @@
+"""The built-in corpora: real Chinese and English text shipped inside installed packages.
+
+Examples:
+
+  lmforge corpora list
+
+  lmforge corpora export peoples_daily --out pd.jsonl --limit 1000
+
+  lmforge corpora export reviews --out reviews.parquet
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, context_settings={"show_default": True})
+
+
+@app.command("list")
+def list_command() -> None:
+    """List the built-in corpora with their language, size and license."""
+    from rich.table import Table
+
+    from lmforge.cli.console import out
+    from lmforge.collect.builtin import CORPORA, corpus_info, corpus_records
+
+    table = Table(title="built-in corpora")
+    for col in ("name", "lang", "documents", "characters", "license"):
+        table.add_column(col, justify="right" if col in ("documents", "characters") else "left")
+    for name in CORPORA:
+        docs = chars = 0
+        for r in corpus_records(name):
+            docs += 1
+            chars += len(r.text)
+        info = corpus_info(name)
+        table.add_row(name, info["lang"], f"{docs:,}", f"{chars:,}", info["license"])
+    out.print(table)
+
+
+@app.command("export")
+def export_command(
+    name: str = typer.Argument(..., help="Corpus name (see `lmforge corpora list`)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output file: .jsonl, .jsonl.gz or .parquet."),
+    limit: int | None = typer.Option(None, min=1, help="Export at most this many documents."),
+) -> None:
+    """Write one built-in corpus to a JSONL or Parquet file."""
+    from lmforge.cli.console import out
+    from lmforge.collect.builtin import CORPORA, corpus_records
+    from lmforge.errors import UserError
+    from lmforge.records import write_jsonl, write_parquet
+
+    if name not in CORPORA:
+        raise UserError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}")
+    suffix = "".join(out_path.suffixes[-2:]).lower()
+    if out_path.suffix.lower() == ".parquet":
+        n = write_parquet(out_path, corpus_records(name, limit))
+    elif suffix.endswith((".jsonl", ".jsonl.gz")):
+        n = write_jsonl(out_path, corpus_records(name, limit))
+    else:
+        raise UserError(f"--out must end in .jsonl, .jsonl.gz or .parquet (got {out_path.name!r})")
+    out.print(f"wrote {n:,} documents of {name} to {out_path}")
