@@ -1,76 +1,23 @@
-"""Basic cleaning stages: Unicode normalization, HTML tag stripping, length limits.
+"""Basic cleaning stages: HTML tag stripping, length limits (and Normalize, re-exported).
 
 These are deliberately simple and fast; main-content extraction, language ID and the
-quality filters are separate stages.
+quality filters are separate stages. Normalize lives in `lmforge.clean.normalize`; it is
+re-exported here because recipes and code written before the move import it from this module.
 """
 
 from __future__ import annotations
 
 import html
 import re
-import unicodedata
-from typing import Literal
 
 from pydantic import Field, model_validator
 
+from lmforge.clean.normalize import Normalize, NormalizeConfig
 from lmforge.config import StrictModel
 from lmforge.pipeline.stage import KEEP, Drop, Filter, Keep, Mapper
 from lmforge.records import Record
 
-# Full-width punctuation is the norm in Chinese text; NFKC would turn "，" into ",".
-# Full-width digits and Latin letters (０-９, Ａ-Ｚ, ａ-ｚ) are still folded to ASCII.
-_CJK_PUNCT = (
-    "".join(chr(c) for c in range(0xFF01, 0xFF10))
-    + "".join(chr(c) for c in range(0xFF1A, 0xFF21))
-    + "".join(chr(c) for c in range(0xFF3B, 0xFF41))
-    + "".join(chr(c) for c in range(0xFF5B, 0xFF5F))
-)
-_CJK_PUNCT_SPLIT = re.compile(f"([{re.escape(_CJK_PUNCT)}]+)")
-# C0/C1 controls except tab/newline, plus zero-width and BOM characters.
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
-_SPACES = re.compile(r"[^\S\n]+")
-_BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
-
-
-class NormalizeConfig(StrictModel):
-    form: Literal["NFKC", "NFC", "none"] = "NFKC"
-    cjk_punctuation: Literal["keep", "normalize"] = Field(
-        "keep", description="keep full-width Chinese punctuation (，。！) when applying NFKC"
-    )
-    collapse_whitespace: bool = True
-    remove_invisible: bool = True
-
-
-class Normalize(Mapper):
-    """Unicode normalization and whitespace cleanup that keeps Chinese punctuation intact."""
-
-    name = "normalize"
-    Config = NormalizeConfig
-
-    def apply(self, record: Record) -> Record:
-        record.text = self.normalize(record.text)
-        return record
-
-    def normalize(self, text: str) -> str:
-        cfg = self.config
-        if cfg.remove_invisible:
-            text = _INVISIBLE.sub("", text)
-        if cfg.form != "none" and not text.isascii():
-            text = self._unicode(text, cfg.form)
-        if cfg.collapse_whitespace:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-            text = _SPACES.sub(" ", text)
-            text = "\n".join(line.strip() for line in text.split("\n"))
-            text = _BLANK_LINES.sub("\n\n", text).strip()
-        return text
-
-    def _unicode(self, text: str, form: str) -> str:
-        if form == "NFKC" and self.config.cjk_punctuation == "keep":
-            parts = _CJK_PUNCT_SPLIT.split(text)
-            # odd indices are the protected punctuation runs captured by the split
-            return "".join(p if i % 2 else unicodedata.normalize(form, p) for i, p in enumerate(parts))
-        return unicodedata.normalize(form, text)
-
+__all__ = ["LengthFilter", "LengthFilterConfig", "Normalize", "NormalizeConfig", "StripHtml", "StripHtmlConfig"]
 
 _SCRIPT_STYLE = re.compile(r"<(script|style|noscript)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)

@@ -11,7 +11,11 @@ from lmforge.errors import ConfigError
 from lmforge.pipeline.stage import Stage
 
 BUILTIN_STAGES: dict[str, str] = {
-    "normalize": "lmforge.clean.basic:Normalize",
+    "extract": "lmforge.clean.extract:Extract",
+    "normalize": "lmforge.clean.normalize:Normalize",
+    "boilerplate_lines": "lmforge.clean.normalize:BoilerplateLines",
+    "langid": "lmforge.clean.langid:LangId",
+    "pii": "lmforge.clean.pii:PiiRedact",
     "strip_html": "lmforge.clean.basic:StripHtml",
     "length_filter": "lmforge.clean.basic:LengthFilter",
     "exact_dedup": "lmforge.dedup.exact:ExactDedup",
