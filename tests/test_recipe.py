@@ -45,7 +45,7 @@ BASE = "input: {builtin: {}}\n"
         (BASE + "pretrain: {preset: huge}\n", "pretrain.preset: must be one of"),
         (BASE + "tokenizer: {vocab_size: 10}\n", "tokenizer: vocab_size must be at least 256 + 2 special tokens = 258 (got 10)"),
         (BASE + "executor: {kind: slurm}\n", "executor.kind: must be one of 'local' or 'ray' (got 'slurm')"),
-        (BASE + "pipeline:\n  - normalise: {}\n", "pipeline[0]: unknown stage 'normalise'; allowed: boilerplate_lines, exact_dedup, extract"),
+        (BASE + "pipeline:\n  - normalise: {}\n", "pipeline[0]: unknown stage 'normalise'; allowed: bad_words, boilerplate_lines, c4"),
         (BASE + "pipeline:\n  - length_filter: {min_chars: lots}\n", "pipeline[0].length_filter.min_chars: Input should be a valid integer"),
         (BASE + "pipeline:\n  - length_filter: {min_char: 3}\n", "pipeline[0].length_filter.min_char: unknown key"),
         (BASE + "pipeline:\n  - {normalize: {}, strip_html: {}}\n", "pipeline: entry [0] must be a single-key mapping"),

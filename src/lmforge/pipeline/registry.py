@@ -18,6 +18,12 @@ BUILTIN_STAGES: dict[str, str] = {
     "pii": "lmforge.clean.pii:PiiRedact",
     "strip_html": "lmforge.clean.basic:StripHtml",
     "length_filter": "lmforge.clean.basic:LengthFilter",
+    "gopher_repetition": "lmforge.clean.filters.gopher:GopherRepetition",
+    "gopher_quality": "lmforge.clean.filters.gopher:GopherQuality",
+    "c4": "lmforge.clean.filters.c4:C4Filter",
+    "fineweb": "lmforge.clean.filters.fineweb:FineWebFilter",
+    "url_blocklist": "lmforge.clean.filters.blocklist:UrlBlocklist",
+    "bad_words": "lmforge.clean.filters.blocklist:BadWords",
     "exact_dedup": "lmforge.dedup.exact:ExactDedup",
 }
 
