@@ -81,3 +81,14 @@ def test_stage_config_errors_name_the_field():
         Normalize(form="NFX")
     with pytest.raises(ConfigError, match="max_chars .* must be >= min_chars"):
         LengthFilter(min_chars=10, max_chars=5)
+
+
+def test_stage_counters_reach_stats():
+    from lmforge.clean.pii import PiiRedact
+
+    recs = [rec(0, "mail me at a.b@example.com or 13812345678"), rec(1, "nothing here"), rec(2, "c@d.org")]
+    out, (st,) = run_chain([PiiRedact()], recs)
+    texts = [r.text for r in out]
+    assert "<EMAIL>" in texts[0] and "<PHONE>" in texts[0]
+    assert dict(st.counters) == {"email": 2, "phone": 1}
+    assert st.to_dict()["counters"] == {"email": 2, "phone": 1}

@@ -250,6 +250,8 @@ class BoilerplateLines(Mapper):
         if kinds:
             record.text = text
             record.meta[self.name] = {"removed": sum(kinds.values()), "kinds": kinds}
+            for kind, n in kinds.items():
+                self.count(kind, n)
         return record
 
     def clean(self, text: str) -> tuple[str, dict[str, int]]:

@@ -206,4 +206,6 @@ class PiiRedact(Mapper):
         if counts:
             record.text = text
             record.meta[self.name] = counts
+            for kind, n in counts.items():
+                self.count(kind, n)
         return record

@@ -15,11 +15,17 @@ def _mb(n: int) -> str:
 
 def stats_table(stats: dict[str, Any]) -> Table:
     table = Table(title="data pipeline", title_justify="left")
-    for col in ("stage", "in", "out", "dropped by reason", "MB out", "s"):
-        table.add_column(col, justify="left" if col in ("stage", "dropped by reason") else "right")
-    for st in stats.get("stages", []):
+    stages = stats.get("stages", [])
+    with_counters = any(st.get("counters") for st in stages)
+    cols = ("stage", "in", "out", "dropped by reason", "MB out", "s") + (("counted",) if with_counters else ())
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("stage", "dropped by reason", "counted") else "right")
+    for st in stages:
         reasons = "\n".join(f"{k} {v}" for k, v in st["dropped"].items()) or "-"
-        table.add_row(st["name"], str(st["in"]), str(st["out"]), reasons, _mb(st["bytes_out"]), f"{st['seconds']:.2f}")
+        row = [st["name"], str(st["in"]), str(st["out"]), reasons, _mb(st["bytes_out"]), f"{st['seconds']:.2f}"]
+        if with_counters:
+            row.append("\n".join(f"{k} {v}" for k, v in st.get("counters", {}).items()) or "-")
+        table.add_row(*row)
     t = stats.get("totals", {})
     table.caption = f"records in {t.get('records_in', 0)}, written {t.get('records_out', 0)}, dropped {sum(t.get('dropped', {}).values())}"
     return table

@@ -50,11 +50,17 @@ class Stage:
             config = validate(self.Config, {**(config or {}), **kwargs}, prefix=self.name)
         self.config = config
         self._sink: DropSink = _discard_sink
+        self._counters: Counter | None = None
 
     def bind(self, sink: DropSink) -> Stage:
         """Route dropped records to `sink` (the executor's quarantine writer)."""
         self._sink = sink
         return self
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add to a stage-specific counter (e.g. PII found by kind) that lands in stats.json."""
+        if self._counters is not None and n:
+            self._counters[key] += n
 
     def drop(self, record: Record, reason: str, **details: Any) -> None:
         record.meta["drop_reason"] = reason
@@ -138,6 +144,7 @@ class _Applier(Stage):
 
     def run(self, records: Iterable[Record]) -> Iterator[Record]:
         self._stage.bind(self._sink)
+        self._stage._counters = self._counters
         return self._stage.apply(self._decision, records)
 
 
@@ -155,6 +162,7 @@ class StageStats:
     bytes_out: int = 0
     seconds: float = 0.0
     dropped: Counter = field(default_factory=Counter)
+    counters: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,6 +174,7 @@ class StageStats:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "seconds": round(self.seconds, 4),
+            **({"counters": dict(sorted(self.counters.items()))} if self.counters else {}),
         }
 
     @classmethod
@@ -178,6 +187,7 @@ class StageStats:
             bytes_out=d["bytes_out"],
             seconds=d["seconds"],
             dropped=Counter(d.get("dropped", {})),
+            counters=Counter(d.get("counters", {})),
         )
 
     def merge(self, other: StageStats) -> None:
@@ -187,6 +197,7 @@ class StageStats:
         self.bytes_out += other.bytes_out
         self.seconds += other.seconds
         self.dropped.update(other.dropped)
+        self.counters.update(other.counters)
 
 
 class _Metered:
@@ -234,6 +245,7 @@ def run_chain(
                 sink(record)
 
         stage.bind(on_drop)
+        stage._counters = st.counters
         meters.append(_Metered(stage.run(meters[-1]), st))
     return _finalize(meters, stats), stats
 

@@ -110,6 +110,7 @@ class C4Filter(QualityFilter):
             return self.reject(record, "c4_too_few_sentences", sentences)
         if seen > len(kept):
             record.meta.setdefault(self.name, {})["lines_removed"] = seen - len(kept)
+            self.count("lines_removed", seen - len(kept))
         text = "\n".join(kept).strip()
         if text != record.text:  # an unchanged text keeps its object, and so the next filter's cached analysis
             record.text = text
