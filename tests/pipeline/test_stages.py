@@ -4,6 +4,7 @@ from lmforge.clean.basic import LengthFilter, Normalize, StripHtml
 from lmforge.dedup.exact import ExactDedup
 from lmforge.errors import ConfigError
 from lmforge.pipeline import KEEP, Drop, Filter, run_chain
+from lmforge.pipeline.stage import Summaries
 from lmforge.records import Record
 
 
@@ -69,7 +70,7 @@ def test_exact_dedup_keeps_first_and_names_it():
 def test_exact_dedup_across_shards_in_shard_order():
     d = ExactDedup()
     shards = {"a": [rec(1, "x"), rec(2, "y")], "b": [rec(3, "y"), rec(4, "z"), rec(5, "x")]}
-    decisions = d.reduce([(k, d.map(v)) for k, v in shards.items()])
+    decisions = d.reduce(Summaries([(k, d.map(v)) for k, v in shards.items()]))
     assert decisions["a"].column("duplicate_of").to_pylist() == [None, None]
     assert decisions["b"].column("duplicate_of").to_pylist() == ["2", None, "1"]
 

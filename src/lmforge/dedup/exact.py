@@ -50,17 +50,18 @@ class ExactDedup(GlobalStage):
         import numpy as np
         import pyarrow as pa
 
-        sizes = [t.num_rows for _, t in summaries]
+        tables = [summaries.read(sid) for sid in summaries.ids]
+        sizes = [t.num_rows for t in tables]
         if not sizes or sum(sizes) == 0:
-            return {sid: pa.table({"duplicate_of": pa.array([], pa.string())}) for sid, _ in summaries}
-        hashes = np.concatenate([t.column("hash").to_numpy() for _, t in summaries])
-        ids = np.concatenate([np.asarray(t.column("id").to_pylist(), dtype=object) for _, t in summaries])
+            return {sid: pa.table({"duplicate_of": pa.array([], pa.string())}) for sid in summaries.ids}
+        hashes = np.concatenate([t.column("hash").to_numpy() for t in tables])
+        ids = np.concatenate([np.asarray(t.column("id").to_pylist(), dtype=object) for t in tables])
         _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         winner = first[inverse]  # global row index of the kept copy for every row
         row = np.arange(len(hashes))
         duplicate_of = np.where(winner == row, None, ids[winner])
         out, start = {}, 0
-        for (sid, _), n in zip(summaries, sizes, strict=True):
+        for sid, n in zip(summaries.ids, sizes, strict=True):
             out[sid] = pa.table({"duplicate_of": pa.array(duplicate_of[start : start + n].tolist(), pa.string())})
             start += n
         return out

@@ -34,7 +34,7 @@ from lmforge.pipeline.shards import (
     shard_path,
     write_outputs,
 )
-from lmforge.pipeline.stage import StageStats
+from lmforge.pipeline.stage import StageStats, Summaries
 from lmforge.records import Record, read_parquet, text_bytes, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _run_global(executor: Executor, seg: Segment, in_dir: Path, out_dir: Path, s
         executor.map(run_global_map_task, tasks, description=f"{out_dir.name}: map")
     if not (reduce_dir / "reduce.done").exists():
         stage = build_stages([spec])[0]
-        summaries = [(s, pq.read_table(map_dir / f"summary-{s}.parquet")) for s in shards]
+        summaries = Summaries([(s, map_dir / f"summary-{s}.parquet") for s in shards])
         with progress.task(f"{out_dir.name}: reduce", total=1) as bar:
             decisions = stage.reduce(summaries)
             for s in shards:

@@ -106,12 +106,43 @@ class Mapper(Stage):
             yield self.apply(record)
 
 
+class Summaries:
+    """The per-shard outputs of a global stage's map phase, in shard order, read on demand.
+
+    A reduce that reads one column at a time (`read(sid, ["band_3"])`) keeps its memory to that
+    column rather than the whole corpus's summaries; in-memory runs pass tables directly.
+    """
+
+    def __init__(self, items: list[tuple[str, Any]]) -> None:
+        self._items = dict(items)
+        self.ids = [sid for sid, _ in items]
+
+    def read(self, sid: str, columns: list[str] | None = None):
+        item = self._items[sid]
+        if hasattr(item, "num_rows"):  # an in-memory pyarrow Table
+            return item.select(columns) if columns else item
+        import pyarrow.parquet as pq
+
+        return pq.read_table(item, columns=columns)
+
+    def num_rows(self, sid: str) -> int:
+        item = self._items[sid]
+        if hasattr(item, "num_rows"):
+            return item.num_rows
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(item).num_rows
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class GlobalStage(Stage):
     """A stage that needs the whole corpus, run as map (per shard) -> reduce (once) -> apply (per shard).
 
-    `map` returns a small summary of one shard (e.g. hashes), `reduce` sees every shard's
-    summary in shard order and returns per-shard decisions, `apply` uses one shard's decision.
-    Summaries and decisions must be JSON- or Arrow-serialisable by the executor.
+    `map` returns a small summary of one shard as a pyarrow Table (e.g. hashes), `reduce` sees
+    every shard's summary in shard order through `Summaries` and returns a decision Table per
+    shard, and `apply` uses one shard's decision.
     """
 
     is_global = True
@@ -119,7 +150,7 @@ class GlobalStage(Stage):
     def map(self, records: Iterable[Record]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def reduce(self, summaries: list[tuple[str, Any]]) -> dict[str, Any]:  # pragma: no cover - abstract
+    def reduce(self, summaries: Summaries) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def apply(self, decision: Any, records: Iterable[Record]) -> Iterator[Record]:  # pragma: no cover
@@ -128,7 +159,7 @@ class GlobalStage(Stage):
     def run(self, records: Iterable[Record]) -> Iterator[Record]:
         """In-memory version: one 'shard' holding everything."""
         records = list(records)
-        decision = self.reduce([("all", self.map(records))])["all"]
+        decision = self.reduce(Summaries([("all", self.map(records))]))["all"]
         yield from self.apply(decision, records)
 
     def applier(self, decision: Any) -> Stage:
