@@ -25,6 +25,9 @@ BUILTIN_STAGES: dict[str, str] = {
     "url_blocklist": "lmforge.clean.filters.blocklist:UrlBlocklist",
     "bad_words": "lmforge.clean.filters.blocklist:BadWords",
     "exact_dedup": "lmforge.dedup.exact:ExactDedup",
+    "minhash_dedup": "lmforge.dedup.minhash:MinHashDedup",
+    "line_dedup": "lmforge.dedup.lines:LineDedup",
+    "decontaminate": "lmforge.dedup.decontaminate:Decontaminate",
 }
 
 
