@@ -21,8 +21,7 @@ from lmforge.errors import InputError
 from lmforge.pipeline.executors import Executor
 from lmforge.pipeline.registry import resolve_stage
 from lmforge.pipeline.shards import (
-    GlobalApplyTask,
-    GlobalMapTask,
+    GlobalTask,
     StageSpec,
     StreamTask,
     done_shard_ids,
@@ -122,7 +121,7 @@ def _run_global(executor: Executor, seg: Segment, in_dir: Path, out_dir: Path, s
     map_dir, reduce_dir = out_dir / "map", out_dir / "reduce"
     todo = [s for s in shards if not marker_path(map_dir, s, "summary").exists()]
     if todo:
-        tasks = [GlobalMapTask(shard_path(in_dir, s), out_dir, s, spec) for s in todo]
+        tasks = [GlobalTask(shard_path(in_dir, s), out_dir, s, spec) for s in todo]
         executor.map(run_global_map_task, tasks, description=f"{out_dir.name}: map")
     if not (reduce_dir / "reduce.done").exists():
         stage = build_stages([spec])[0]
@@ -136,7 +135,7 @@ def _run_global(executor: Executor, seg: Segment, in_dir: Path, out_dir: Path, s
         write_json_atomic(reduce_dir / "reduce.done", {"shards": len(shards)})
     todo = [s for s in shards if not marker_path(out_dir, s).exists()]
     if todo:
-        tasks = [GlobalApplyTask(shard_path(in_dir, s), out_dir, s, spec) for s in todo]
+        tasks = [GlobalTask(shard_path(in_dir, s), out_dir, s, spec) for s in todo]
         executor.map(run_global_apply_task, tasks, description=f"{out_dir.name}: apply")
 
 

@@ -87,14 +87,16 @@ def run_stream_task(task: StreamTask) -> dict[str, Any]:
 
 
 @dataclass
-class GlobalMapTask:
+class GlobalTask:
+    """One shard's map or apply phase of a global stage."""
+
     input_path: Path
     out_dir: Path
     shard_id: str
     spec: StageSpec
 
 
-def run_global_map_task(task: GlobalMapTask) -> dict[str, Any]:
+def run_global_map_task(task: GlobalTask) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from lmforge.records import atomic_path
@@ -110,15 +112,7 @@ def run_global_map_task(task: GlobalMapTask) -> dict[str, Any]:
     return info
 
 
-@dataclass
-class GlobalApplyTask:
-    input_path: Path
-    out_dir: Path
-    shard_id: str
-    spec: StageSpec
-
-
-def run_global_apply_task(task: GlobalApplyTask) -> dict[str, Any]:
+def run_global_apply_task(task: GlobalTask) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     stage = build_stages([task.spec])[0]
