@@ -43,7 +43,7 @@ BASE = "input: {builtin: {}}\n"
         (BASE + "pretrain: {steps: many}\n", "pretrain.steps: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
         (BASE + "pretrain: {steps: 0}\n", "pretrain.steps: Input should be greater than 0 (got 0)"),
         (BASE + "pretrain: {preset: huge}\n", "pretrain.preset: must be one of"),
-        (BASE + "tokenizer: {vocab_size: 10}\n", "tokenizer: vocab_size must be at least 256 + 2 special tokens = 258 (got 10)"),
+        (BASE + "tokenizer: {vocab_size: 10}\n", "tokenizer: vocab_size must be at least 256 + 4 special tokens = 260 (got 10)"),
         (BASE + "executor: {kind: slurm}\n", "executor.kind: must be one of 'local' or 'ray' (got 'slurm')"),
         (BASE + "pipeline:\n  - normalise: {}\n", "pipeline[0]: unknown stage 'normalise'; allowed: bad_words, boilerplate_lines, c4"),
         (BASE + "pipeline:\n  - length_filter: {min_chars: lots}\n", "pipeline[0].length_filter.min_chars: Input should be a valid integer"),

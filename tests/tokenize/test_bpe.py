@@ -82,6 +82,8 @@ def test_saved_directory_is_loadable_by_transformers(trained):
     assert tc["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert tc["eos_token"] == tc["bos_token"] == tc["unk_token"] == "<|endoftext|>"
     assert tc["pad_token"] == "<|pad|>"
+    assert tc["additional_special_tokens"] == ["<|im_start|>", "<|im_end|>"]
+    assert "<|im_start|>" in tc["chat_template"]
     assert isinstance(tc["model_max_length"], int) and tc["model_max_length"] > 0
     sm = json.loads((out / "special_tokens_map.json").read_text())
     assert sm["eos_token"] == "<|endoftext|>" and sm["pad_token"] == "<|pad|>"
@@ -115,7 +117,8 @@ def test_training_leaves_no_temporary_files(trained):
         ({"vocab_size": 257}, "vocab_size"),
         ({"min_frequency": 0}, "min_frequency"),
         ({"max_training_chars": 0}, "max_training_chars"),
-        ({"kind": "wordpiece"}, "kind"),
+        ({"kind": "sentencepiece"}, "kind"),
+        ({"kind": "wordpiece", "jieba": True}, "jieba"),
         ({"vocab_sise": 1000}, "vocab_sise"),
         ({"special_tokens": ["<|pad|>"]}, "special_tokens"),
     ],
@@ -128,9 +131,15 @@ def test_config_errors_name_the_field(data, field):
 
 
 def test_vocab_floor_counts_special_tokens():
-    TokenizerConfig(vocab_size=258)
-    with pytest.raises(ValidationError, match="259"):
-        TokenizerConfig(vocab_size=258, special_tokens=["<|endoftext|>", "<|pad|>", "<|im_start|>"])
+    # <|endoftext|>, <|pad|> and the two chat tokens
+    TokenizerConfig(vocab_size=260)
+    TokenizerConfig(vocab_size=258, chat_template=False)
+    with pytest.raises(ValidationError, match="261"):
+        TokenizerConfig(vocab_size=260, special_tokens=["<|endoftext|>", "<|pad|>", "<|mask|>"])
+    # Unigram reserves its 256 byte pieces, room for 100 characters and an unknown token
+    with pytest.raises(ValidationError, match="361"):
+        TokenizerConfig(kind="unigram", vocab_size=360)
+    TokenizerConfig(kind="unigram", vocab_size=361)
 
 
 def test_load_tokenizer_errors_name_the_path(tmp_path):
@@ -150,8 +159,10 @@ def test_load_tokenizer_accepts_the_json_file_itself(trained):
 
 def test_importing_the_tokenize_modules_does_not_import_tokenizers_or_torch():
     code = (
-        "import sys, lmforge.tokenize.bpe, lmforge.tokenize.encode; "
-        "print(sorted(m for m in ('tokenizers', 'torch') if m in sys.modules))"
+        "import sys, lmforge.tokenize.bpe, lmforge.tokenize.encode, lmforge.tokenize.shards, "
+        "lmforge.tokenize.dataset, lmforge.tokenize.report, lmforge.cli.tokenizer; "
+        "print(sorted(m for m in ('tokenizers', 'torch', 'transformers', 'tiktoken', 'jieba', 'pyarrow') "
+        "if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from lmforge import __version__
-from lmforge.cli import collect, corpora, demo, run, stats
+from lmforge.cli import collect, corpora, demo, run, stats, tokenizer
 from lmforge.cli.console import console, setup_logging
 from lmforge.errors import UserError
 
@@ -48,6 +48,7 @@ app.command("stats", help=stats.__doc__, no_args_is_help=True)(stats.stats_comma
 app.command("demo", help=demo.__doc__)(demo.demo_command)
 app.add_typer(collect.app, name="collect")
 app.add_typer(corpora.app, name="corpora")
+app.add_typer(tokenizer.app, name="tokenizer")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,16 @@
-"""Train, save and load a byte-level BPE tokenizer for mixed Chinese/English text.
+"""Train, save and load tokenizers for mixed Chinese/English text: byte-level BPE, Unigram, WordPiece.
 
-Byte-level BPE starts from the 256 byte symbols, so every string (Chinese, emoji, stray
-control bytes) is encodable with no unknown token and decodes back exactly. Chinese has no
-spaces, so nothing here assumes whitespace separates words: the GPT-2 style regex groups runs
-of letters (Han characters included) and merges are learned inside those runs.
+Byte-level BPE (the default) starts from the 256 byte symbols, so every string (Chinese, emoji,
+stray control bytes) is encodable with no unknown token and decodes back exactly. Unigram keeps
+real characters in its vocabulary and falls back to `<0xNN>` byte pieces for anything unseen, so
+it round-trips too. WordPiece is for BERT-style encoders: it splits every Han character on its
+own (as BERT-Chinese does), drops whitespace and maps unseen characters to `[UNK]`.
+
+Chinese has no spaces, so nothing here assumes whitespace separates words: runs of letters (Han
+characters included) are one pre-token and the model learns pieces inside them; every digit is
+its own piece. With `jieba: true` the training text is cut at jieba's word boundaries first, so
+no learned piece straddles two words; encoding needs no jieba, and the saved files stay plain
+`tokenizers` JSON that `transformers.AutoTokenizer` loads.
 
 `tokenizers` is imported inside the functions so that importing this module stays cheap.
 """
@@ -12,9 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -29,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+UNK_TOKEN = "<|unk|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
 # Written into tokenizer_config.json for transformers; the largest context of our presets.
 MODEL_MAX_LENGTH = 1024
 TOKENIZER_FILES = (
@@ -37,31 +48,78 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "lmforge_tokenizer.json",
 )
+# ChatML: the tokens are single special ids, so a role switch can never be forged by plain text.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# transformers' role for each special token lmforge recognises (both spellings).
+ROLES = {
+    "pad": ("<|pad|>", "[PAD]"),
+    "unk": ("<|unk|>", "[UNK]"),
+    "cls": ("<|cls|>", "[CLS]"),
+    "sep": ("<|sep|>", "[SEP]"),
+    "mask": ("<|mask|>", "[MASK]"),
+}
+DEFAULT_SPECIALS = {
+    "byte_bpe": [EOS_TOKEN, PAD_TOKEN],
+    "unigram": [EOS_TOKEN, PAD_TOKEN, UNK_TOKEN],
+    "wordpiece": [EOS_TOKEN, "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+}
+BYTE_PIECES = 256  # Unigram's <0x00>..<0xFF> fallback pieces, byte-level BPE's alphabet
+# The least room each kind needs besides its special tokens: the byte alphabet, Unigram's byte
+# pieces plus some characters to learn from, WordPiece's most common characters.
+_FLOOR = {"byte_bpe": BYTE_PIECES, "unigram": BYTE_PIECES + 100, "wordpiece": 100}
+# GPT-2's split, minus its digit runs (digits are isolated before it): a Han run is one pre-token.
+_WORDISH = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 
 
 class TokenizerConfig(StrictModel):
     """How to learn the vocabulary; saved next to the tokenizer so a run can be reproduced."""
 
-    kind: Literal["byte_bpe"] = "byte_bpe"
+    kind: Literal["byte_bpe", "unigram", "wordpiece"] = "byte_bpe"
     vocab_size: int = 4096
     min_frequency: int = Field(default=2, ge=1)
-    special_tokens: list[str] = Field(default_factory=lambda: [EOS_TOKEN, PAD_TOKEN])
+    special_tokens: list[str] | None = Field(
+        default=None, description="None: the kind's defaults; an unknown-token and chat tokens are added as needed"
+    )
+    chat_template: bool = Field(default=True, description="add <|im_start|>/<|im_end|> and a ChatML template")
+    jieba: bool = Field(default=False, description="cut training text at jieba word boundaries (byte_bpe, unigram)")
     max_training_chars: int | None = Field(default=None, gt=0)
+
+    def resolved_special_tokens(self) -> list[str]:
+        """The special tokens in id order: given or default, then a missing unk (Unigram, WordPiece), then chat."""
+        tokens = list(self.special_tokens if self.special_tokens is not None else DEFAULT_SPECIALS[self.kind])
+        if self.kind != "byte_bpe" and not any(t in ROLES["unk"] for t in tokens):
+            tokens.append("[UNK]" if self.kind == "wordpiece" else UNK_TOKEN)
+        if self.chat_template:
+            tokens += [t for t in (IM_START, IM_END) if t not in tokens]
+        return tokens
+
+    def vocab_floor(self) -> int:
+        return _FLOOR[self.kind] + len(self.resolved_special_tokens())
 
     @model_validator(mode="after")
     def _check(self) -> TokenizerConfig:
-        # The 256 byte symbols and the special tokens are always in the vocabulary; anything
-        # smaller could not hold them and the trainer would silently exceed vocab_size.
-        floor = 256 + len(self.special_tokens)
+        given = self.special_tokens
+        if given is not None:
+            if EOS_TOKEN not in given:
+                raise ValueError(f"special_tokens must contain {EOS_TOKEN!r}: it separates documents")
+            if len(set(given)) != len(given):
+                raise ValueError(f"special_tokens has duplicates (got {given!r})")
+        # Byte symbols (or byte pieces) and the special tokens always take ids; anything smaller could
+        # not hold them and the trainer would silently exceed vocab_size.
+        floor = self.vocab_floor()
         if self.vocab_size < floor:
             raise ValueError(
-                f"vocab_size must be at least 256 + {len(self.special_tokens)} special tokens = {floor} "
-                f"(got {self.vocab_size})"
+                f"vocab_size must be at least {_FLOOR[self.kind]} + {len(self.resolved_special_tokens())} special tokens "
+                f"= {floor} (got {self.vocab_size})" + ("" if self.kind == "byte_bpe" else f" for {self.kind}")
             )
-        if EOS_TOKEN not in self.special_tokens:
-            raise ValueError(f"special_tokens must contain {EOS_TOKEN!r}: it separates documents")
-        if len(set(self.special_tokens)) != len(self.special_tokens):
-            raise ValueError(f"special_tokens has duplicates (got {self.special_tokens!r})")
+        if self.jieba and self.kind == "wordpiece":
+            raise ValueError("jieba applies to byte_bpe and unigram; wordpiece already splits every Han character")
         return self
 
 
@@ -79,37 +137,155 @@ def _capped(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:
         yield text
 
 
+def jieba_pieces(texts: Iterable[str]) -> Iterator[str]:
+    """Cut each text at jieba's boundaries inside Chinese; other text stays whole.
+
+    The trainer treats each yielded string as its own sequence, so merges never cross a cut.
+    English keeps its leading-space words (" the") because non-Chinese segments are re-joined.
+    """
+    jieba = require("jieba", "clean")
+    jieba.setLogLevel(logging.WARNING)
+    for text in texts:
+        if not _HAN.search(text):
+            yield text
+            continue
+        pending = ""
+        for seg in jieba.cut(text, HMM=True):
+            if _HAN.search(seg):
+                if pending:
+                    yield pending
+                    pending = ""
+                yield seg
+            else:
+                pending += seg
+        if pending:
+            yield pending
+
+
+def _common_chars_only(texts: Iterable[str], keep: int) -> Iterator[str]:
+    """Cut the texts at characters outside the `keep` most frequent ones (Unigram's character coverage).
+
+    The Unigram trainer insists that every character it sees fits in the vocabulary, and Chinese
+    has far more characters than a small vocabulary holds. Rare ones are left to byte fallback,
+    as SentencePiece does; this needs two passes, so the (capped) training text is held in memory.
+    """
+    from collections import Counter
+
+    held = list(texts)
+    counts: Counter[str] = Counter()
+    for text in held:
+        counts.update(text)
+    if len(counts) <= keep:
+        yield from held
+        return
+    rare = {ch for ch, _ in counts.most_common()[keep:]}
+    logger.info("unigram: %d of %d characters left to byte fallback", len(rare), len(counts))
+    cut = re.compile("[" + "".join(re.escape(ch) for ch in sorted(rare)) + "]+")
+    for text in held:
+        yield from (piece for piece in cut.split(text) if piece)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _new_tokenizer() -> Tokenizer:
-    tk = require("tokenizers", "train")
-    from tokenizers import Regex, decoders, models, pre_tokenizers, processors
+def _digits_then(last: Any) -> Any:
+    from tokenizers import Regex, pre_tokenizers
 
-    tok = tk.Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    # No normalizer: the text was cleaned upstream, and byte-exact round trips are the contract.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            # One piece per digit: numbers then tokenize uniformly instead of by corpus frequency.
-            pre_tokenizers.Split(Regex(r"\p{Nd}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    # One piece per digit: numbers then tokenize uniformly instead of by corpus frequency.
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\p{Nd}"), behavior="isolated"), last])
+
+
+def _new_tokenizer(config: TokenizerConfig | None = None) -> tuple[Tokenizer, Any]:
+    """An untrained tokenizer of the configured kind and the trainer that fills it."""
+    config = config or TokenizerConfig()
+    tk = require("tokenizers", "train")
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = config.resolved_special_tokens()
+    if config.kind == "byte_bpe":
+        tok = tk.Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+        # No normalizer: the text was cleaned upstream, and byte-exact round trips are the contract.
+        tok.pre_tokenizer = _digits_then(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=config.vocab_size, min_frequency=config.min_frequency, special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+    elif config.kind == "unigram":
+        tok = tk.Tokenizer(models.Unigram())
+        tok.pre_tokenizer = _digits_then(pre_tokenizers.Split(Regex(_WORDISH), behavior="isolated"))
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+        unk = next(t for t in specials if t in ROLES["unk"])
+        # The byte pieces are added after training, so the learned part leaves room for them.
+        trainer = trainers.UnigramTrainer(
+            vocab_size=config.vocab_size - BYTE_PIECES, special_tokens=specials, unk_token=unk,
+            show_progress=False,
+        )
+    else:
+        unk = next(t for t in specials if t in ROLES["unk"])
+        tok = tk.Tokenizer(models.WordPiece(unk_token=unk, max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
+        )
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Digits(individual_digits=True)]
+        )
+        tok.decoder = decoders.WordPiece(prefix="##")
+        # Half the vocabulary may go to single characters; rarer ones become [UNK] as in BERT.
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=config.vocab_size, min_frequency=config.min_frequency, special_tokens=specials,
+            limit_alphabet=max(100, (config.vocab_size - len(specials)) // 2), show_progress=False,
+        )
+    return tok, trainer
+
+
+def _finish(tok: Tokenizer, config: TokenizerConfig) -> Tokenizer:
+    """What the trainers cannot do themselves: Unigram byte fallback and BERT's [CLS] ... [SEP]."""
+    tk = require("tokenizers", "train")
+    from tokenizers import decoders, processors
+
+    specials = config.resolved_special_tokens()
+    if config.kind == "unigram":
+        spec = json.loads(tok.to_str())
+        vocab = spec["model"]["vocab"]
+        have = {piece for piece, _ in vocab}
+        lowest = min(score for _, score in vocab)
+        # Least likely pieces: used only for characters no learned piece covers. A literal "<0x41>"
+        # in text never matches one, because the digit split cuts it apart first.
+        vocab += [[f"<0x{b:02X}>", lowest - 1.0] for b in range(256) if f"<0x{b:02X}>" not in have]
+        spec["model"]["byte_fallback"] = True
+        tok = tk.Tokenizer.from_str(json.dumps(spec))
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    elif config.kind == "wordpiece":
+        cls = next((t for t in specials if t in ROLES["cls"]), None)
+        sep = next((t for t in specials if t in ROLES["sep"]), None)
+        if cls and sep:
+            tok.post_processor = processors.TemplateProcessing(
+                single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+                special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+            )
     return tok
 
 
 def _hf_files(config: TokenizerConfig) -> tuple[dict, dict]:
     """The two small JSON files that let transformers' AutoTokenizer load the directory."""
-    pad = PAD_TOKEN if PAD_TOKEN in config.special_tokens else EOS_TOKEN
-    special_map = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": pad}
-    extra = [t for t in config.special_tokens if t not in (EOS_TOKEN, pad)]
+    specials = config.resolved_special_tokens()
+    role = {name: next((t for t in specials if t in names), None) for name, names in ROLES.items()}
+    special_map: dict[str, Any] = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN}
+    special_map["unk_token"] = role["unk"] or EOS_TOKEN
+    special_map["pad_token"] = role["pad"] or EOS_TOKEN
+    for name in ("cls", "sep", "mask"):
+        if role[name]:
+            special_map[f"{name}_token"] = role[name]
+    if config.kind == "wordpiece" and role["cls"]:
+        special_map["bos_token"] = role["cls"]
+    extra = [t for t in specials if t not in special_map.values()]
     if extra:
         special_map["additional_special_tokens"] = extra
-    tok_config = {
+    tok_config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": MODEL_MAX_LENGTH,
         "add_bos_token": False,
@@ -117,26 +293,27 @@ def _hf_files(config: TokenizerConfig) -> tuple[dict, dict]:
         "clean_up_tokenization_spaces": False,
         **special_map,
     }
+    if config.chat_template:
+        tok_config["chat_template"] = CHAT_TEMPLATE
     return tok_config, special_map
 
 
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, out_dir: str | Path) -> Path:
     """Learn the vocabulary from `texts` and save a directory both lmforge and transformers can load."""
     require("tokenizers", "train")
-    from tokenizers import pre_tokenizers, trainers
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _new_tokenizer()
-    trainer = trainers.BpeTrainer(
-        vocab_size=config.vocab_size,
-        min_frequency=config.min_frequency,
-        special_tokens=list(config.special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_capped(texts, config.max_training_chars), trainer=trainer)
-    logger.info("trained byte-level BPE: %d tokens (asked for %d)", tok.get_vocab_size(), config.vocab_size)
+    tok, trainer = _new_tokenizer(config)
+    stream = _capped(texts, config.max_training_chars)
+    if config.jieba:
+        stream = jieba_pieces(stream)
+    if config.kind == "unigram":
+        # Half of what the trainer fills may be single characters; the rest is learned pieces.
+        learned = config.vocab_size - BYTE_PIECES - len(config.resolved_special_tokens())
+        stream = _common_chars_only(stream, learned // 2)
+    tok.train_from_iterator(stream, trainer=trainer)
+    tok = _finish(tok, config)
+    logger.info("trained %s: %d tokens (asked for %d)", config.kind, tok.get_vocab_size(), config.vocab_size)
 
     tok_config, special_map = _hf_files(config)
     _atomic_write_text(out / "tokenizer.json", tok.to_str(pretty=True))
@@ -160,6 +337,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return tk.Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
         raise InputError(f"cannot read tokenizer {file}: {exc}") from None
+
+
+def load_config(path: str | Path) -> TokenizerConfig | None:
+    """The config a directory was trained with, or None for a tokenizer made elsewhere."""
+    file = Path(path) / "lmforge_tokenizer.json"
+    if not file.is_file():
+        return None
+    return TokenizerConfig.model_validate(json.loads(file.read_text(encoding="utf-8")))
 
 
 def eos_id(tok: Tokenizer) -> int:
