@@ -118,3 +118,34 @@ def _snapshot(run_dir: Path) -> dict[str, list[dict]]:
 @pytest.fixture
 def snapshot():
     return _snapshot
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local 2-CPU Ray for every test that compares executors (starting Ray takes seconds)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def lmforge_cli():
+    """Run `python -m lmforge.cli.main ARGS` in a subprocess, with extra folders on PYTHONPATH for custom stages.
+
+    wait=False returns the Popen in its own session, so a test can SIGKILL the whole process group.
+    """
+    import os
+    import subprocess
+    import sys
+
+    def run(*args: str, path: Path | None = None, wait: bool = True):
+        extra = [str(path)] if path else []
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*extra, os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, "-m", "lmforge.cli.main", *args]
+        if wait:
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+
+    return run

@@ -16,13 +16,6 @@ STAGES = ["strip_html: {}", "normalize: {}", "length_filter: {min_chars: 10}", "
           '"lmforge.dedup.minhash:MinHashDedup": {}']
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def test_exact_and_near_dedup_identical_on_ray_and_local(make_recipe, tmp_path, local_ray, snapshot):
     recipe_path = make_recipe(shard_size=30, stages=STAGES)
     recipe = load_recipe(recipe_path)

@@ -281,14 +281,6 @@ STAGES = ["strip_html: {}", "normalize: {}", "length_filter: {min_chars: 10}", "
 SEG = "stages/03-minhash_dedup"
 
 
-def lmforge(*args: str, wait: bool = True):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "lmforge.cli.main", *args]
-    if wait:
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
 def kill_when(proc: subprocess.Popen, directory: Path, pattern: str, count: int) -> int:
     deadline = time.time() + 120
     while time.time() < deadline and len(list(directory.glob(pattern))) < count and proc.poll() is None:
@@ -298,7 +290,10 @@ def kill_when(proc: subprocess.Popen, directory: Path, pattern: str, count: int)
     return len(list(directory.glob(pattern)))
 
 
-def test_sigkill_in_map_and_in_apply_then_rerun_equals_uninterrupted(make_recipe, tmp_path, snapshot):
+def test_sigkill_in_map_and_in_apply_then_rerun_equals_uninterrupted(make_recipe, tmp_path, snapshot, lmforge_cli):
+    def lmforge(*args: str, wait: bool = True):
+        return lmforge_cli(*args, path=HERE, wait=wait)
+
     recipe = make_recipe(shard_size=20, workers=2, stages=STAGES)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     seg = killed / SEG

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,15 +12,10 @@ HERE = Path(__file__).parent
 STAGES = ['"slowstage:Slow": {seconds: 0.015}', "normalize: {}", "length_filter: {min_chars: 10}", "exact_dedup: {}"]
 
 
-def lmforge(*args: str, wait: bool = True):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "lmforge.cli.main", *args]
-    if wait:
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def test_sigkill_then_rerun_equals_uninterrupted(make_recipe, tmp_path, snapshot, lmforge_cli):
+    def lmforge(*args: str, wait: bool = True):
+        return lmforge_cli(*args, path=HERE, wait=wait)
 
-
-def test_sigkill_then_rerun_equals_uninterrupted(make_recipe, tmp_path, snapshot):
     recipe = make_recipe(shard_size=20, workers=2, stages=STAGES)
     killed = tmp_path / "killed"
     seg = killed / "stages" / "01-slow+normalize+length_filter"

@@ -12,13 +12,6 @@ from lmforge.recipe import load_recipe
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def test_ray_and_local_outputs_are_identical(make_recipe, tmp_path, local_ray, snapshot):
     recipe_path = make_recipe(shard_size=30)
     recipe = load_recipe(recipe_path)
