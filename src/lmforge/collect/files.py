@@ -73,18 +73,29 @@ def file_format(path: Path) -> str | None:
     return FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def list_files(config: FilesConfig, base_dir: Path) -> list[Path]:
-    """Expand paths, directories and globs (sorted, deduplicated); a pattern matching nothing is an error."""
-    out: dict[Path, None] = {}
-    for i, pattern in enumerate(config.paths):
+def expand_paths(patterns: list[str], base_dir: Path, field: str, recursive: bool = True,
+                 directories: bool = True) -> Iterator[tuple[Path, list[Path]]]:
+    """(pattern as a path, matching files sorted) per pattern; a pattern matching nothing is an error.
+
+    Relative patterns start at `base_dir` (the recipe's folder); with `directories`, a directory
+    stands for the files below it. The error names `field[i]` so a recipe mistake is easy to find.
+    """
+    for i, pattern in enumerate(patterns):
         full = Path(pattern) if Path(pattern).is_absolute() else base_dir / pattern
-        if full.is_dir():
-            walker = full.rglob("*") if config.recursive else full.glob("*")
+        if directories and full.is_dir():
+            walker = full.rglob("*") if recursive else full.glob("*")
             matches = sorted(p for p in walker if p.is_file())
         else:
-            matches = sorted(Path(p) for p in glob.glob(str(full), recursive=config.recursive) if Path(p).is_file())
+            matches = sorted(Path(p) for p in glob.glob(str(full), recursive=recursive) if Path(p).is_file())
         if not matches:
-            raise ConfigError(f"input.files.paths[{i}]: no file matches {pattern!r} (looked in {base_dir})")
+            raise ConfigError(f"{field}[{i}]: no file matches {pattern!r} (looked in {base_dir})")
+        yield full, matches
+
+
+def list_files(config: FilesConfig, base_dir: Path) -> list[Path]:
+    """Files of the configured paths, directories and globs, sorted within each pattern and deduplicated."""
+    out: dict[Path, None] = {}
+    for full, matches in expand_paths(config.paths, base_dir, "input.files.paths", config.recursive):
         for m in matches:
             fmt = file_format(m)
             if fmt is None or fmt in config.formats or full == m:

@@ -9,7 +9,6 @@ warcio's ARC-to-WARC conversion.
 
 from __future__ import annotations
 
-import glob
 import logging
 import zlib
 from collections.abc import Iterator
@@ -18,9 +17,10 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from lmforge.collect.files import expand_paths
 from lmforge.collect.html import decode_html
 from lmforge.config import StrictModel
-from lmforge.errors import ConfigError, require
+from lmforge.errors import require
 from lmforge.records import Record, make_id
 
 log = logging.getLogger(__name__)
@@ -49,14 +49,8 @@ class WarcConfig(StrictModel):
 
 
 def list_warcs(config: WarcConfig, base_dir: Path) -> list[Path]:
-    out: list[Path] = []
-    for i, pattern in enumerate(config.paths):
-        full = Path(pattern) if Path(pattern).is_absolute() else base_dir / pattern
-        matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
-        if not matches:
-            raise ConfigError(f"input.warc.paths[{i}]: no file matches {pattern!r} (looked in {base_dir})")
-        out.extend(matches)
-    return out
+    expanded = expand_paths(config.paths, base_dir, "input.warc.paths", directories=False)
+    return [m for _, matches in expanded for m in matches]
 
 
 def iter_warc(config: WarcConfig, base_dir: Path, work_dir: Path | None = None) -> Iterator[Record]:
