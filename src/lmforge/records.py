@@ -66,6 +66,19 @@ class Record:
         )
 
 
+def jsonable(value: Any) -> Any:
+    """`value` as JSON values for meta: bytes decoded, dates as ISO 8601, anything else unknown as str."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def text_bytes(record: Record) -> int:
     return len(record.text.encode("utf-8", "surrogatepass"))
 

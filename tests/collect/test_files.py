@@ -115,3 +115,20 @@ def test_pdf_text_and_broken_pdf(tmp_path):
     assert sorted(str(r.drop_reason) for r in recs) == ["None", "corrupt_pdf", "pdf_no_text"]
     (ok,) = [r for r in recs if r.drop_reason is None]
     assert ok.text == "Hello from a PDF page" and ok.meta["pdf"]["pages"] == 1
+
+
+def test_parquet_columns_json_cannot_hold_become_strings(tmp_path):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmforge.records import read_parquet, write_parquet
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"body": ["正文 text"], "ts": [datetime.datetime(2024, 1, 2, 3, 4)], "raw": [b"ab"]}),
+                   tmp_path / "in" / "t.parquet")
+    (rec,) = collect(tmp_path, text_field="body")
+    assert rec.meta["fields"] == {"ts": "2024-01-02T03:04:00", "raw": "ab"}
+    write_parquet(tmp_path / "out.parquet", [rec])  # meta must serialise
+    assert next(read_parquet(tmp_path / "out.parquet")).meta == rec.meta

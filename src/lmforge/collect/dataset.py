@@ -16,7 +16,7 @@ from pydantic import Field
 from lmforge.collect.files import FilesConfig, file_format, read_file
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, InputError, require
-from lmforge.records import Record, make_id
+from lmforge.records import Record, jsonable, make_id
 
 log = logging.getLogger(__name__)
 DATA_FORMATS = ("parquet", "jsonl", "json", "csv", "tsv", "text")
@@ -82,19 +82,7 @@ def _row_record(row: dict[str, Any], config: DatasetConfig, source: str, locator
                             "error": f"field {config.text_field!r} is {type(text).__name__}"})
     extra = {k: v for k, v in row.items() if k not in (config.text_field, config.id_field, "id")}
     return Record(id=rid, text=text, source=source, url=locator, lang=str(row.get("lang") or ""),
-                  meta={"fields": _jsonable(extra)} if extra else {})
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
+                  meta={"fields": jsonable(extra)} if extra else {})
 
 
 def _saved(root: Path, config: DatasetConfig, source: str) -> Iterator[Record]:

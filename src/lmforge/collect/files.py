@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from lmforge.collect.encoding import decode_bytes
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError
-from lmforge.records import Record, make_id, read_jsonl, read_parquet
+from lmforge.records import Record, jsonable, make_id, read_jsonl, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _item_record(obj: Any, path: Path, locator: str, config: FilesConfig, source
     rid = str(given) if given not in (None, "") else make_id(source, locator)
     meta = {k: v for k, v in obj.items() if k not in (config.text_field, "id", config.id_field, "url", "lang")}
     return Record(id=rid, text=obj[config.text_field], source=source, url=str(obj.get("url") or path),
-                  lang=str(obj.get("lang") or ""), meta={"fields": meta} if meta else {})
+                  lang=str(obj.get("lang") or ""), meta={"fields": jsonable(meta)} if meta else {})
 
 
 def _read_json(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:

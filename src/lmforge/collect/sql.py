@@ -36,7 +36,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, InputError, require
-from lmforge.records import Record, make_id
+from lmforge.records import Record, jsonable, make_id
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def _record(row, config: SqlConfig, source: str, namespace: str, provenance: dic
     meta: dict[str, Any] = {}
     columns = [*([config.id_column] if config.id_column else []), *config.meta_columns]
     if columns:
-        meta["sql"] = {c: _jsonable(row[c]) for c in columns}
+        meta["sql"] = {c: jsonable(row[c]) for c in columns}
     if config.id_column and row[config.id_column] is not None:
         rid = make_id(namespace, f"id:{row[config.id_column]}")
     elif reason is None:
@@ -301,16 +301,3 @@ def _optional_str(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
-
-
-def _jsonable(value: Any) -> Any:
-    """Column values as JSON values: meta is stored as JSON, and dates or decimals are not."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
