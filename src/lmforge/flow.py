@@ -8,9 +8,9 @@ first unfinished shard).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -102,6 +102,8 @@ def _log_to(path: Path) -> Iterator[None]:
 def _run_steps(recipe: Recipe, run_dir: Path, base_dir: Path, executor: ExecutorConfig | None,
                on_train_step: Callable[[int, float], None] | None) -> RunResult:
     log.info("run %s: recipe %s", run_dir, recipe.name)
+    if distributed_rank() > 0:
+        return _follow(recipe, run_dir, on_train_step)
     ex = make_executor(executor or recipe.executor)
     try:
         output_dir = run_pipeline(run_dir, recipe.input, recipe.stage_specs(), ex, base_dir)
@@ -115,15 +117,42 @@ def _run_steps(recipe: Recipe, run_dir: Path, base_dir: Path, executor: Executor
     if recipe.pretrain is not None:
         if recipe.tokenizer is None:
             raise ConfigError("pretrain: needs a 'tokenizer' step in the same recipe")
-        steps["tokens"] = _tokens_step(recipe, run_dir, output_dir)
-        steps["pretrain"] = _pretrain_step(recipe, run_dir, on_train_step)
+        if recipe.pretrain.arch == "gpt":
+            steps["tokens"] = _tokens_step(recipe, run_dir, output_dir)
+        _write_ready(run_dir, output_dir)
+        steps["pretrain"] = _pretrain_step(recipe, run_dir, output_dir, on_train_step)
         stats = write_stats(run_dir, steps)
     if recipe.generate is not None:
         if "pretrain" not in steps:
             raise ConfigError("generate: needs a 'pretrain' step in the same recipe")
+        if recipe.pretrain.arch != "gpt":
+            raise ConfigError("generate: needs a GPT (pretrain.arch: gpt); a BERT encoder does not generate text")
         steps["generate"] = _generate_step(recipe, run_dir)
         stats = write_stats(run_dir, steps)
     return RunResult(run_dir, stats, output_dir, steps)
+
+
+READY = "pretrain-data.ready"
+
+
+def _write_ready(run_dir: Path, output_dir: Path) -> None:
+    """Tell the other torchrun processes that the data is prepared (rank 0 prepares it alone)."""
+    write_json_atomic(run_dir / READY, {"output_dir": str(output_dir.relative_to(run_dir))})
+
+
+def _follow(recipe: Recipe, run_dir: Path, on_train_step) -> RunResult:
+    """Ranks > 0: wait for rank 0's data, then join the training (every rank must run the trainer)."""
+    if recipe.pretrain is None:
+        raise ConfigError("only pretraining runs under torchrun; run data steps with a single process")
+    ready = run_dir / READY
+    deadline = time.monotonic() + float(os.environ.get("LMFORGE_DATA_WAIT_S", 3600))
+    while not ready.exists():
+        if time.monotonic() > deadline:
+            raise UserError(f"rank {distributed_rank()}: rank 0 did not prepare the data ({ready} never appeared)")
+        time.sleep(0.5)
+    output_dir = run_dir / read_json(ready)["output_dir"]
+    steps = {"pretrain": _pretrain_step(recipe, run_dir, output_dir, on_train_step)}
+    return RunResult(run_dir, {}, output_dir, steps)
 
 
 def collect(source: str, config: dict[str, Any], run_dir: str | Path, shard_size: int = 500,
@@ -143,14 +172,13 @@ def _cached(marker: Path) -> dict[str, Any] | None:
     return read_json(marker) if marker.exists() else None
 
 
-def _is_validation(record_id: str, percent: float) -> bool:
-    """Stable document-level split: the same id always lands on the same side."""
-    h = int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "little")
-    return (h % 10_000) < percent * 100
+def distributed_rank() -> int:
+    return int(os.environ.get("RANK", 0))
 
 
 def _tokenizer_step(recipe: Recipe, run_dir: Path, output_dir: Path) -> dict[str, Any]:
     from lmforge.tokenize.bpe import train_tokenizer
+    from lmforge.tokenize.shards import in_holdout
 
     tok_dir = run_dir / "tokenizer"
     marker = tok_dir / "step.done"
@@ -158,7 +186,7 @@ def _tokenizer_step(recipe: Recipe, run_dir: Path, output_dir: Path) -> dict[str
         return cached
     percent = recipe.pretrain.val_percent if recipe.pretrain else 0.0
     t0 = time.perf_counter()
-    texts = (r.text for r in iter_output(output_dir) if not _is_validation(r.id, percent))
+    texts = (r.text for r in iter_output(output_dir) if not in_holdout(r.id, percent))
     with progress.task("tokenizer: train", total=1) as bar:
         train_tokenizer(texts, recipe.tokenizer, tok_dir)
         bar.advance()
@@ -168,45 +196,57 @@ def _tokenizer_step(recipe: Recipe, run_dir: Path, output_dir: Path) -> dict[str
 
 
 def _tokens_step(recipe: Recipe, run_dir: Path, output_dir: Path) -> dict[str, Any]:
-    from lmforge.tokenize.bpe import eos_id, load_tokenizer
-    from lmforge.tokenize.encode import encode_documents, write_token_file
+    """Encode the corpus into train/ and val/ token shards (in parallel, resumable per shard)."""
+    from lmforge.tokenize.shards import encode_shards
 
     tokens_dir = run_dir / "tokens"
     marker = tokens_dir / "step.done"
     if (cached := _cached(marker)) is not None:
         return cached
     t0 = time.perf_counter()
-    tok = load_tokenizer(run_dir / "tokenizer")
     percent = recipe.pretrain.val_percent
-    train, val = [], []
-    for r in iter_output(output_dir):
-        (val if _is_validation(r.id, percent) else train).append(r.text)
-    if not val:
+    info: dict[str, Any] = {"documents": {}}
+    ex = make_executor(recipe.executor)
+    try:
+        for split in ("train", "val"):
+            manifest = encode_shards(output_dir, run_dir / "tokenizer", tokens_dir / split, ex,
+                                     holdout=(percent, split))
+            info["documents"][split] = manifest["documents"]
+            info[f"{split}_tokens"] = manifest["tokens"]
+            if split == "train":
+                info["chars_per_token"] = round(manifest["chars"] / max(1, manifest["tokens"]), 3)
+    finally:
+        ex.close()
+    if not info["documents"]["val"]:
         raise UserError(f"pretrain.val_percent={percent} held out no documents; raise it or add data")
-    info: dict[str, Any] = {"documents": {"train": len(train), "val": len(val)}}
-    with progress.task("tokenizer: encode", total=len(train) + len(val)) as bar:
-        for split, texts in (("train", train), ("val", val)):
-            arr = encode_documents(tok, texts, eos_id(tok))
-            write_token_file(tokens_dir / f"{split}.tok", arr)
-            info[f"{split}_tokens"] = int(arr.size)
-            bar.advance(len(texts))
-    info["chars_per_token"] = round(sum(map(len, train)) / max(1, info["train_tokens"]), 3)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(marker, info)
     return info
 
 
-def _pretrain_step(recipe: Recipe, run_dir: Path, on_step) -> dict[str, Any]:
-    from lmforge.tokenize.bpe import load_tokenizer
-    from lmforge.tokenize.encode import read_token_file
-    from lmforge.train.pretrain import pretrain
+def _split_texts(output_dir: Path, percent: float) -> tuple[list[str], list[str]]:
+    from lmforge.tokenize.shards import in_holdout
 
+    train, val = [], []
+    for r in iter_output(output_dir):
+        (val if in_holdout(r.id, percent) else train).append(r.text)
+    if not val:
+        raise UserError(f"pretrain.val_percent={percent} held out no documents; raise it or add data")
+    return train, val
+
+
+def _pretrain_step(recipe: Recipe, run_dir: Path, output_dir: Path, on_step) -> dict[str, Any]:
+    from lmforge.tokenize.bpe import load_tokenizer
+    from lmforge.tokenize.dataset import TokenDataset
+    from lmforge.train.pretrain import pretrain, pretrain_bert
+
+    cfg = recipe.pretrain
     out = run_dir / "pretrain"
     marker = out / "step.done"
     if (cached := _cached(marker)) is not None:
         return cached
     tok = load_tokenizer(run_dir / "tokenizer")
-    with progress.task("pretrain", total=recipe.pretrain.steps) as bar:
+    with progress.task("pretrain", total=cfg.steps) as bar:
 
         def step_done(step: int, loss: float) -> None:
             bar.advance()
@@ -215,27 +255,31 @@ def _pretrain_step(recipe: Recipe, run_dir: Path, on_step) -> dict[str, Any]:
             if on_step is not None:
                 on_step(step, loss)
 
-        result = pretrain(
-            recipe.pretrain,
-            read_token_file(run_dir / "tokens" / "train.tok"),
-            read_token_file(run_dir / "tokens" / "val.tok"),
-            vocab_size=tok.get_vocab_size(),
-            out_dir=out,
-            on_step=step_done,
-        )
+        if cfg.arch == "bert":
+            train_texts, val_texts = _split_texts(output_dir, cfg.val_percent)
+            result = pretrain_bert(cfg, train_texts, val_texts, run_dir / "tokenizer", out, on_step=step_done)
+            val = {"val_before": result.val_before, "val_after": result.val_after}
+        else:
+            ppl = pretrain(cfg, TokenDataset(run_dir / "tokens" / "train"), TokenDataset(run_dir / "tokens" / "val"),
+                           vocab_size=tok.get_vocab_size(), out_dir=out, on_step=step_done)
+            result = ppl.train
+            val = {"val_ppl_before": round(ppl.val_ppl_before, 3), "val_ppl_after": round(ppl.val_ppl_after, 3)}
     losses = result.train_losses
     info = {
+        "arch": cfg.arch,
         "checkpoint": str(result.checkpoint.relative_to(run_dir)),
         "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "stopped_early": result.stopped_early,
         "first_loss": round(losses[0][1], 4) if losses else None,
         "last_loss": round(losses[-1][1], 4) if losses else None,
         "losses": [[s, round(v, 4)] for s, v in losses],
-        "val_ppl_before": round(result.val_ppl_before, 3),
-        "val_ppl_after": round(result.val_ppl_after, 3),
+        **val,
         "tokens_per_second": round(result.tokens_per_second, 1),
         "seconds": round(result.seconds, 2),
     }
-    write_json_atomic(marker, info)
+    if distributed_rank() == 0:
+        write_json_atomic(marker, info)
     return info
 
 

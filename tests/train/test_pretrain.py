@@ -17,7 +17,9 @@ from lmforge.models.gpt import GPT, GPTConfig, config_from_preset
 from lmforge.tokenize.bpe import TokenizerConfig, eos_id, load_tokenizer, train_tokenizer
 from lmforge.tokenize.encode import encode_documents
 from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
-from lmforge.train.pretrain import PretrainConfig, build_optimizer, lr_at, pretrain
+from lmforge.train.objectives import CausalLM, EvalWindows
+from lmforge.train.optim import build_optimizers
+from lmforge.train.pretrain import PretrainConfig, lr_at, pretrain
 
 CHINESE = [
     "今天天气很好，我们一起去公园散步吧。公园里有很多人在跑步、下棋和唱歌。",
@@ -83,8 +85,9 @@ def test_log_jsonl_records_training_and_validation(trained):
     for r in train_records:
         assert set(r) >= {"step", "loss", "lr", "tokens_per_s", "elapsed"}
     assert train_records[-1]["lr"] == pytest.approx(3e-4)
-    val = [r for r in records if "val_ppl" in r]
+    val = [r for r in records if "val" in r]
     assert [r["step"] for r in val] == [0, 150]
+    assert val[-1]["val"]["lm"] == pytest.approx(math.log(trained[0].val_ppl_after))
 
 
 def test_final_checkpoint_reproduces_reported_perplexity(trained, data):
@@ -92,8 +95,12 @@ def test_final_checkpoint_reproduces_reported_perplexity(trained, data):
     _, val, _ = data
     assert result.checkpoint == out / "checkpoint"
     model = load_checkpoint(result.checkpoint)
-    ppl = perplexity(model, val, seq_len=64, batch_size=16, max_batches=4)
-    assert ppl == pytest.approx(result.val_ppl_after, rel=1e-4)
+    source, objective = EvalWindows(val, 64, 16, seed=0), CausalLM()
+    with torch.no_grad():
+        batches = [source.micro_batch(i) for i in range(4)]
+        nll = sum(float(objective.sums(model, b)["lm"]) for b in batches)
+    tokens = sum(objective.counts(b)["lm"] for b in batches)
+    assert math.exp(nll / tokens) == pytest.approx(result.val_ppl_after, rel=1e-4)
     meta = json.loads((result.checkpoint / "config.json").read_text())
     assert meta["extra"]["steps"] == 150 and meta["extra"]["pretrain"]["seq_len"] == 64
 
@@ -161,7 +168,7 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
 
 def test_weight_decay_applies_only_to_matmul_weights():
     model = GPT(config_from_preset("tiny", 300))
-    opt = build_optimizer(model, PretrainConfig(), torch.device("cpu"))
+    (opt,) = build_optimizers(model, PretrainConfig(), torch.device("cpu"))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"])

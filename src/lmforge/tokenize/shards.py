@@ -76,9 +76,18 @@ def records_dir(path: str | Path) -> Path:
     raise InputError(f"{p} holds no finished record shards (shard-*.parquet with .done markers)")
 
 
-def read_texts(path: Path, batch_size: int = 4096) -> Iterator[str]:
+def in_holdout(record_id: str, percent: float) -> bool:
+    """Stable document-level split: the same id always lands on the same side, in every run."""
+    h = int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "little")
+    return (h % 10_000) < percent * 100
+
+
+def read_texts(path: Path, batch_size: int = 4096, holdout: tuple[float, str] | None = None) -> Iterator[str]:
     """Only the text column of a record shard: parsing every record's meta JSON would cost more than
-    encoding it (People's Daily keeps its POS tags there)."""
+    encoding it (People's Daily keeps its POS tags there).
+
+    `holdout=(percent, "train" | "val")` keeps one side of the `in_holdout` split (reads ids too).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -86,8 +95,16 @@ def read_texts(path: Path, batch_size: int = 4096) -> Iterator[str]:
         pf = pq.ParquetFile(path)
         if "text" not in pf.schema_arrow.names:
             raise InputError(f"Parquet file {path} has no 'text' column (columns: {pf.schema_arrow.names})")
-        for batch in pf.iter_batches(batch_size=batch_size, columns=["text"]):
-            yield from (t or "" for t in batch.column(0).to_pylist())
+        columns = ["text"] if holdout is None else ["text", "id"]
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            texts = (t or "" for t in batch.column(0).to_pylist())
+            if holdout is None:
+                yield from texts
+                continue
+            percent, side = holdout
+            for text, rid in zip(texts, batch.column(1).to_pylist(), strict=True):
+                if in_holdout(rid, percent) == (side == "val"):
+                    yield text
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read Parquet file {path}: {exc}") from None
 
@@ -110,6 +127,7 @@ class EncodeTask:
     tokenizer_dir: Path
     sha: str
     batch_size: int = 1024
+    holdout: tuple[float, str] | None = None
 
 
 def encode_shard(task: EncodeTask) -> dict[str, Any]:
@@ -125,7 +143,7 @@ def encode_shard(task: EncodeTask) -> dict[str, Any]:
     counts = {"documents": 0, "chars": 0}
 
     def texts() -> Iterator[str]:
-        for text in read_texts(task.input_path):
+        for text in read_texts(task.input_path, holdout=task.holdout):
             counts["documents"] += 1
             counts["chars"] += len(text)
             yield text
@@ -143,7 +161,8 @@ def encode_shard(task: EncodeTask) -> dict[str, Any]:
     return info
 
 
-def _claim(out_dir: Path, tokenizer_dir: Path, sha: str, source: Path) -> dict[str, Any]:
+def _claim(out_dir: Path, tokenizer_dir: Path, sha: str, source: Path,
+           holdout: tuple[float, str] | None) -> dict[str, Any]:
     """Record which tokenizer owns `out_dir`, or refuse if another one does."""
     from lmforge.tokenize.bpe import eos_id, load_tokenizer
 
@@ -155,6 +174,9 @@ def _claim(out_dir: Path, tokenizer_dir: Path, sha: str, source: Path) -> dict[s
                 f"{out_dir} was encoded with another tokenizer ({meta.get('tokenizer')}); "
                 "choose another --out or delete it"
             )
+        if meta.get("holdout") != (list(holdout) if holdout else None):
+            raise UserError(f"{out_dir} holds another train/validation split ({meta.get('holdout')}); "
+                            "choose another --out or delete it")
         return meta
     tok = load_tokenizer(tokenizer_dir)
     meta = {
@@ -164,6 +186,7 @@ def _claim(out_dir: Path, tokenizer_dir: Path, sha: str, source: Path) -> dict[s
         "dtype": token_dtype(tok.get_vocab_size()).name,
         "eos_id": eos_id(tok),
         "source": str(source),
+        "holdout": list(holdout) if holdout else None,
     }
     write_json_atomic(meta_path, meta)
     return meta
@@ -175,11 +198,13 @@ def encode_shards(
     out_dir: str | Path,
     executor: Executor | None = None,
     batch_size: int = 1024,
+    holdout: tuple[float, str] | None = None,
 ) -> dict[str, Any]:
     """Encode every finished record shard under `source` into `out_dir`; returns the manifest.
 
     `source` is a run directory (its final stage is used) or a stage directory. Shards that are
-    already marked done are skipped, so the same call resumes a killed run.
+    already marked done are skipped, so the same call resumes a killed run. `holdout=(percent,
+    side)` encodes only the training or only the validation side of the document split.
     """
     from lmforge.pipeline.executors import LocalExecutor
     from lmforge.pipeline.runner import remove_stale_temp_files
@@ -193,13 +218,13 @@ def encode_shards(
         raise InputError(f"no tokenizer found at {tokenizer_dir}: train one first or fix the path")
     sha = tokenizer_sha256(tokenizer_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = _claim(out, tokenizer_dir, sha, in_dir)
+    meta = _claim(out, tokenizer_dir, sha, in_dir, holdout)
     remove_stale_temp_files(out)
     shards = done_shard_ids(in_dir)
     todo = [s for s in shards if not marker_path(out, s).exists()]
     log.info("encoding %d of %d shards from %s into %s", len(todo), len(shards), in_dir, out)
     if todo:
-        tasks = [EncodeTask(shard_path(in_dir, s), out, s, tokenizer_dir, sha, batch_size) for s in todo]
+        tasks = [EncodeTask(shard_path(in_dir, s), out, s, tokenizer_dir, sha, batch_size, holdout) for s in todo]
         own = executor is None
         executor = executor or LocalExecutor()
         try:

@@ -1,11 +1,13 @@
 """Checkpoints as `model.safetensors` + `config.json`: no pickle, so loading runs no code.
 
 safetensors also refuses tensors that share memory, which tied embeddings do; `save_model`
-stores the shared tensor once and `load_model` re-ties it on load.
+stores the shared tensor once and `load_model` re-ties it on load. `config.json` names the
+model type, so one loader serves every lmforge model (GPT, BERT).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -17,14 +19,23 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from lmforge.errors import ConfigError, InputError
-from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.records import temp_sibling
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "lmforge-gpt"
+# model_type in config.json -> the class that rebuilds it (the class carries `config_class`).
+MODEL_CLASSES = {
+    "lmforge-gpt": "lmforge.models.gpt:GPT",
+    "lmforge-bert": "lmforge.models.bert:BertForPretraining",
+}
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+
+
+def model_class(model_type: str) -> type[torch.nn.Module]:
+    module, name = MODEL_CLASSES[model_type].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -37,8 +48,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {device!r})") from None
 
 
-def save_checkpoint(model: GPT, config: GPTConfig, out_dir: str | Path, extra: dict | None = None) -> Path:
+def save_checkpoint(model: torch.nn.Module, config: Any, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Write into a sibling temp dir, then move files into place, so readers never see half a file."""
+    model_type = type(model).model_type
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out)
@@ -47,10 +59,10 @@ def save_checkpoint(model: GPT, config: GPTConfig, out_dir: str | Path, extra: d
         # Always store float32 on CPU: the file is then independent of how the model was trained.
         state_model = model
         if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
-            state_model = GPT(config)
+            state_model = type(model)(config)
             state_model.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
-        save_model(state_model, str(tmp / WEIGHTS), metadata={"format": "pt", "model_type": MODEL_TYPE})
-        meta: dict[str, Any] = {**config.to_dict(), "model_type": MODEL_TYPE}
+        save_model(state_model, str(tmp / WEIGHTS), metadata={"format": "pt", "model_type": model_type})
+        meta: dict[str, Any] = {**config.to_dict(), "model_type": model_type}
         if extra:
             meta["extra"] = extra
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -68,8 +80,8 @@ def save_checkpoint(model: GPT, config: GPTConfig, out_dir: str | Path, extra: d
     return out
 
 
-def read_checkpoint_config(ckpt_dir: str | Path) -> tuple[GPTConfig, dict]:
-    """The model config and the `extra` dict stored with it."""
+def read_checkpoint_config(ckpt_dir: str | Path) -> tuple[Any, dict]:
+    """The model config (GPTConfig, BertConfig, ...) and the `extra` dict stored with it."""
     path = Path(ckpt_dir) / CONFIG
     if not path.is_file():
         raise InputError(f"no checkpoint at {Path(ckpt_dir)}: {CONFIG} is missing")
@@ -77,23 +89,24 @@ def read_checkpoint_config(ckpt_dir: str | Path) -> tuple[GPTConfig, dict]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"checkpoint config {path} is unreadable: {exc}") from None
-    if not isinstance(meta, dict) or meta.pop("model_type", None) != MODEL_TYPE:
-        raise InputError(f"{path} is not an lmforge checkpoint (model_type must be {MODEL_TYPE!r})")
+    model_type = meta.pop("model_type", None) if isinstance(meta, dict) else None
+    if model_type not in MODEL_CLASSES:
+        raise InputError(f"{path} is not an lmforge checkpoint (model_type must be one of {sorted(MODEL_CLASSES)})")
     extra = meta.pop("extra", {})
     try:
-        return GPTConfig.from_dict(meta), extra
+        return model_class(model_type).config_class.from_dict(meta), extra
     except (ConfigError, TypeError) as exc:
         raise InputError(f"checkpoint config {path} is invalid: {exc}") from None
 
 
-def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
+def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model from its config and load the weights; returned in eval mode."""
     ckpt = Path(ckpt_dir)
     config, _ = read_checkpoint_config(ckpt)
     weights = ckpt / WEIGHTS
     if not weights.is_file():
         raise InputError(f"no checkpoint weights at {weights}")
-    model = GPT(config)
+    model = model_class(json.loads((ckpt / CONFIG).read_text(encoding="utf-8"))["model_type"])(config)
     try:
         load_model(model, str(weights), strict=True)
     except Exception as exc:  # safetensors raises its own error type for corrupt headers

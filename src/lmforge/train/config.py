@@ -2,44 +2,95 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.config import StrictModel
-from lmforge.models.presets import PRESETS
+from lmforge.models.presets import BERT_PRESETS, PRESETS
+
+
+class MLMConfig(StrictModel):
+    """Masked-language-model data for BERT-style pretraining (ignored by `arch: gpt`)."""
+
+    mask_prob: float = Field(default=0.15, gt=0, lt=1, description="share of tokens chosen for prediction")
+    mask_token_frac: float = Field(default=0.8, ge=0, le=1, description="chosen tokens replaced by [MASK]")
+    random_token_frac: float = Field(default=0.1, ge=0, le=1, description="chosen tokens replaced by a random token")
+    whole_word: Literal["auto", "on", "off"] = Field(
+        default="auto", description="mask whole words (jieba words for Chinese, ## pieces for English)"
+    )
+    sentence_task: Literal["nsp", "sop", "none"] = Field(
+        default="nsp", description="next-sentence prediction, sentence-order prediction, or MLM only"
+    )
+    short_seq_prob: float = Field(default=0.1, ge=0, le=1)
+    max_seq_len: int = Field(default=128, ge=8)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> MLMConfig:
+        if self.mask_token_frac + self.random_token_frac > 1:
+            raise ValueError(
+                f"mask_token_frac + random_token_frac must be <= 1 (got {self.mask_token_frac} + {self.random_token_frac})"
+            )
+        return self
 
 
 class PretrainConfig(StrictModel):
+    arch: Literal["gpt", "bert"] = Field(default="gpt", description="gpt: causal LM; bert: MLM (+ NSP/SOP)")
     preset: str = "tiny"
-    model: dict[str, Any] = Field(default_factory=dict, description="GPTConfig overrides, e.g. {n_layer: 4}")
+    model: dict[str, Any] = Field(default_factory=dict, description="model config overrides, e.g. {n_layer: 4}")
+    init_from: str | None = Field(
+        default=None, description="continue from an lmforge checkpoint or a Hugging Face model directory on disk"
+    )
     seq_len: int = Field(default=128, gt=0)
-    batch_size: int = Field(default=16, gt=0)
+    batch_size: int = Field(default=16, gt=0, description="sequences per micro-batch on each process")
+    grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step on each process")
     steps: int = Field(default=300, gt=0)
+    optimizer: Literal["adamw", "muon"] = Field(default="adamw", description="muon: Muon for hidden 2-D weights, AdamW for the rest")
     lr: float = Field(default=3e-3, gt=0)
     min_lr: float = Field(default=3e-4, ge=0)
+    muon_lr: float = Field(default=0.02, gt=0)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup_steps: int = Field(default=30, ge=0)
+    decay_frac: float = Field(default=0.2, gt=0, le=1, description="wsd: share of steps spent decaying")
     weight_decay: float = Field(default=0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: bf16 on GPUs that have it, else fp32")
+    compile: bool = False
+    activation_checkpointing: bool = False
     eval_every: int = Field(default=100, ge=0, description="0 evaluates only before and after")
     eval_batches: int = Field(default=8, gt=0)
+    early_stopping: int = Field(default=0, ge=0, description="stop after this many evaluations without a better val loss; 0 never")
     log_every: int = Field(default=10, gt=0)
+    save_every: int = Field(default=0, ge=0, description="resumable checkpoint every N steps; 0 only at the end")
+    keep_checkpoints: int = Field(default=2, gt=0)
     val_percent: float = Field(default=5.0, gt=0, lt=100, description="documents held out for validation")
+    mlm: MLMConfig = Field(default_factory=MLMConfig)
+    distributed: Literal["ddp", "fsdp"] = Field(default="ddp", description="how torchrun processes share the model")
+    tensorboard: bool = True
+    peak_tflops: float | None = Field(default=None, gt=0, description="for MFU when the device is not recognised")
     seed: int = 0
     device: str = "auto"
 
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise ValueError(f"must be one of {sorted(PRESETS)}")
-        return value
-
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
+        presets = PRESETS if self.arch == "gpt" else BERT_PRESETS
+        if self.preset not in presets:
+            raise ValueError(f"preset {self.preset!r} is not a {self.arch} preset; allowed: {sorted(presets)}")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must both be in [0, 1) (got {self.betas})")
         return self
+
+    @field_validator("preset")
+    @classmethod
+    def _preset_name(cls, value: str) -> str:
+        if value not in PRESETS and value not in BERT_PRESETS:
+            raise ValueError(f"must be one of {sorted(PRESETS) + sorted(BERT_PRESETS)}")
+        return value
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Per process; multiply by the world size for the global batch."""
+        return self.batch_size * self.grad_accum * self.seq_len

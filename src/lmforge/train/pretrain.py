@@ -1,34 +1,37 @@
-"""Pretraining: next-token prediction on random windows of a flat token stream.
+"""Pretraining entry points: build the model and the data for a config, then hand them to the Trainer.
 
-A deliberately plain loop (nanoGPT style): AdamW, linear warmup then cosine decay, gradient
-clipping, bf16 autocast on GPUs that support it. Everything random is seeded from the config
-so the same config and data give the same losses.
+- GPT (`arch: gpt`): next-token prediction on random windows of a token stream (a directory of
+  token shards, a single token file or an array).
+- BERT (`arch: bert`): masked language modelling plus next-sentence (or sentence-order)
+  prediction on sentence pairs built from raw documents with a WordPiece tokenizer.
+
+`init_from` continues from an lmforge checkpoint or from a Hugging Face model directory on disk
+(LlamaForCausalLM, Qwen3ForCausalLM, GPT2LMHeadModel, BertForPreTraining/BertForMaskedLM).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from lmforge.errors import ConfigError, UserError
-from lmforge.evaluate.perplexity import perplexity
-from lmforge.models.gpt import GPT, PRESETS, GPTConfig, config_from_preset
-from lmforge.train.checkpoint import resolve_device, save_checkpoint
-from lmforge.train.config import PretrainConfig  # torch-free so recipes validate; re-exported here
+from lmforge.errors import ConfigError, InputError, UserError
+from lmforge.models.presets import BERT_PRESETS, PRESETS
+from lmforge.train.checkpoint import CONFIG, load_checkpoint
+from lmforge.train.config import PretrainConfig
+from lmforge.train.objectives import CausalLM, EvalWindows, TokenWindows
+from lmforge.train.optim import lr_at
+from lmforge.train.trainer import Trainer, TrainResult
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-__all__ = ["PretrainConfig", "PretrainResult", "build_optimizer", "lr_at", "pretrain"]
+__all__ = ["PretrainConfig", "PretrainResult", "build_model", "lr_at", "pretrain", "pretrain_bert"]
 
 
 @dataclass
@@ -40,184 +43,138 @@ class PretrainResult:
     val_ppl_after: float
     tokens_per_second: float
     seconds: float
+    train: TrainResult
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step (`step` is 0-based)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    decay_steps = max(1, cfg.steps - 1 - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+def _initial_model(cfg: PretrainConfig) -> torch.nn.Module | None:
+    if not cfg.init_from:
+        return None
+    path = Path(cfg.init_from)
+    if not (path / CONFIG).is_file():
+        raise InputError(f"pretrain.init_from: {path} has no {CONFIG} (give an lmforge checkpoint or an HF model dir)")
+    import json
+
+    model_type = json.loads((path / CONFIG).read_text(encoding="utf-8")).get("model_type", "")
+    if model_type.startswith("lmforge-"):
+        return load_checkpoint(path).train()
+    if cfg.arch == "gpt":
+        from lmforge.models.hf import import_gpt_hf
+
+        return import_gpt_hf(path).train()
+    from lmforge.models.hf_bert import import_bert_hf
+
+    return import_bert_hf(path).train()
 
 
-def build_optimizer(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW where only matmul weights decay: shrinking norms, biases or embeddings only hurts."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():  # tied tensors appear once
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+def build_model(cfg: PretrainConfig, vocab_size: int) -> torch.nn.Module:
+    """A fresh model of the preset (with overrides), or the one `init_from` names."""
+    torch.manual_seed(cfg.seed)
+    model = _initial_model(cfg)
+    if model is not None:
+        found = model.config.vocab_size
+        if found < vocab_size:
+            raise ConfigError(f"pretrain.init_from: the model has {found} token ids but the tokenizer has {vocab_size}")
+        return model
+    overrides = dict(cfg.model)
+    if cfg.arch == "gpt":
+        from lmforge.models.gpt import GPT, config_from_preset
+
+        overrides.setdefault("block_size", max(PRESETS[cfg.preset]["block_size"], cfg.seq_len))
+        gcfg = config_from_preset(cfg.preset, vocab_size, **overrides)
+        if gcfg.block_size < cfg.seq_len:
+            raise ConfigError(f"model.block_size ({gcfg.block_size}) must be at least seq_len ({cfg.seq_len})")
+        return GPT(gcfg)
+    from lmforge.models.bert import BertForPretraining, bert_config_from_preset
+
+    overrides.setdefault("max_position", max(512, cfg.mlm.max_seq_len))
+    assert cfg.preset in BERT_PRESETS
+    return BertForPretraining(bert_config_from_preset(cfg.preset, vocab_size, **overrides))
 
 
-def _check_tokens(name: str, tokens: np.ndarray, needed: int, vocab_size: int, cfg: PretrainConfig) -> None:
+def _check_tokens(name: str, tokens: Any, needed: int, vocab_size: int) -> None:
     if len(tokens) < needed:
-        raise UserError(
-            f"{name} has {len(tokens)} tokens but seq_len={cfg.seq_len} needs at least {needed}; "
-            "add more text or lower seq_len"
-        )
-    top = int(np.max(tokens))
+        raise UserError(f"{name} has {len(tokens)} tokens but needs at least {needed}; add more text or lower seq_len")
+    sample = tokens if isinstance(tokens, np.ndarray) else tokens.slice(0, min(len(tokens), 1 << 22))
+    top = int(np.max(sample))
     if top >= vocab_size:
         raise UserError(f"{name} contains token id {top} but the vocabulary has only {vocab_size} ids")
 
 
-class _Batches:
-    """Random contiguous windows of seq_len + 1 tokens; inputs are the first seq_len, targets the last."""
-
-    def __init__(self, tokens: np.ndarray, cfg: PretrainConfig, device: torch.device) -> None:
-        self.tokens, self.cfg, self.device = tokens, cfg, device
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        L = self.cfg.seq_len
-        starts = torch.randint(len(self.tokens) - L, (self.cfg.batch_size,), generator=self.gen).tolist()
-        chunk = np.stack([np.asarray(self.tokens[s : s + L + 1]) for s in starts]).astype(np.int64)
-        chunk = torch.from_numpy(chunk)  # (B, L + 1)
-        if self.device.type == "cuda":
-            chunk = chunk.pin_memory().to(self.device, non_blocking=True)
-        return chunk[:, :-1], chunk[:, 1:]  # (B, L), (B, L)
-
-
-def _model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
-    overrides = dict(cfg.model)
-    if "block_size" not in overrides:
-        overrides["block_size"] = max(PRESETS[cfg.preset]["block_size"], cfg.seq_len)
-    gcfg = config_from_preset(cfg.preset, vocab_size, **overrides)
-    if gcfg.block_size < cfg.seq_len:
-        raise ConfigError(f"model.block_size ({gcfg.block_size}) must be at least seq_len ({cfg.seq_len})")
-    return gcfg
-
-
 def pretrain(
     config: PretrainConfig,
-    train_tokens: np.ndarray,
-    val_tokens: np.ndarray,
+    train_tokens: Any,
+    val_tokens: Any,
     vocab_size: int,
     out_dir: str | Path,
     on_step: Callable[[int, float], None] | None = None,
 ) -> PretrainResult:
-    """Train a fresh model and save it to `out_dir/checkpoint`; `on_step(step, loss)` sees every step."""
-    t_start = time.perf_counter()
-    _check_tokens("train_tokens", train_tokens, config.seq_len + 2, vocab_size, config)
-    _check_tokens("val_tokens", val_tokens, config.seq_len + 1, vocab_size, config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train a GPT on token streams (arrays or `TokenDataset`s) and save it to `out_dir/checkpoint`.
 
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    device = resolve_device(config.device)
-    gcfg = _model_config(config, vocab_size)
-    model = GPT(gcfg).to(device)
-    logger.info(
-        "model: %s, %.2fM non-embedding params, device %s",
-        config.preset,
-        model.num_params() / 1e6,
-        device,
-    )
-    optimizer = build_optimizer(model, config, device)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    batches = _Batches(train_tokens, config, device)
-
-    def evaluate() -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return perplexity(model, val_tokens, config.seq_len, config.batch_size, config.eval_batches)
-
-    val_before = evaluate()
-    logger.info("val perplexity before training: %.2f", val_before)
-
-    losses: list[tuple[int, float]] = []
-    tokens_per_step = config.batch_size * config.seq_len
-    train_seconds = 0.0
-    with (out / "log.jsonl").open("w", encoding="utf-8") as log:
-
-        def write(record: dict[str, Any]) -> None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-
-        write({"step": 0, "val_ppl": val_before, "elapsed": time.perf_counter() - t_start})
-        model.train()
-        window_start, window_tokens = time.perf_counter(), 0
-        for step in range(1, config.steps + 1):
-            t0 = time.perf_counter()
-            lr = lr_at(step - 1, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = batches.next()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                _, loss = model(x, y)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = loss.item()  # also waits for the GPU, so the timing below is honest
-            train_seconds += time.perf_counter() - t0
-            window_tokens += tokens_per_step
-
-            losses.append((step, loss_value))
-            if on_step is not None:
-                on_step(step, loss_value)
-            if step % config.log_every == 0 or step in (1, config.steps):
-                now = time.perf_counter()
-                tps = window_tokens / max(now - window_start, 1e-9)
-                write(
-                    {
-                        "step": step,
-                        "loss": loss_value,
-                        "lr": lr,
-                        "tokens_per_s": tps,
-                        "elapsed": now - t_start,
-                    }
-                )
-                logger.info(
-                    "step %d/%d loss %.4f lr %.2e %.0f tok/s", step, config.steps, loss_value, lr, tps
-                )
-                window_start, window_tokens = time.perf_counter(), 0
-            if config.eval_every and step % config.eval_every == 0 and step != config.steps:
-                ppl = evaluate()
-                write({"step": step, "val_ppl": ppl, "elapsed": time.perf_counter() - t_start})
-                logger.info("step %d val perplexity %.2f", step, ppl)
-                window_start = time.perf_counter()  # evaluation time is not training throughput
-
-        val_after = evaluate()
-        write({"step": config.steps, "val_ppl": val_after, "elapsed": time.perf_counter() - t_start})
-    logger.info("val perplexity after training: %.2f (before %.2f)", val_after, val_before)
-
-    tokens_per_second = config.steps * tokens_per_step / max(train_seconds, 1e-9)
-    checkpoint = save_checkpoint(
+    Re-running with the same `out_dir` resumes from its newest resumable checkpoint (`save_every`).
+    """
+    if config.arch != "gpt":
+        raise ConfigError("pretrain.arch: pretrain() trains GPT models; use pretrain_bert() for arch 'bert'")
+    _check_tokens("train_tokens", train_tokens, config.seq_len + 2, vocab_size)
+    _check_tokens("val_tokens", val_tokens, config.seq_len + 1, vocab_size)
+    model = build_model(config, vocab_size)
+    log.info("model: %s, %.2fM non-embedding params", config.preset, model.num_params() / 1e6)
+    trainer = Trainer(
         model,
-        gcfg,
-        out / "checkpoint",
-        extra={
-            "pretrain": config.model_dump(mode="json"),
-            "steps": config.steps,
-            "val_ppl_before": val_before,
-            "val_ppl_after": val_after,
-        },
+        CausalLM(),
+        TokenWindows(train_tokens, config.seq_len, config.batch_size, config.seed),
+        config,
+        out_dir,
+        val_source=EvalWindows(val_tokens, config.seq_len, config.batch_size, config.seed),
+        on_step=on_step,
     )
+    result = trainer.fit()
     return PretrainResult(
-        checkpoint=checkpoint,
-        steps=config.steps,
-        train_losses=losses,
-        val_ppl_before=val_before,
-        val_ppl_after=val_after,
-        tokens_per_second=tokens_per_second,
-        seconds=time.perf_counter() - t_start,
+        checkpoint=result.checkpoint,
+        steps=result.steps,
+        train_losses=result.train_losses,
+        val_ppl_before=math.exp(result.val_before["lm"]) if result.val_before else math.nan,
+        val_ppl_after=math.exp(result.val_after["lm"]),
+        tokens_per_second=result.tokens_per_second,
+        seconds=result.seconds,
+        train=result,
     )
+
+
+def pretrain_bert(
+    config: PretrainConfig,
+    train_texts: Iterable[str],
+    val_texts: Iterable[str],
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """MLM (+ NSP/SOP) pretraining of a BERT encoder from raw documents and a WordPiece tokenizer."""
+    from lmforge.tokenize.bpe import load_tokenizer
+    from lmforge.train.mlm import BertPretrainSource, MaskedLM, build_examples
+
+    if config.arch != "bert":
+        raise ConfigError("pretrain.arch: pretrain_bert() needs arch 'bert'")
+    tok = load_tokenizer(tokenizer_dir)
+    for role in ("[CLS]", "[SEP]", "[MASK]", "[PAD]"):
+        if tok.token_to_id(role) is None:
+            raise ConfigError(f"tokenizer: BERT pretraining needs {role}; train a tokenizer with kind: wordpiece")
+    mlm = config.mlm.model_copy(update={"max_seq_len": config.seq_len})
+    train = build_examples(train_texts, tok, mlm, seed=config.seed)
+    val = build_examples(val_texts, tok, mlm, seed=config.seed + 1)
+    if len(train) == 0 or len(val) == 0:
+        raise UserError(f"BERT pretraining built {len(train)} training and {len(val)} validation examples; add text")
+    model = build_model(config, tok.get_vocab_size())
+    log.info("model: %s, %.2fM non-embedding params, %d/%d examples", config.preset, model.num_params() / 1e6,
+             len(train), len(val))
+    vocab = tok.get_vocab_size()
+    trainer = Trainer(
+        model,
+        MaskedLM(mlm),
+        BertPretrainSource(train, mlm, config.batch_size, config.seed, tok),
+        config,
+        out_dir,
+        val_source=BertPretrainSource(val, mlm, config.batch_size, config.seed + 1, tok),
+        on_step=on_step,
+        extra={"vocab_size": vocab},
+    )
+    return trainer.fit()
