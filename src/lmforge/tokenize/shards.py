@@ -228,7 +228,7 @@ def encode_shards(
         own = executor is None
         executor = executor or LocalExecutor()
         try:
-            executor.map(encode_shard, tasks, description="tokens: encode")
+            executor.map(encode_shard, tasks, description="tokens: encode" + (f" {holdout[1]}" if holdout else ""))
         finally:
             if own:
                 executor.close()

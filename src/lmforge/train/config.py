@@ -22,14 +22,14 @@ class MLMConfig(StrictModel):
     sentence_task: Literal["nsp", "sop", "none"] = Field(
         default="nsp", description="next-sentence prediction, sentence-order prediction, or MLM only"
     )
-    short_seq_prob: float = Field(default=0.1, ge=0, le=1)
-    max_seq_len: int = Field(default=128, ge=8)
+    short_seq_prob: float = Field(default=0.1, ge=0, le=1, description="share of examples given a shorter target")
+    max_seq_len: int = Field(default=128, ge=8, description="tokens per example, [CLS] and [SEP] included")
 
     @model_validator(mode="after")
     def _fractions(self) -> MLMConfig:
         if self.mask_token_frac + self.random_token_frac > 1:
             raise ValueError(
-                f"mask_token_frac + random_token_frac must be <= 1 (got {self.mask_token_frac} + {self.random_token_frac})"
+                f"mask_token_frac + random_token_frac must be at most 1 (got {self.mask_token_frac} + {self.random_token_frac})"
             )
         return self
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import ConfigError, InputError, UserError
-from lmforge.models.presets import BERT_PRESETS, PRESETS
+from lmforge.models.presets import PRESETS
 from lmforge.train.checkpoint import CONFIG, load_checkpoint
 from lmforge.train.config import PretrainConfig
 from lmforge.train.objectives import CausalLM, EvalWindows, TokenWindows
@@ -66,8 +66,8 @@ def _initial_model(cfg: PretrainConfig) -> torch.nn.Module | None:
     return import_bert_hf(path).train()
 
 
-def build_model(cfg: PretrainConfig, vocab_size: int) -> torch.nn.Module:
-    """A fresh model of the preset (with overrides), or the one `init_from` names."""
+def build_model(cfg: PretrainConfig, vocab_size: int, pad_id: int | None = None) -> torch.nn.Module:
+    """A fresh model of the preset (with overrides), or the one `init_from` names (BERT needs its pad id)."""
     torch.manual_seed(cfg.seed)
     model = _initial_model(cfg)
     if model is not None:
@@ -86,8 +86,9 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> torch.nn.Module:
         return GPT(gcfg)
     from lmforge.models.bert import BertForPretraining, bert_config_from_preset
 
-    overrides.setdefault("max_position", max(512, cfg.mlm.max_seq_len))
-    assert cfg.preset in BERT_PRESETS
+    overrides.setdefault("max_position", max(512, cfg.seq_len))
+    if pad_id is not None:
+        overrides.setdefault("pad_id", pad_id)
     return BertForPretraining(bert_config_from_preset(cfg.preset, vocab_size, **overrides))
 
 
@@ -150,7 +151,7 @@ def pretrain_bert(
 ) -> TrainResult:
     """MLM (+ NSP/SOP) pretraining of a BERT encoder from raw documents and a WordPiece tokenizer."""
     from lmforge.tokenize.bpe import load_tokenizer
-    from lmforge.train.mlm import BertPretrainSource, MaskedLM, build_examples
+    from lmforge.train.mlm import BertPretrainSource, MaskedLM, build_examples, eval_source
 
     if config.arch != "bert":
         raise ConfigError("pretrain.arch: pretrain_bert() needs arch 'bert'")
@@ -163,18 +164,16 @@ def pretrain_bert(
     val = build_examples(val_texts, tok, mlm, seed=config.seed + 1)
     if len(train) == 0 or len(val) == 0:
         raise UserError(f"BERT pretraining built {len(train)} training and {len(val)} validation examples; add text")
-    model = build_model(config, tok.get_vocab_size())
+    model = build_model(config, tok.get_vocab_size(), pad_id=train.specials.pad)
     log.info("model: %s, %.2fM non-embedding params, %d/%d examples", config.preset, model.num_params() / 1e6,
              len(train), len(val))
-    vocab = tok.get_vocab_size()
     trainer = Trainer(
         model,
         MaskedLM(mlm),
-        BertPretrainSource(train, mlm, config.batch_size, config.seed, tok),
+        BertPretrainSource(train, mlm, config.batch_size, config.seed),
         config,
         out_dir,
-        val_source=BertPretrainSource(val, mlm, config.batch_size, config.seed + 1, tok),
+        val_source=eval_source(val, mlm, config.batch_size, seed=config.seed + 1),
         on_step=on_step,
-        extra={"vocab_size": vocab},
     )
     return trainer.fit()
