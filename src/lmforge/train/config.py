@@ -34,13 +34,12 @@ class MLMConfig(StrictModel):
         return self
 
 
-class PretrainConfig(StrictModel):
-    arch: Literal["gpt", "bert"] = Field(default="gpt", description="gpt: causal LM; bert: MLM (+ NSP/SOP)")
-    preset: str = "tiny"
-    model: dict[str, Any] = Field(default_factory=dict, description="model config overrides, e.g. {n_layer: 4}")
-    init_from: str | None = Field(
-        default=None, description="continue from an lmforge checkpoint or a Hugging Face model directory on disk"
-    )
+class TrainConfig(StrictModel):
+    """How the trainer runs: optimizer, schedule, batch, precision, evaluation, checkpoints.
+
+    Shared by pretraining and fine-tuning; `seq_len` is the longest sequence a batch holds.
+    """
+
     seq_len: int = Field(default=128, gt=0)
     batch_size: int = Field(default=16, gt=0, description="sequences per micro-batch on each process")
     grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step on each process")
@@ -64,8 +63,6 @@ class PretrainConfig(StrictModel):
     log_every: int = Field(default=10, gt=0)
     save_every: int = Field(default=0, ge=0, description="resumable checkpoint every N steps; 0 only at the end")
     keep_checkpoints: int = Field(default=2, gt=0)
-    val_percent: float = Field(default=5.0, gt=0, lt=100, description="documents held out for validation")
-    mlm: MLMConfig = Field(default_factory=MLMConfig)
     distributed: Literal["ddp", "fsdp"] = Field(default="ddp", description="how torchrun processes share the model")
     tensorboard: bool = True
     peak_tflops: float | None = Field(default=None, gt=0, description="for MFU when the device is not recognised")
@@ -73,14 +70,29 @@ class PretrainConfig(StrictModel):
     device: str = "auto"
 
     @model_validator(mode="after")
-    def _check(self) -> PretrainConfig:
-        presets = PRESETS if self.arch == "gpt" else BERT_PRESETS
-        if self.preset not in presets:
-            raise ValueError(f"preset {self.preset!r} is not a {self.arch} preset; allowed: {sorted(presets)}")
+    def _check_training(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must both be in [0, 1) (got {self.betas})")
+        return self
+
+
+class PretrainConfig(TrainConfig):
+    arch: Literal["gpt", "bert"] = Field(default="gpt", description="gpt: causal LM; bert: MLM (+ NSP/SOP)")
+    preset: str = "tiny"
+    model: dict[str, Any] = Field(default_factory=dict, description="model config overrides, e.g. {n_layer: 4}")
+    init_from: str | None = Field(
+        default=None, description="continue from an lmforge checkpoint or a Hugging Face model directory on disk"
+    )
+    val_percent: float = Field(default=5.0, gt=0, lt=100, description="documents held out for validation")
+    mlm: MLMConfig = Field(default_factory=MLMConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        presets = PRESETS if self.arch == "gpt" else BERT_PRESETS
+        if self.preset not in presets:
+            raise ValueError(f"preset {self.preset!r} is not a {self.arch} preset; allowed: {sorted(presets)}")
         return self
 
     @field_validator("preset")

@@ -127,6 +127,7 @@ def pretrain(
         out_dir,
         val_source=EvalWindows(val_tokens, config.seq_len, config.batch_size, config.seed),
         on_step=on_step,
+        extra={"pretrain": config.model_dump(mode="json")},
     )
     result = trainer.fit()
     return PretrainResult(
@@ -175,5 +176,6 @@ def pretrain_bert(
         out_dir,
         val_source=eval_source(val, mlm, config.batch_size, seed=config.seed + 1),
         on_step=on_step,
+        extra={"pretrain": config.model_dump(mode="json")},
     )
     return trainer.fit()

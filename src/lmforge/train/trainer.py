@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from lmforge.train import distributed, state
 from lmforge.train.checkpoint import WEIGHTS, resolve_device, save_checkpoint
-from lmforge.train.config import PretrainConfig
+from lmforge.train.config import TrainConfig
 from lmforge.train.objectives import BatchSource, Objective
 from lmforge.train.optim import build_optimizers, lr_factor, set_lr
 
@@ -61,7 +61,7 @@ class TrainResult:
         return self.val_losses[-1][1] if self.val_losses else {}
 
 
-def peak_flops(device: torch.device, cfg: PretrainConfig) -> float | None:
+def peak_flops(device: torch.device, cfg: TrainConfig) -> float | None:
     if cfg.peak_tflops:
         return cfg.peak_tflops * 1e12
     if device.type != "cuda":
@@ -126,13 +126,20 @@ class Trainer:
         model: nn.Module,
         objective: Objective,
         train_source: BatchSource,
-        cfg: PretrainConfig,
+        cfg: TrainConfig,
         out_dir: str | Path,
         val_source: BatchSource | None = None,
         on_step: Callable[[int, float], None] | None = None,
         extra: dict[str, Any] | None = None,
+        evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
+        select: tuple[str, str] = ("loss", "min"),
+        keep_best: bool = False,
     ) -> None:
+        """`evaluator(model)` adds task metrics (accuracy, F1) to each validation; `select` = (metric,
+        "min" | "max") decides which validation is best, for early stopping and, with `keep_best`,
+        for the model saved to `out_dir/best`."""
         self.model, self.objective, self.cfg = model, objective, cfg
+        self.evaluator, self.select, self.keep_best = evaluator, select, keep_best
         self.train_source, self.val_source = train_source, val_source
         self.out = Path(out_dir)
         self.on_step = on_step
@@ -254,11 +261,16 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 parts = self.objective.sums(self.wrapped, self._to_device(batch))
             sums += torch.tensor([float(parts[t]) for t in terms] + [counts[t] for t in terms], dtype=torch.float64)
-        self.wrapped.train()
         sums = distributed.all_sum(sums, d).tolist()
         out = {t: sums[i] / max(sums[len(terms) + i], 1.0) for i, t in enumerate(terms)}
         out["loss"] = sum(out[t] for t in terms)
+        if self.evaluator is not None:
+            out.update(self.evaluator(self.wrapped))
+        self.wrapped.train()
         return out
+
+    def _better(self, value: float, best: float) -> bool:
+        return value > best if self.select[1] == "max" else value < best
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -321,7 +333,9 @@ class Trainer:
         flops_per_token = flops(cfg.seq_len) if callable(flops) else None
         peak = peak_flops(self.device, cfg)
 
-        best = resumed.get("best_val", math.inf) if resumed else math.inf
+        key = self.select[0]
+        worst = -math.inf if self.select[1] == "max" else math.inf
+        best = resumed.get("best_val", worst) if resumed else worst
         bad_evals = resumed.get("bad_evals", 0) if resumed else 0
         val_losses = [tuple(v) for v in resumed.get("val_losses", [])] if resumed else []
         train_losses: list[tuple[int, float]] = []
@@ -331,7 +345,9 @@ class Trainer:
                 val_losses.append((0, val))
                 logger.write({"step": 0, "val": val, "elapsed": time.perf_counter() - t_start})
                 log.info("step 0 val loss %.4f", val["loss"])
-                best = val["loss"]
+                best = val[key]
+                if self.keep_best:
+                    self.save_model(self.out / "best", {**self.extra, "step": 0, "val": val})
 
         self.wrapped.train()
         stopped_early = False
@@ -372,12 +388,14 @@ class Trainer:
                 val_losses.append((step, val))
                 logger.write({"step": step, "val": val, "elapsed": time.perf_counter() - t_start})
                 log.info("step %d val loss %.4f", step, val["loss"])
-                if val["loss"] < best:
-                    best, bad_evals = val["loss"], 0
+                if self._better(val[key], best):
+                    best, bad_evals = val[key], 0
+                    if self.keep_best:
+                        self.save_model(self.out / "best", {**self.extra, "step": step, "val": val})
                 else:
                     bad_evals += 1
                     if cfg.early_stopping and bad_evals >= cfg.early_stopping:
-                        log.info("early stopping at step %d: no better val loss in %d evaluations", step, bad_evals)
+                        log.info("early stopping at step %d: no better val %s in %d evaluations", step, key, bad_evals)
                         stopped_early = True
                 window_start = time.perf_counter()  # evaluation time is not training throughput
 
@@ -395,8 +413,9 @@ class Trainer:
                 logger.write({"step": step, "val": val, "elapsed": time.perf_counter() - t_start})
                 log.info("final val loss %.4f", val["loss"])
         logger.close()
-        extra = {**self.extra, "pretrain": cfg.model_dump(mode="json"), "steps": step,
-                 "val": val_losses[-1][1] if val_losses else None}
+        extra = {**self.extra, "steps": step, "val": val_losses[-1][1] if val_losses else None}
+        if self.keep_best and val_losses and self._better(val_losses[-1][1][key], best):
+            self.save_model(self.out / "best", extra)  # the final evaluation can be the best one too
         checkpoint = self.save_model(self.out / "checkpoint", extra)
         return TrainResult(
             checkpoint=checkpoint,
