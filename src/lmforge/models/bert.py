@@ -214,20 +214,13 @@ class BertForPretraining(nn.Module):
         n = cfg.n_layer * per_layer + mlm_fraction * head
         return int(6 * n + 12 * cfg.n_layer * C * seq_len)
 
-    def forward(
+    def features(
         self,
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        mlm_positions: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return MLM logits (B, T, V) and NSP logits (B, 2).
-
-        `attention_mask` (B, T) is 1 for real tokens and 0 for padding; a row must have at least
-        one real token. With `mlm_positions` (bool, B x T) the MLM head runs only there and its
-        logits are (N, V) in row-major order of the True entries, as the original BERT gathers
-        masked positions: at 15% masking that skips most of the vocabulary matmul.
-        """
+    ) -> torch.Tensor:
+        """The encoder's last hidden states (B, T, C): what fine-tuning heads read."""
         if input_ids.size(1) > self.config.max_position:
             raise ValueError(
                 f"sequence of {input_ids.size(1)} tokens exceeds max_position {self.config.max_position}"
@@ -244,10 +237,29 @@ class BertForPretraining(nn.Module):
                 x = checkpoint(layer, x, mask, use_reentrant=False)
             else:
                 x = layer(x, mask)  # (B, T, C)
+        return x
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The pretrained [CLS] pooler (B, C), which NSP trained to summarise a pair."""
+        return torch.tanh(self.pooler(x[:, 0]))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return MLM logits (B, T, V) and NSP logits (B, 2).
+
+        `attention_mask` (B, T) is 1 for real tokens and 0 for padding; a row must have at least
+        one real token. With `mlm_positions` (bool, B x T) the MLM head runs only there and its
+        logits are (N, V) in row-major order of the True entries, as the original BERT gathers
+        masked positions: at 15% masking that skips most of the vocabulary matmul.
+        """
+        x = self.features(input_ids, token_type_ids, attention_mask)  # (B, T, C)
         h = x if mlm_positions is None else x[mlm_positions]  # (B, T, C) or (N, C)
         h = self.mlm_ln(F.gelu(self.mlm_dense(h)))
         mlm_logits = self.decoder(h)  # (B, T, V) or (N, V)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, C): the [CLS] position
-        nsp_logits = self.nsp(pooled)  # (B, 2)
+        nsp_logits = self.nsp(self.pooled(x))  # (B, 2)
         return mlm_logits, nsp_logits

@@ -134,11 +134,14 @@ class Trainer:
         evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
         select: tuple[str, str] = ("loss", "min"),
         keep_best: bool = False,
+        saver: Callable[[nn.Module, Path, dict[str, Any]], Any] | None = None,
     ) -> None:
         """`evaluator(model)` adds task metrics (accuracy, F1) to each validation; `select` = (metric,
         "min" | "max") decides which validation is best, for early stopping and, with `keep_best`,
-        for the model saved to `out_dir/best`."""
+        for the model saved to `out_dir/best`. `saver(model, dir, extra)` replaces the lmforge
+        checkpoint format for models that are not plain lmforge models (task heads, HF models)."""
         self.model, self.objective, self.cfg = model, objective, cfg
+        self.saver = saver
         self.evaluator, self.select, self.keep_best = evaluator, select, keep_best
         self.train_source, self.val_source = train_source, val_source
         self.out = Path(out_dir)
@@ -297,6 +300,11 @@ class Trainer:
         return copy
 
     def save_model(self, path: Path, extra: dict[str, Any]) -> Path:
+        if self.saver is not None:
+            if self.dist.main:
+                self.saver(self.model, path, extra)
+            distributed.barrier(self.dist)
+            return path
         model_state, _ = self._full_states(with_optimizer=False)
         if self.dist.main:
             save_checkpoint(self._cpu_copy(model_state), self.model.config, path, extra=extra)
@@ -313,7 +321,12 @@ class Trainer:
         state.write_rank_files(tmp, d.rank)
         model_state, optim_state = self._full_states(with_optimizer=True)
         if d.main:
-            save_checkpoint(self._cpu_copy(model_state), self.model.config, tmp, extra={"step": step})
+            if hasattr(self.model, "model_type"):
+                save_checkpoint(self._cpu_copy(model_state), self.model.config, tmp, extra={"step": step})
+            else:  # a task model: the weights alone, which is all that resuming reads
+                from safetensors.torch import save_model as save_weights
+
+                save_weights(self.model, str(tmp / WEIGHTS), metadata={"format": "pt"})
             scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
             state.write_main_files(tmp, optim_state, {**trainer_state, "step": step, "scaler": scaler})
             state.publish(root, tmp, step, self.cfg.keep_checkpoints)

@@ -1,0 +1,229 @@
+"""Fine-tune one model on one labelled task, pick the best validation checkpoint, score it on the test split.
+
+`finetune(cfg, out)` leaves in `out/`:
+  task/             the exact train/val/test examples used (JSONL + task.json)
+  log.jsonl         training loss and validation loss + task metric at every evaluation
+  best/             the model at its best validation metric (LoRA adapters merged), with tokenizer
+  report.json/.md   validation and test metrics of the best model
+`search(cfg, out)` runs the grid in `cfg.search`, one `finetune` per point, and writes a table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import InputError, UserError
+from lmforge.finetune.config import FinetuneConfig
+from lmforge.finetune.data import TaskData, make_task
+from lmforge.finetune.loaders import load_examples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    best_dir: Path
+    val: dict[str, float]
+    test: dict[str, float]
+    steps: int
+    seconds: float
+    examples_per_second: float
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def load_task_data(cfg: FinetuneConfig) -> TaskData:
+    d = cfg.data
+    if d.builtin is not None:
+        from lmforge.finetune.builtin_tasks import load_task
+
+        data = load_task(d.builtin, **{"seed": cfg.seed, **d.options})
+    else:
+        loader = d.loader.model_copy(update={"kind": cfg.task})
+        data = make_task(cfg.task, load_examples(d.path, loader), val_frac=d.val_frac, test_frac=d.test_frac,
+                         seed=cfg.seed)
+    if data.kind != cfg.task:
+        raise UserError(f"finetune.task is {cfg.task!r} but the data is a {data.kind!r} task")
+    if not data.train or not data.val:
+        raise UserError(f"the task has {len(data.train)} training and {len(data.val)} validation examples; need both")
+    return data
+
+
+def tokenizer_dir(cfg: FinetuneConfig) -> Path:
+    """The tokenizer given, or the one beside the model (an HF dir, or an lmforge run's tokenizer/)."""
+    if cfg.model.tokenizer:
+        return Path(cfg.model.tokenizer)
+    if cfg.model.source:
+        src = Path(cfg.model.source)
+        for candidate in (src, src.parent.parent / "tokenizer", src.parent / "tokenizer"):
+            if (candidate / "tokenizer.json").is_file() or (candidate / "vocab.txt").is_file():
+                return candidate
+    raise UserError("finetune.model.tokenizer: no tokenizer found beside the model; give its directory")
+
+
+def _scratch_backbone(cfg: FinetuneConfig, vocab_size: int, pad_id: int) -> torch.nn.Module:
+    from lmforge.train.config import PretrainConfig
+    from lmforge.train.pretrain import build_model
+
+    pcfg = PretrainConfig(arch=cfg.model.arch, preset=cfg.model.preset, model=cfg.model.overrides,
+                          seq_len=cfg.seq_len, seed=cfg.seed)
+    return build_model(pcfg, vocab_size, pad_id=pad_id if cfg.model.arch == "bert" else None)
+
+
+def _apply_lora(model: torch.nn.Module, cfg: FinetuneConfig, is_hf: bool) -> torch.nn.Module:
+    from lmforge.errors import require
+
+    require("peft", "train")
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora.target_modules
+    if targets is None:
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        targets = sorted(names & {"c_attn", "c_proj", "c_fc", "qkv", "proj", "fc1", "fc2", "query", "key",
+                                  "value", "dense", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                  "up_proj", "down_proj", "c_qkv", "attn_out", "ffn_in", "ffn_out"})
+        if not targets:
+            raise UserError("finetune.lora.target_modules: found no known projection names; list them")
+    heads = [n for n, m in model.named_modules() if n.endswith(("head", "classifier", "score"))
+             and isinstance(m, torch.nn.Linear)]
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=targets, modules_to_save=heads or None)
+    model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA r=%d on %s: %.2fM trainable parameters", cfg.lora.r, targets, trainable / 1e6)
+    return model
+
+
+def finetune(cfg: FinetuneConfig, out_dir: str | Path, on_step: Callable[[int, float], None] | None = None,
+             data: TaskData | None = None) -> FinetuneResult:
+    from transformers import AutoTokenizer
+
+    from lmforge.evaluate.report import write_report
+    from lmforge.finetune import tasks
+    from lmforge.finetune.heads import build_task_model, save_task_model
+    from lmforge.train.trainer import Trainer
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = data or load_task_data(cfg)
+    data.save(out / "task")
+    tok_path = tokenizer_dir(cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the tokenizer at {tok_path}: {exc}") from None
+
+    encode = {"classification": lambda rows: tasks.encode_classification(rows, tokenizer, data.labels, cfg.seq_len),
+              "ner": lambda rows: tasks.encode_ner(rows, tokenizer, data.labels, cfg.seq_len),
+              "instruction": lambda rows: tasks.encode_instructions(rows, tokenizer, cfg.seq_len)}[cfg.task]
+    train, val = encode(data.train), encode(data.val)
+    torch.manual_seed(cfg.seed)
+    scratch = None if cfg.model.source else _scratch_backbone(cfg, len(tokenizer), tasks.pad_id_of(tokenizer))
+    model, is_hf = build_task_model(cfg.task, cfg.model.source, data.labels, cfg.model.dropout, scratch)
+    if cfg.lora is not None:
+        model = _apply_lora(model, cfg, is_hf)
+
+    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(
+        cfg.epochs * len(train) / (cfg.batch_size * cfg.grad_accum)))
+    val_source = tasks.ExampleSource(val, cfg.batch_size, cfg.seed, shuffle=False)
+    tcfg = cfg.model_copy(update={"steps": steps, "eval_batches": val_source.num_batches,
+                                  "warmup_steps": min(cfg.warmup_steps, steps // 2)})
+    objective = {"classification": lambda: tasks.Classification(data.class_weights() if cfg.class_weights else None),
+                 "ner": tasks.TokenClassification, "instruction": tasks.ResponseLM}[cfg.task]()
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    info = {"kind": cfg.task, "labels": data.labels, "config": cfg.model_dump(mode="json", by_alias=True)}
+
+    def saver(m: torch.nn.Module, path: Path, extra: dict[str, Any]) -> None:
+        save_task_model(m, is_hf, path, {**info, **{k: v for k, v in extra.items() if k != "config"}}, tokenizer)
+
+    trainer = Trainer(model, objective, tasks.ExampleSource(train, cfg.batch_size, cfg.seed), tcfg, out,
+                      val_source=val_source, on_step=on_step,
+                      evaluator=tasks.make_evaluator(cfg.task, val_source, data.labels, device),
+                      select=cfg.selection(), keep_best=True, saver=saver)
+    result = trainer.fit()
+    best_val = _best(result.val_losses, cfg.selection())
+    test = evaluate_saved(out / "best", data, cfg, tokenizer) if data.test else {}
+    seconds = time.perf_counter() - t0
+    examples = result.steps * cfg.batch_size * cfg.grad_accum
+    report = {"task": cfg.task, "data": data.meta, "sizes": {k: len(v) for k, v in data.splits().items()},
+              "steps": result.steps, "stopped_early": result.stopped_early, "val": best_val, "test": test,
+              "train_seconds": round(seconds, 2)}
+    write_report(out / "report", report, title=f"fine-tuning: {cfg.task}")
+    return FinetuneResult(out, out / "best", best_val, test, result.steps, seconds,
+                          examples / max(result.seconds, 1e-9), result.val_losses)
+
+
+def _best(history: list[tuple[int, dict[str, float]]], selection: tuple[str, str]) -> dict[str, float]:
+    key, mode = selection
+    pick = max if mode == "max" else min
+    return dict(pick(history, key=lambda item: item[1][key])[1]) if history else {}
+
+
+def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokenizer) -> dict[str, float]:
+    """Test metrics of a saved fine-tuned model (lmforge heads or an HF directory)."""
+    from lmforge.finetune import tasks
+    from lmforge.finetune.heads import is_hf_dir, load_task_model
+
+    if is_hf_dir(model_dir):
+        import transformers
+
+        from lmforge.finetune.heads import HF_AUTO
+
+        model = getattr(transformers, HF_AUTO[cfg.task]).from_pretrained(str(model_dir)).eval()
+    else:
+        model, _ = load_task_model(model_dir)
+    if cfg.task == "instruction":  # perplexity of the responses, from their total NLL
+        source = tasks.ExampleSource(tasks.encode_instructions(data.test, tokenizer, cfg.seq_len), cfg.batch_size,
+                                     cfg.seed, shuffle=False)
+        objective, nll, tokens = tasks.ResponseLM(), 0.0, 0
+        with torch.no_grad():
+            for i in range(source.num_batches):
+                batch = source.micro_batch(i)
+                nll += float(objective.sums(model, batch)["lm"])
+                tokens += objective.counts(batch)["lm"]
+        loss = nll / max(tokens, 1)
+        return {"loss": loss, "perplexity": math.exp(loss)}
+    enc = (tasks.encode_classification if cfg.task == "classification" else tasks.encode_ner)(
+        data.test, tokenizer, data.labels, cfg.seq_len)
+    gold, pred = tasks.predict(model, tasks.ExampleSource(enc, cfg.batch_size, cfg.seed, shuffle=False),
+                               torch.device("cpu"))
+    metrics = tasks.classification_metrics if cfg.task == "classification" else tasks.ner_metrics
+    return metrics(gold, pred, data.labels)
+
+
+def search(cfg: FinetuneConfig, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Grid search over `cfg.search`; each point fine-tunes into out/<i>; the table ranks by validation."""
+    from lmforge.evaluate.report import write_report
+
+    if not cfg.search:
+        raise UserError("finetune.search is empty; give e.g. {lr: [1e-4, 3e-4], batch_size: [16, 32]}")
+    unknown = sorted(set(cfg.search) - set(FinetuneConfig.model_fields))
+    if unknown:
+        raise UserError(f"finetune.search: {unknown} are not config fields")
+    out = Path(out_dir)
+    data = load_task_data(cfg)
+    key, mode = cfg.selection()
+    rows = []
+    names = list(cfg.search)
+    for i, values in enumerate(itertools.product(*(cfg.search[n] for n in names))):
+        point = dict(zip(names, values, strict=True))
+        run_cfg = FinetuneConfig.model_validate({**cfg.model_dump(by_alias=True), **point, "search": None})
+        result = finetune(run_cfg, out / f"{i:03d}", data=data)
+        rows.append({**point, f"val_{key}": result.val.get(key), **{f"test_{k}": v for k, v in result.test.items()},
+                     "steps": result.steps, "dir": f"{i:03d}"})
+    rows.sort(key=lambda r: r[f"val_{key}"], reverse=mode == "max")
+    write_report(out / "search", {"selected_by": f"val {key} ({mode})", "runs": rows}, title="hyperparameter search")
+    (out / "best.json").write_text(json.dumps(rows[0], indent=2), encoding="utf-8")
+    return rows

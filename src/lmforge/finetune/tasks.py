@@ -1,0 +1,265 @@
+"""Fine-tuning tasks as the trainer sees them: encoded examples, batch sources, objectives, evaluators.
+
+Every task encodes its examples once with a `transformers` tokenizer (lmforge's tokenizer
+directories load as one, and so does any Hugging Face model directory), then serves micro-batches
+by index like the pretraining sources do: a per-epoch permutation seeded by (seed, epoch), so a
+resumed run and a data-parallel rank fetch exactly the rows they should.
+
+- classification: [CLS]/text/[SEP] (BERT tokenizers) or text + EOS (GPT tokenizers), one label each;
+- ner: pre-split tokens (characters for Chinese), the tag on each word's first piece, IGNORE elsewhere;
+- instruction: the chat template around prompt and response; loss only on the response tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.errors import UserError
+from lmforge.finetune.data import Example
+from lmforge.train.objectives import IGNORE, Batch
+
+
+@dataclass
+class Encoded:
+    """Token ids per example plus, per kind, a label index or per-token label ids."""
+
+    ids: list[np.ndarray]
+    labels: list[Any]  # int (classification) or np.ndarray of per-token ids (ner, instruction)
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def pad_id_of(tokenizer) -> int:
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def encode_classification(examples: Sequence[Example], tokenizer, labels: list[str], max_len: int) -> Encoded:
+    index = {label: i for i, label in enumerate(labels)}
+    missing = sorted({e.label for e in examples} - set(index), key=str)
+    if missing:
+        raise UserError(f"labels {missing[:5]} are not among the task's labels {labels}")
+    enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_len)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if tokenizer.cls_token_id is None and eos is not None:
+        # A causal model reads the label off its last position: end every text with the same EOS.
+        enc = [(ids[: max_len - 1] + [eos]) if ids[-1:] != [eos] else ids for ids in enc]
+    return Encoded([np.asarray(ids, dtype=np.int64) for ids in enc], [index[e.label] for e in examples],
+                   pad_id_of(tokenizer))
+
+
+def encode_ner(examples: Sequence[Example], tokenizer, labels: list[str], max_len: int) -> Encoded:
+    index = {tag: i for i, tag in enumerate(labels)}
+    batch = tokenizer([e.tokens for e in examples], is_split_into_words=True, truncation=True, max_length=max_len)
+    ids, tags = [], []
+    for i, example in enumerate(examples):
+        words = batch.word_ids(i)
+        row = np.full(len(words), IGNORE, dtype=np.int64)
+        previous = None
+        for pos, word in enumerate(words):
+            if word is not None and word != previous:  # the first piece of each word carries its tag
+                tag = example.tags[word]
+                if tag not in index:
+                    raise UserError(f"tag {tag!r} is not among the task's tags {labels}")
+                row[pos] = index[tag]
+            previous = word
+        ids.append(np.asarray(batch["input_ids"][i], dtype=np.int64))
+        tags.append(row)
+    return Encoded(ids, tags, pad_id_of(tokenizer))
+
+
+def encode_instructions(examples: Sequence[Example], tokenizer, max_len: int) -> Encoded:
+    """Prompt through the chat template with the generation prompt; the response (and end-of-turn) is learned."""
+    if tokenizer.chat_template is None:
+        raise UserError("instruction tuning needs a tokenizer with a chat template (lmforge tokenizers have ChatML)")
+    ids, labels = [], []
+    for e in examples:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": e.prompt}], tokenize=False,
+                                               add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.response}], tokenize=False)
+        if not full.startswith(prompt):
+            raise UserError("the chat template renders the prompt differently inside a conversation")
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        row = (p + r)[:max_len]
+        lab = ([IGNORE] * len(p) + r)[:max_len]
+        ids.append(np.asarray(row, dtype=np.int64))
+        labels.append(np.asarray(lab, dtype=np.int64))
+    return Encoded(ids, labels, pad_id_of(tokenizer))
+
+
+class ExampleSource:
+    """Padded micro-batches of encoded examples by index (see the module docstring)."""
+
+    def __init__(self, data: Encoded, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        if len(data) == 0:
+            raise UserError("no examples to train or evaluate on")
+        self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
+
+    @property
+    def num_batches(self) -> int:
+        """Batches in one pass (the last one may be short when not shuffling)."""
+        return math.ceil(len(self.data) / self.batch_size)
+
+    def rows(self, index: int) -> list[int]:
+        n = len(self.data)
+        if not self.shuffle:
+            return list(range(index * self.batch_size, min(n, (index + 1) * self.batch_size)))
+        out = []
+        for k in range(index * self.batch_size, (index + 1) * self.batch_size):
+            epoch, pos = divmod(k, n)
+            out.append(int(self._order(epoch)[pos]))
+        return out
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """Each epoch's permutation, a function of (seed, epoch) only; the last one is kept."""
+        if getattr(self, "_cached", (None,))[0] != epoch:
+            self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.data)))
+        return self._cached[1]
+
+    def micro_batch(self, index: int) -> Batch:
+        rows = self.rows(index)
+        if not rows:
+            raise IndexError(f"batch {index} is past the end of {len(self.data)} examples")
+        width = max(len(self.data.ids[r]) for r in rows)
+        ids = np.full((len(rows), width), self.data.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        per_token = not isinstance(self.data.labels[rows[0]], (int, np.integer))
+        labels = np.full((len(rows), width), IGNORE, dtype=np.int64) if per_token else np.zeros(len(rows), np.int64)
+        for i, r in enumerate(rows):
+            n = len(self.data.ids[r])
+            ids[i, :n], mask[i, :n] = self.data.ids[r], 1
+            if per_token:
+                labels[i, :n] = self.data.labels[r]
+            else:
+                labels[i] = self.data.labels[r]
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                "labels": torch.from_numpy(labels)}
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """Logits from an lmforge head (a tensor), an lmforge GPT ((logits, loss)) or an HF model (.logits)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple):
+        return output[0]
+    return output.logits
+
+
+class Classification:
+    """Cross-entropy per example, optionally weighted per class (for imbalanced labels)."""
+
+    terms = ("cls",)
+
+    def __init__(self, class_weights: Sequence[float] | None = None) -> None:
+        self.weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+
+    def counts(self, batch: Batch) -> dict[str, int]:
+        return {"cls": int(batch["labels"].numel())}
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))  # (B, L)
+        weight = None if self.weights is None else self.weights.to(logits.device)
+        return {"cls": F.cross_entropy(logits.float(), batch["labels"], weight=weight, reduction="sum")}
+
+
+class TokenClassification:
+    """Cross-entropy over the labelled tokens (each word's first piece)."""
+
+    terms = ("tag",)
+
+    def counts(self, batch: Batch) -> dict[str, int]:
+        return {"tag": int((batch["labels"] != IGNORE).sum())}
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))  # (B, T, L)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE,
+                               reduction="sum")
+        return {"tag": loss}
+
+
+class ResponseLM:
+    """Next-token loss on response tokens only; the prompt is context, not a target."""
+
+    terms = ("lm",)
+
+    def counts(self, batch: Batch) -> dict[str, int]:
+        return {"lm": int((batch["labels"][:, 1:] != IGNORE).sum())}
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))  # (B, T, V)
+        targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                               reduction="sum")
+        return {"lm": loss}
+
+
+# --------------------------------------------------------------------------- predictions and evaluators
+
+
+@torch.no_grad()
+def predict(model: nn.Module, source: ExampleSource, device: torch.device) -> tuple[list, list]:
+    """(gold, predicted) label indices over one ordered pass: per example, or per labelled token."""
+    was_training = model.training
+    model.eval()
+    gold, pred = [], []
+    for i in range(source.num_batches):
+        batch = {k: v.to(device) for k, v in source.micro_batch(i).items()}
+        logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+        best = logits.argmax(-1).cpu()
+        labels = batch["labels"].cpu()
+        if labels.dim() == 1:
+            gold += labels.tolist()
+            pred += best.tolist()
+        else:
+            for row_labels, row_pred in zip(labels, best, strict=True):
+                keep = row_labels != IGNORE
+                gold.append(row_labels[keep].tolist())
+                pred.append(row_pred[keep].tolist())
+    model.train(was_training)
+    return gold, pred
+
+
+def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict[str, float]:
+    from lmforge.evaluate import classification_report
+
+    report = classification_report([labels[g] for g in gold], [labels[p] for p in pred], labels=labels)
+    return {"accuracy": report["accuracy"], "f1_macro": report["macro"]["f1"], "f1_micro": report["micro"]["f1"]}
+
+
+def ner_metrics(gold: list[list[int]], pred: list[list[int]], labels: list[str]) -> dict[str, float]:
+    from lmforge.evaluate import ner_report
+
+    report = ner_report([[labels[t] for t in row] for row in gold], [[labels[t] for t in row] for row in pred])
+    return {"f1": report["f1"], "precision": report["precision"], "recall": report["recall"],
+            "token_accuracy": report["token_accuracy"]}
+
+
+def make_evaluator(kind: str, source: ExampleSource, labels: list[str], device: torch.device):
+    """The validation metrics the trainer adds to each evaluation (none for instruction tuning)."""
+    if kind == "instruction":
+        return None
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        gold, pred = predict(model, source, device)
+        if kind == "classification":
+            return classification_metrics(gold, pred, labels)
+        return ner_metrics(gold, pred, labels)
+
+    return evaluate
