@@ -21,7 +21,8 @@ def main() -> None:
     cfg = PretrainConfig(**json.loads(config))
     result = pretrain(cfg, tokens[n_val:], tokens[:n_val], int(tokens.max()) + 1, out,
                       on_step=lambda step, loss: time.sleep(delay))
-    print(json.dumps({"steps": result.steps, "resumed_from": result.train.resumed_from}))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({"steps": result.steps, "resumed_from": result.train.resumed_from}))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ class ModelSource(StrictModel):
     preset: str = "bert-tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout before the task head")
+    init: Literal["pretrained", "scratch"] = Field(
+        default="pretrained", description="scratch: the same architecture as `from`, freshly initialised (a baseline)")
 
 
 class LoraSettings(StrictModel):
@@ -57,6 +59,7 @@ class FinetuneConfig(TrainConfig):
     lora: LoraSettings | None = None
     class_weights: bool = Field(default=False, description="weight the loss by inverse class frequency")
     metric: str | None = Field(default=None, description="selects the best checkpoint [default: accuracy / f1 / loss]")
+    compare_scratch: bool = Field(default=False, description="also train the same architecture from scratch and compare")
     search: dict[str, list[Any]] | None = Field(
         default=None, description="grid over TrainConfig fields, e.g. {lr: [1e-4, 3e-4], batch_size: [16, 32]}")
     # Fine-tuning defaults differ from pretraining's.
@@ -64,7 +67,7 @@ class FinetuneConfig(TrainConfig):
     min_lr: float = Field(default=0.0, ge=0)
     warmup_steps: int = Field(default=10, ge=0)
     weight_decay: float = Field(default=0.01, ge=0)
-    eval_every: int = Field(default=50, ge=0)
+    eval_every: int | None = Field(default=None, ge=0, description="null: five evaluations per run")
     early_stopping: int = Field(default=3, ge=0)
 
     def selection(self) -> tuple[str, str]:

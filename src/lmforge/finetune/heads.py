@@ -98,8 +98,11 @@ def load_backbone(path: str | Path) -> nn.Module:
 
 
 def build_task_model(kind: str, source: str | Path | None, labels: list[str], dropout: float,
-                     scratch: nn.Module | None = None) -> tuple[nn.Module, bool]:
-    """(model, is_hf): the task model on the backbone at `source`, or on `scratch` (a fresh backbone)."""
+                     scratch: nn.Module | None = None, fresh: bool = False) -> tuple[nn.Module, bool]:
+    """(model, is_hf): the task model on the backbone at `source`, or on `scratch` (a fresh backbone).
+
+    `fresh` keeps `source`'s architecture but not its weights: the from-scratch baseline.
+    """
     if source is not None and is_hf_dir(Path(source)):
         import transformers
 
@@ -109,11 +112,15 @@ def build_task_model(kind: str, source: str | Path | None, labels: list[str], dr
             kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                       "label2id": {label: i for i, label in enumerate(labels)}}
         try:
+            if fresh:
+                return auto.from_config(transformers.AutoConfig.from_pretrained(str(source), **kwargs)).train(), True
             model = auto.from_pretrained(str(source), **kwargs)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot load {source} as {HF_AUTO[kind]}: {exc}") from None
         return model.train(), True
     backbone = scratch if source is None else load_backbone(source)
+    if fresh and backbone is not None:
+        backbone = type(backbone)(backbone.config).train()
     if backbone is None:
         raise UserError("finetune: give model.from (a checkpoint or HF directory) or a model.preset to train from scratch")
     if kind == "instruction":
@@ -133,6 +140,7 @@ def save_task_model(model: nn.Module, is_hf: bool, out: Path, info: dict[str, An
     try:
         if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
             model = model.merge_and_unload()
+            _retie(model)
         if is_hf:
             model.save_pretrained(str(tmp), safe_serialization=True)
         else:
@@ -149,6 +157,15 @@ def save_task_model(model: nn.Module, is_hf: bool, out: Path, info: dict[str, An
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _retie(model: nn.Module) -> None:
+    """peft's merge unties a GPT's shared embedding/output matrix (both stay frozen and equal): tie them again."""
+    gpt = getattr(model, "backbone", None)
+    if gpt is not None and getattr(gpt.config, "tie_embeddings", False) and hasattr(gpt, "lm_head"):
+        if not torch.equal(gpt.lm_head.weight, gpt.transformer.wte.weight):
+            raise RuntimeError("tied embeddings diverged during LoRA training")
+        gpt.lm_head.weight = gpt.transformer.wte.weight
 
 
 def load_task_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

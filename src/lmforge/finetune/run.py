@@ -94,7 +94,8 @@ def _apply_lora(model: torch.nn.Module, cfg: FinetuneConfig, is_hf: bool) -> tor
                                   "up_proj", "down_proj", "c_qkv", "attn_out", "ffn_in", "ffn_out"})
         if not targets:
             raise UserError("finetune.lora.target_modules: found no known projection names; list them")
-    heads = [n for n, m in model.named_modules() if n.endswith(("head", "classifier", "score"))
+    # The task head is new, so it trains in full (an lm_head is not a task head: it stays tied and frozen).
+    heads = [n for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in ("head", "classifier", "score")
              and isinstance(m, torch.nn.Linear)]
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=targets, modules_to_save=heads or None)
@@ -130,14 +131,16 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, on_step: Callable[[int, f
     train, val = encode(data.train), encode(data.val)
     torch.manual_seed(cfg.seed)
     scratch = None if cfg.model.source else _scratch_backbone(cfg, len(tokenizer), tasks.pad_id_of(tokenizer))
-    model, is_hf = build_task_model(cfg.task, cfg.model.source, data.labels, cfg.model.dropout, scratch)
+    model, is_hf = build_task_model(cfg.task, cfg.model.source, data.labels, cfg.model.dropout, scratch,
+                                    fresh=cfg.model.init == "scratch")
     if cfg.lora is not None:
         model = _apply_lora(model, cfg, is_hf)
 
     steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(
         cfg.epochs * len(train) / (cfg.batch_size * cfg.grad_accum)))
     val_source = tasks.ExampleSource(val, cfg.batch_size, cfg.seed, shuffle=False)
-    tcfg = cfg.model_copy(update={"steps": steps, "eval_batches": val_source.num_batches,
+    eval_every = cfg.eval_every if cfg.eval_every is not None else max(1, steps // 5)
+    tcfg = cfg.model_copy(update={"steps": steps, "eval_batches": val_source.num_batches, "eval_every": eval_every,
                                   "warmup_steps": min(cfg.warmup_steps, steps // 2)})
     objective = {"classification": lambda: tasks.Classification(data.class_weights() if cfg.class_weights else None),
                  "ner": tasks.TokenClassification, "instruction": tasks.ResponseLM}[cfg.task]()
@@ -197,16 +200,36 @@ def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokeniz
         return {"loss": loss, "perplexity": math.exp(loss)}
     enc = (tasks.encode_classification if cfg.task == "classification" else tasks.encode_ner)(
         data.test, tokenizer, data.labels, cfg.seq_len)
-    gold, pred = tasks.predict(model, tasks.ExampleSource(enc, cfg.batch_size, cfg.seed, shuffle=False),
+    gold, pred, _ = tasks.predict(model, tasks.ExampleSource(enc, cfg.batch_size, cfg.seed, shuffle=False),
                                torch.device("cpu"))
     metrics = tasks.classification_metrics if cfg.task == "classification" else tasks.ner_metrics
     return metrics(gold, pred, data.labels)
 
 
+def compare_scratch(cfg: FinetuneConfig, out_dir: str | Path,
+                    on_step: Callable[[int, float], None] | None = None) -> dict[str, FinetuneResult]:
+    """Fine-tune the pretrained model and the same architecture from scratch on the same data; compare."""
+    from lmforge.evaluate.report import compare_table
+
+    if not cfg.model.source:
+        raise UserError("finetune.compare_scratch needs model.from: the pretrained model to compare against")
+    out = Path(out_dir)
+    data = load_task_data(cfg)
+    results = {}
+    for name, init in (("pretrained", "pretrained"), ("scratch", "scratch")):
+        run_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"init": init})})
+        results[name] = finetune(run_cfg, out / name, on_step=on_step, data=data)
+    table = compare_table({f"{name} (test)": r.test for name, r in results.items()})
+    (out / "comparison.md").write_text(f"# pretrained then fine-tuned vs from scratch\n\n{table}\n", encoding="utf-8")
+    from lmforge.records import write_json_atomic
+
+    write_json_atomic(out / "comparison.json", {name: {"val": r.val, "test": r.test, "steps": r.steps}
+                                                for name, r in results.items()})
+    return results
+
+
 def search(cfg: FinetuneConfig, out_dir: str | Path) -> list[dict[str, Any]]:
     """Grid search over `cfg.search`; each point fine-tunes into out/<i>; the table ranks by validation."""
-    from lmforge.evaluate.report import write_report
-
     if not cfg.search:
         raise UserError("finetune.search is empty; give e.g. {lr: [1e-4, 3e-4], batch_size: [16, 32]}")
     unknown = sorted(set(cfg.search) - set(FinetuneConfig.model_fields))
@@ -224,6 +247,11 @@ def search(cfg: FinetuneConfig, out_dir: str | Path) -> list[dict[str, Any]]:
         rows.append({**point, f"val_{key}": result.val.get(key), **{f"test_{k}": v for k, v in result.test.items()},
                      "steps": result.steps, "dir": f"{i:03d}"})
     rows.sort(key=lambda r: r[f"val_{key}"], reverse=mode == "max")
-    write_report(out / "search", {"selected_by": f"val {key} ({mode})", "runs": rows}, title="hyperparameter search")
+    from lmforge.evaluate.report import to_markdown
+    from lmforge.records import atomic_path, write_json_atomic
+
+    write_json_atomic(out / "search.json", {"selected_by": f"val {key} ({mode})", "runs": rows})
+    with atomic_path(out / "search.md") as tmp:
+        tmp.write_text(to_markdown(rows, title=f"hyperparameter search, best val {key} first") + "\n", encoding="utf-8")
     (out / "best.json").write_text(json.dumps(rows[0], indent=2), encoding="utf-8")
     return rows

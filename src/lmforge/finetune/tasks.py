@@ -84,20 +84,29 @@ def encode_instructions(examples: Sequence[Example], tokenizer, max_len: int) ->
     """Prompt through the chat template with the generation prompt; the response (and end-of-turn) is learned."""
     if tokenizer.chat_template is None:
         raise UserError("instruction tuning needs a tokenizer with a chat template (lmforge tokenizers have ChatML)")
+    def render(prompt: str, response: str | None) -> str:
+        turns = [{"role": "user", "content": prompt}]
+        if response is None:
+            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(turns + [{"role": "assistant", "content": response}], tokenize=False)
+
+    overhead = len(tokenizer(render("", None), add_special_tokens=False)["input_ids"])
     ids, labels = [], []
     for e in examples:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": e.prompt}], tokenize=False,
-                                               add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(
-            [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.response}], tokenize=False)
+        prompt, full = render(e.prompt, None), render(e.prompt, e.response)
         if not full.startswith(prompt):
             raise UserError("the chat template renders the prompt differently inside a conversation")
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         r = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(p) + len(r) > max_len:
+            # Shorten the prompt's text, never the answer: a cut answer would teach stopping mid-sentence.
+            budget = max(1, max_len - len(r) - overhead - 2)
+            content = tokenizer(e.prompt, add_special_tokens=False)["input_ids"][:budget]
+            prompt = render(tokenizer.decode(content), None)
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         row = (p + r)[:max_len]
-        lab = ([IGNORE] * len(p) + r)[:max_len]
         ids.append(np.asarray(row, dtype=np.int64))
-        labels.append(np.asarray(lab, dtype=np.int64))
+        labels.append(np.asarray(([IGNORE] * len(p) + r)[:max_len], dtype=np.int64))
     return Encoded(ids, labels, pad_id_of(tokenizer))
 
 
@@ -214,14 +223,18 @@ class ResponseLM:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, source: ExampleSource, device: torch.device) -> tuple[list, list]:
-    """(gold, predicted) label indices over one ordered pass: per example, or per labelled token."""
+def predict(model: nn.Module, source: ExampleSource, device: torch.device) -> tuple[list, list, float]:
+    """(gold, predicted) label indices over one ordered pass (per example, or per labelled token),
+    and the mean cross-entropy over the same labels, so one pass gives both loss and metrics."""
     was_training = model.training
     model.eval()
-    gold, pred = [], []
+    gold, pred, nll, count = [], [], 0.0, 0
     for i in range(source.num_batches):
         batch = {k: v.to(device) for k, v in source.micro_batch(i).items()}
         logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+        nll += float(F.cross_entropy(logits.float().flatten(0, -2), batch["labels"].flatten(), ignore_index=IGNORE,
+                                     reduction="sum"))
+        count += int((batch["labels"] != IGNORE).sum())
         best = logits.argmax(-1).cpu()
         labels = batch["labels"].cpu()
         if labels.dim() == 1:
@@ -233,7 +246,7 @@ def predict(model: nn.Module, source: ExampleSource, device: torch.device) -> tu
                 gold.append(row_labels[keep].tolist())
                 pred.append(row_pred[keep].tolist())
     model.train(was_training)
-    return gold, pred
+    return gold, pred, nll / max(count, 1)
 
 
 def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict[str, float]:
@@ -252,14 +265,18 @@ def ner_metrics(gold: list[list[int]], pred: list[list[int]], labels: list[str])
 
 
 def make_evaluator(kind: str, source: ExampleSource, labels: list[str], device: torch.device):
-    """The validation metrics the trainer adds to each evaluation (none for instruction tuning)."""
+    """Validation loss and metrics in one pass (none for instruction tuning, where loss is the metric).
+
+    The returned function sets `includes_loss`, so the trainer skips its own loss pass. The loss
+    is unweighted even when training weights classes: it estimates the plain validation NLL.
+    """
     if kind == "instruction":
         return None
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        gold, pred = predict(model, source, device)
-        if kind == "classification":
-            return classification_metrics(gold, pred, labels)
-        return ner_metrics(gold, pred, labels)
+        gold, pred, loss = predict(model, source, device)
+        metrics = classification_metrics(gold, pred, labels) if kind == "classification" else ner_metrics(gold, pred, labels)
+        return {"loss": loss, **metrics}
 
+    evaluate.includes_loss = True
     return evaluate

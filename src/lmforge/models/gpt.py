@@ -1,9 +1,17 @@
 """A decoder-only transformer in one readable file.
 
 The same class covers the original GPT-2 layout (learned positions, LayerNorm, GELU MLP) and
-the modern one (rotary positions, RMSNorm, SwiGLU) so that presets can reproduce GPT-2 sizes
-while the small defaults use what trains best at small scale. Generation uses a KV cache:
-each new token attends to stored keys/values instead of re-running the whole prefix.
+the modern one (rotary positions, RMSNorm, SwiGLU, optionally Qwen3's per-head q/k RMSNorm) so
+that presets can reproduce GPT-2 sizes while the small defaults use what trains best at small
+scale; `lmforge.models.hf` maps these layouts to GPT2/Llama/Qwen3 in transformers. Generation
+uses a KV cache: each new token attends to stored keys/values instead of re-running the prefix.
+
+Speed: q, k, v come from one fused matmul and the SwiGLU gate and up projections from another;
+rotary tables are computed once; attention is SDPA with `is_causal` (no mask tensor). On CPUs,
+float32 matmuls and the output layer + loss go through `cpu_kernels` (oneDNN, fused chunked
+cross-entropy) when that is exact and faster; call with `return_logits=False` when training.
+`torch.compile` (or `model.compile()`) fuses the element-wise work: essential on GPUs, and
+about 1.2x more on CPUs once its ~15 s compile is paid (benchmarks/train_cpu.py --compile).
 
 Shape letters: B batch, T time (tokens), C channels (n_embd), H heads, D head dim, V vocab.
 """
@@ -17,11 +25,18 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.errors import ConfigError
+from lmforge.models import cpu_kernels
 from lmforge.models.presets import PRESETS  # torch-free, so recipes can validate preset names
 
-_CHOICES = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+# gelu_tanh is GPT-2's own tanh approximation, kept so GPT-2 checkpoints import exactly.
+_CHOICES = {
+    "pos": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "mlp": ("gelu", "gelu_tanh", "swiglu"),
+}
 
 
 @dataclass
@@ -35,14 +50,28 @@ class GPTConfig:
     bias: bool = False
     pos: Literal["learned", "rope"] = "rope"
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
-    mlp: Literal["gelu", "swiglu"] = "swiglu"
+    mlp: Literal["gelu", "gelu_tanh", "swiglu"] = "swiglu"
     tie_embeddings: bool = True
+    qk_norm: bool = False  # RMSNorm over each head's q and k before rope (Qwen3): steadier attention logits
+    norm_eps: float | None = None  # None: 1e-6 for rmsnorm, 1e-5 (GPT-2's) for layernorm
+    rope_theta: float = 10000.0  # rope base; larger stretches the slowest rotation for long contexts
+    mlp_hidden: int | None = None  # None: 4 * n_embd (gelu) or ~8/3 * n_embd rounded up to 64 (swiglu)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        optional = {"mlp_hidden", "norm_eps"}  # None means "derive from the other fields"
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_hidden"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
+            if bad and not (value is None and name in optional):
                 raise ConfigError(f"model.{name} must be a positive integer (got {value!r})")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+            if bad and not (value is None and name in optional):
+                raise ConfigError(f"model.{name} must be a positive number (got {value!r})")
+        for name in ("bias", "tie_embeddings", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model.{name} must be true or false (got {getattr(self, name)!r})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout!r})")
         for name, allowed in _CHOICES.items():
@@ -63,6 +92,17 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    # Defaults resolved on read, not stored, so `dataclasses.replace(cfg, norm=...)` stays right.
+    @property
+    def eps(self) -> float:
+        if self.norm_eps is not None:
+            return self.norm_eps
+        return 1e-6 if self.norm == "rmsnorm" else 1e-5
+
+    @property
+    def mlp_hidden_size(self) -> int:
+        return self.mlp_hidden if self.mlp_hidden is not None else default_mlp_hidden(self.n_embd, self.mlp)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -76,6 +116,13 @@ class GPTConfig:
         if "vocab_size" not in data:
             raise ConfigError("model.vocab_size is required")
         return cls(**data)
+
+
+def default_mlp_hidden(n_embd: int, mlp: str) -> int:
+    """4x for GELU; for SwiGLU 2/3 of that (same parameter count), rounded up to a multiple of 64."""
+    if mlp == "swiglu":
+        return 64 * math.ceil(int(8 * n_embd / 3) / 64)
+    return 4 * n_embd
 
 
 def config_from_preset(preset: str, vocab_size: int, **overrides: Any) -> GPTConfig:
@@ -104,8 +151,15 @@ class RMSNorm(nn.Module):
 
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.n_embd)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return RMSNorm(config.n_embd, config.eps)
+    return nn.LayerNorm(config.n_embd, eps=config.eps, bias=config.bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose float32 CPU matmuls run on oneDNN (2x MKL on AMD CPUs; see cpu_kernels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_kernels.linear(x, self.weight, self.bias)
 
 
 def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,9 +200,14 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.eps)
+            self.k_norm = RMSNorm(config.head_dim, config.eps)
+        else:
+            self.q_norm = self.k_norm = None
 
     def forward(
         self,
@@ -159,8 +218,11 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        q = q.view(B, T, self.n_head, C // self.n_head)  # (B, T, H, D)
+        k = k.view(B, T, self.n_head, C // self.n_head)  # (B, T, H, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # each head's vector normalised on its own
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -186,14 +248,11 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
-        if self.swiglu:
-            # 2/3 of 4x keeps the parameter count equal to a GELU MLP; round up to a multiple of 64.
-            hidden = 64 * math.ceil(int(8 * config.n_embd / 3) / 64)
-            self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
-        else:
-            hidden = 4 * config.n_embd
-            self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
+        hidden = config.mlp_hidden_size
+        # SwiGLU's gate and up projections are one matmul: rows [gate; up].
+        self.c_fc = Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +261,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate=self.approximate)
         return self.dropout(self.c_proj(h))  # (B, T, C)
 
 
@@ -224,6 +283,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """Token embedding, `n_layer` pre-norm blocks, final norm, output projection (tied by default)."""
+
+    model_type = "lmforge-gpt"
+    config_class = GPTConfig
+    # Recompute each block's activations in the backward pass instead of storing them: about
+    # a third more compute for a fraction of the activation memory. Set it on the instance.
+    checkpoint_activations: bool = False
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
@@ -239,19 +306,27 @@ class GPT(nn.Module):
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         else:
             # Not persistent: derived from the config, so they stay out of checkpoints.
-            cos, sin = rope_tables(config.head_dim, config.block_size)
+            cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        self.init_weights()
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fresh weights and rope tables; call again after `to_empty()` of a model built on "meta"."""
         self.apply(self._init_weights)
         # Each residual branch adds to the stream; scaling the projections into it keeps the
         # stream's variance from growing with depth (GPT-2 paper).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+        if self.config.pos == "rope" and self.rope_cos.device.type != "meta":
+            cos, sin = rope_tables(self.config.head_dim, self.config.block_size, self.config.rope_theta)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -261,6 +336,14 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+            nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def shard_units(self) -> list[nn.Module]:
+        """The modules to wrap one by one with FSDP2's `fully_shard` (then the model itself)."""
+        return list(self.transformer.h)
 
     def num_params(self, exclude_embeddings: bool = True) -> int:
         """Parameter count; embeddings are lookups, not compute, so scaling laws leave them out."""
@@ -271,28 +354,27 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
         return n
 
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token at full context: 6N for the matmuls plus the attention scores.
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token: 6N for the matmuls plus 12*L*C*T for the attention scores.
 
-        N counts the output projection even when tied, because that matmul is real compute.
+        N counts the output projection even when tied, because that matmul is real compute. T is
+        `seq_len` (the length trained on) or, if not given, the full context; the attention term
+        counts the whole T x T score matrix, as the PaLM paper's MFU does, not the causal half.
         """
         cfg = self.config
         n = self.num_params(exclude_embeddings=True)
         if cfg.tie_embeddings:
             n += cfg.vocab_size * cfg.n_embd
-        return 6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+        T = cfg.block_size if seq_len is None else seq_len
+        return 6 * n + 12 * cfg.n_layer * cfg.n_embd * T
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        ignore_index: int = -100,
-        kv_cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return logits and, given targets, the mean cross-entropy over non-ignored tokens.
+    def features(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """The final hidden states (B, T, C), before the output layer: what fine-tuning heads read.
 
-        With `kv_cache`, `idx` holds only the new tokens; their positions continue after the
-        cached ones and the cache is extended in place.
+        `attention_mask` is accepted for a uniform head interface and not needed: with right
+        padding, causal attention never lets a real token see the padding after it.
         """
         B, T = idx.size()
         start = 0 if kv_cache is None else kv_cache.length
@@ -307,15 +389,49 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, D/2) each
         x = self.transformer.drop(x)
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rope, kv_cache, i)  # (B, T, C)
-        x = self.transformer.ln_f(x)
+            if recompute:
+                x = checkpoint(block, x, rope, kv_cache, i, use_reentrant=False)  # (B, T, C)
+            else:
+                x = block(x, rope, kv_cache, i)  # (B, T, C)
+        return self.transformer.ln_f(x)
 
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        kv_cache: KVCache | None = None,
+        *,
+        reduction: Literal["mean", "sum"] = "mean",
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Return logits and, given targets, the cross-entropy over non-ignored tokens.
+
+        `reduction` "mean" averages over those tokens, "sum" adds them up (for a trainer that
+        divides by a global token count). With targets and `return_logits=False` the logits are
+        None and never materialised in full: on CPUs the output layer and loss are then fused
+        (cpu_kernels), the fastest way to train. With `kv_cache`, `idx` holds only the new tokens;
+        their positions continue after the cached ones and the cache is extended in place.
+        """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum' (got {reduction!r})")
+        x = self.features(idx, kv_cache=kv_cache)  # (B, T, C)
+        B, T = idx.size()
+        if targets is not None and not return_logits:
+            loss = cpu_kernels.linear_cross_entropy(
+                x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), ignore_index, reduction
+            )
+            return None, loss
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
+                logits.float().view(-1, logits.size(-1)),
+                targets.reshape(-1),
+                ignore_index=ignore_index,
+                reduction=reduction,
             )
         return logits, loss
 

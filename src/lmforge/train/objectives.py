@@ -18,7 +18,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lmforge.errors import InputError
 
@@ -50,7 +49,11 @@ class BatchSource(Protocol):
 
 
 class CausalLM:
-    """Next-token prediction: cross-entropy summed over every label that is not IGNORE."""
+    """Next-token prediction for an lmforge GPT: cross-entropy summed over every label that is not IGNORE.
+
+    The model computes the loss itself without returning logits, so on CPUs the output layer and
+    the loss run fused and the (tokens x vocabulary) logits never exist in full.
+    """
 
     terms = ("lm",)
 
@@ -58,11 +61,8 @@ class CausalLM:
         return {"lm": int((batch["labels"] != IGNORE).sum())}
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        logits, _ = model(batch["input_ids"])  # (B, T, V)
-        loss = F.cross_entropy(
-            logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
-        )
-        return {"lm": loss}
+        _, loss = model(batch["input_ids"], batch["labels"], ignore_index=IGNORE, reduction="sum", return_logits=False)
+        return {"lm": loss.float()}
 
 
 class TokenWindows:

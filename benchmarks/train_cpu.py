@@ -1,0 +1,267 @@
+"""CPU pretraining throughput: lmforge's GPT against transformers' LlamaForCausalLM of the same shape.
+
+Shape (defaults): 4 layers, 256 channels, 4 heads of 64, SwiGLU hidden 704, RMSNorm, rope,
+tied embeddings, vocabulary 8192, sequences of 256 tokens, batches of 8 (2048 tokens a step),
+float32. About 3.2M non-embedding parameters (5.3M with the output layer): the size people
+actually train on a CPU, where the output layer and loss are a large share of the work.
+
+Data: a byte-level BPE of --vocab ids is trained on the built-in corpora (People's Daily,
+reviews, Python docs and docstrings; Chinese and English), the same documents are encoded into
+one token stream with EOS after each, and --steps batches of random windows are drawn once from
+a seeded generator. Both sides see exactly those batches in that order.
+
+Same start, same optimizer: the lmforge model is built with --seed and its weights are copied
+into the Llama model (lmforge.models.hf.hf_state_dict, the export mapping), so both begin from
+identical weights. Both use torch.optim.AdamW with the same hyperparameters, decay on hidden
+matrices only (lmforge's rule), gradient clipping at 1.0 and the same warmup. AdamW and
+clipping are element-wise or global, so splitting lmforge's fused q/k/v and gate/up matrices
+into Llama's separate ones does not change the arithmetic: losses should agree to float32 noise.
+
+Each side:
+- lmforge: `run_lmforge`, model(x, y, return_logits=False) -> backward -> clip -> step, i.e.
+  what lmforge's trainer does. (TODO: call `lmforge.train.trainer` here once it is finished.)
+- transformers: a plain loop, model(input_ids=x, labels=y, shift_labels=y).loss with
+  attn_implementation="sdpa" and use_cache=False (the recommended training settings).
+Both use all cores the process may run on (torch.set_num_threads). The first --warmup steps are
+not timed; tokens/s is timed tokens over the summed time of the timed steps (the median step
+time is shown as well, since a busy machine slows single steps). After training, each model's
+mean loss on --eval-batches held-out batches (windows from the last 5% of the stream, which
+training never draws from) is shown as "val loss". With --compile, lmforge runs once more
+under torch.compile (inductor, C++ on CPU); its compile time (first step less a median step,
+with an empty inductor cache) is reported separately.
+
+Last line: `speedup <lmforge tokens/s / transformers tokens/s> loss_ratio <lmforge loss / transformers loss>`,
+losses being the mean training loss of the last 10 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+log = logging.getLogger("train_cpu_bench")
+
+
+@dataclass
+class Run:
+    name: str
+    params: int
+    step_seconds: list[float]  # timed steps only
+    losses: list[float]  # every step
+    val_loss: float
+    first_step_seconds: float
+    compiled: bool = False
+
+    @property
+    def final_loss(self) -> float:
+        return float(np.mean(self.losses[-10:]))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def token_stream(vocab: int, docs_per_corpus: int, work: str) -> np.ndarray:
+    """The built-in corpora encoded by a tokenizer trained on them, EOS after every document."""
+    from lmforge.collect.builtin import CORPORA, corpus_records
+    from lmforge.tokenize.bpe import TokenizerConfig, eos_id, load_tokenizer, train_tokenizer
+
+    texts = [r.text for name in CORPORA for r in corpus_records(name, docs_per_corpus)]
+    tok = load_tokenizer(train_tokenizer(texts, TokenizerConfig(vocab_size=vocab), work))
+    eos = eos_id(tok)
+    ids = [i for enc in tok.encode_batch(texts) for i in (*enc.ids, eos)]
+    return np.asarray(ids, dtype=np.int64)
+
+
+def make_batches(tokens: np.ndarray, steps: int, batch: int, seq: int, seed: int) -> list[tuple]:
+    """`steps` batches of random windows (inputs, next-token targets), drawn once from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    stream = torch.from_numpy(tokens)
+    out = []
+    for _ in range(steps):
+        starts = torch.randint(len(stream) - seq - 1, (batch,), generator=gen).tolist()
+        rows = torch.stack([stream[s : s + seq + 1] for s in starts])  # (B, T + 1)
+        out.append((rows[:, :-1].contiguous(), rows[:, 1:].contiguous()))
+    return out
+
+
+# --------------------------------------------------------------------------- shared optimizer
+
+
+def adamw(model: nn.Module, args) -> torch.optim.AdamW:
+    """lmforge's rule: decay hidden matrices only, not embeddings, the output layer or 1-D params."""
+    keep = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    keep |= {
+        id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == args.vocab
+    }
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in keep]
+    rest = [p for p in model.parameters() if p.dim() < 2 or id(p) in keep]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def train_loop(name: str, model: nn.Module, loss_fn, batches, held_out, args) -> Run:
+    """The one loop both sides share: warmup lr, forward, backward, clip, step; then a held-out loss."""
+    opt = adamw(model, args)
+    model.train()
+    seconds, losses = [], []
+    for step, (x, y) in enumerate(batches):
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / args.lr_warmup)
+        t0 = time.perf_counter()
+        loss = loss_fn(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        seconds.append(time.perf_counter() - t0)
+        if step % 20 == 0:
+            log.info("%s step %d loss %.4f %.3f s", name, step, losses[-1], seconds[-1])
+    model.eval()
+    with torch.no_grad():
+        val = float(np.mean([loss_fn(x, y).item() for x, y in held_out]))
+    params = sum(p.numel() for p in model.parameters())
+    return Run(name, params, seconds[args.warmup :], losses, val, seconds[0])
+
+
+# --------------------------------------------------------------------------- the two sides
+
+
+def lmforge_model(args):
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(args.seed)
+    cfg = GPTConfig(
+        vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers, n_head=args.heads, n_embd=args.dim
+    )
+    return GPT(cfg)
+
+
+def run_lmforge(batches, held_out, args, compile: bool = False) -> Run:
+    """lmforge's side: build the model and train it the way lmforge's trainer does."""
+    model = lmforge_model(args)
+    step_fn = torch.compile(model) if compile else model
+
+    def loss_fn(x, y):
+        _, loss = step_fn(x, y, return_logits=False)  # fused output layer + loss on CPU
+        return loss
+
+    run = train_loop("lmforge+compile" if compile else "lmforge", model, loss_fn, batches, held_out, args)
+    run.compiled = compile
+    return run
+
+
+def run_transformers(batches, held_out, args) -> Run:
+    """transformers' side: LlamaForCausalLM of the same shape, starting from lmforge's initial weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmforge.models.hf import hf_state_dict
+
+    ours = lmforge_model(args)
+    cfg = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.dim,
+        intermediate_size=ours.config.mlp_hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=args.seq,
+        rms_norm_eps=ours.config.eps,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": ours.config.rope_theta},
+        use_cache=False,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    missing, unexpected = model.load_state_dict(hf_state_dict(ours), strict=False)
+    assert set(missing) <= {"lm_head.weight"} and not unexpected, (missing, unexpected)
+    model.tie_weights()
+
+    def loss_fn(x, y):
+        return model(input_ids=x, labels=y, shift_labels=y).loss
+
+    return train_loop("transformers", model, loss_fn, batches, held_out, args)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps at the start")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-warmup", type=int, default=10, help="steps of linear learning-rate warmup")
+    parser.add_argument(
+        "--eval-batches", type=int, default=8, help="held-out batches for the validation loss"
+    )
+    parser.add_argument("--docs", type=int, default=6000, help="documents per built-in corpus")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--compile", action="store_true", help="also time lmforge under torch.compile")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("lmforge", "transformers", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as work:
+        t0 = time.perf_counter()
+        tokens = token_stream(args.vocab, args.docs, os.path.join(work, "tokenizer"))
+        log.info("data: %d tokens from the built-in corpora in %.1f s", len(tokens), time.perf_counter() - t0)
+        cut = int(len(tokens) * 0.95)  # the last 5% of the stream is held out for the validation loss
+        batches = make_batches(tokens[:cut], args.steps, args.batch, args.seq, args.seed)
+        held_out = make_batches(tokens[cut:], args.eval_batches, args.batch, args.seq, args.seed + 1)
+        runs = [run_lmforge(batches, held_out, args), run_transformers(batches, held_out, args)]
+        if args.compile:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(work, "inductor")  # a cold compile
+            runs.insert(1, run_lmforge(batches, held_out, args, compile=True))
+
+    tokens_per_step = args.batch * args.seq
+    print(
+        f"shape: {args.layers} layers, {args.dim} dim, {args.heads} heads, vocab {args.vocab}, "
+        f"seq {args.seq}, batch {args.batch}, float32, {args.threads} threads, torch {torch.__version__}; "
+        f"{args.steps} steps, first {args.warmup} untimed"
+    )
+    print(
+        f"{'model':<17}{'params':>10}{'tokens/s':>10}{'median-step tok/s':>19}{'final loss':>12}"
+        f"{'val loss':>10}{'compile s':>11}"
+    )
+    rates = {}
+    for run in runs:
+        rate = tokens_per_step * len(run.step_seconds) / sum(run.step_seconds)
+        median = tokens_per_step / statistics.median(run.step_seconds)
+        rates[run.name] = rate
+        # compile time: the first step (forward and backward graphs compiled) less an ordinary step
+        shown = f"{run.first_step_seconds - statistics.median(run.step_seconds):.1f}" if run.compiled else "-"
+        print(
+            f"{run.name:<17}{run.params:>10}{rate:>10.0f}{median:>19.0f}{run.final_loss:>12.4f}"
+            f"{run.val_loss:>10.4f}{shown:>11}"
+        )
+    ours, theirs = runs[0], runs[-1]
+    print(
+        f"speedup {rates['lmforge'] / rates['transformers']:.3f} loss_ratio {ours.final_loss / theirs.final_loss:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

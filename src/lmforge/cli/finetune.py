@@ -1,0 +1,60 @@
+"""Fine-tune a model on a labelled task, pick the best validation checkpoint, score it on the test split.
+
+The recipe has a `finetune:` section (task, data, model, training settings); see
+recipes/finetune-zh-sentiment.yaml. The model is an lmforge checkpoint, a Hugging Face directory on
+disk, or a fresh preset; `lora:` trains adapters and merges them on save; `search:` runs a grid;
+`compare_scratch: true` also trains the same architecture from scratch and writes a comparison.
+
+Examples:
+
+  lmforge finetune recipes/finetune-zh-sentiment.yaml --out runs/ft-sentiment
+
+  lmforge finetune recipes/finetune-zh-sentiment.yaml --out runs/ft --from runs/bert-tiny/pretrain/checkpoint
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def finetune_command(
+    recipe: Path = typer.Argument(..., help="YAML recipe with a `finetune:` section."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory [default: runs/<recipe name>]."),
+    source: str | None = typer.Option(None, "--from", help="Override finetune.model.from (checkpoint or HF dir)."),
+    epochs: float | None = typer.Option(None, min=0.01, help="Override finetune.epochs."),
+) -> None:
+    import yaml
+
+    from lmforge.cli.console import console, rich_progress
+    from lmforge.config import validate
+    from lmforge.errors import ConfigError, InputError
+    from lmforge.evaluate.report import to_markdown
+    from lmforge.finetune.config import FinetuneConfig
+    from lmforge.finetune.run import compare_scratch, finetune, search
+
+    try:
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{recipe}: cannot read the recipe: {exc}") from None
+    if not isinstance(data, dict) or "finetune" not in data:
+        raise ConfigError(f"{recipe}: needs a top-level 'finetune:' section")
+    section = dict(data["finetune"])
+    if source is not None:
+        section["model"] = {**section.get("model", {}), "from": source}
+    if epochs is not None:
+        section["epochs"] = epochs
+    cfg = validate(FinetuneConfig, section, where=f"{recipe}: finetune")
+    run_dir = out or Path("runs") / str(data.get("name", recipe.stem))
+    with rich_progress():
+        if cfg.search:
+            rows = search(cfg, run_dir)
+            console.print(to_markdown(rows, title="hyperparameter search (best first)"))
+        elif cfg.compare_scratch:
+            results = compare_scratch(cfg, run_dir)
+            console.print((run_dir / "comparison.md").read_text(encoding="utf-8"))
+            del results
+        else:
+            result = finetune(cfg, run_dir)
+            console.print(to_markdown({"val": result.val, "test": result.test}, title=f"fine-tuned: {run_dir}"))
