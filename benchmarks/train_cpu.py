@@ -18,8 +18,9 @@ clipping are element-wise or global, so splitting lmforge's fused q/k/v and gate
 into Llama's separate ones does not change the arithmetic: losses should agree to float32 noise.
 
 Each side:
-- lmforge: `run_lmforge`, model(x, y, return_logits=False) -> backward -> clip -> step, i.e.
-  what lmforge's trainer does. (TODO: call `lmforge.train.trainer` here once it is finished.)
+- lmforge: `run_lmforge`, lmforge's own Trainer (what `lmforge pretrain` runs: token-normalized
+  loss, fused output layer + loss on CPU, clipping, AdamW), a step timed from one step's end to
+  the next, so the trainer's own bookkeeping counts against it.
 - transformers: a plain loop, model(input_ids=x, labels=y, shift_labels=y).loss with
   attn_implementation="sdpa" and use_cache=False (the recommended training settings).
 Both use all cores the process may run on (torch.set_num_threads). The first --warmup steps are
@@ -149,18 +150,50 @@ def lmforge_model(args):
     return GPT(cfg)
 
 
+class PreDrawn:
+    """The benchmark's batches as an lmforge batch source (batch i of the fixed list)."""
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+
+    def micro_batch(self, index: int) -> dict[str, torch.Tensor]:
+        x, y = self.batches[index]
+        return {"input_ids": x, "labels": y}
+
+
 def run_lmforge(batches, held_out, args, compile: bool = False) -> Run:
-    """lmforge's side: build the model and train it the way lmforge's trainer does."""
+    """lmforge's side: lmforge's Trainer (the loop `lmforge pretrain` runs) on lmforge's GPT."""
+    from lmforge.train.config import PretrainConfig
+    from lmforge.train.objectives import CausalLM
+    from lmforge.train.trainer import Trainer
+
     model = lmforge_model(args)
-    step_fn = torch.compile(model) if compile else model
+    cfg = PretrainConfig(
+        seq_len=args.seq, batch_size=args.batch, steps=args.steps, lr=args.lr, min_lr=args.lr,
+        schedule="constant", warmup_steps=args.lr_warmup, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0,
+        precision="fp32", compile=compile, eval_every=0, log_every=args.steps, tensorboard=False,
+        device="cpu", seed=args.seed,
+    )
+    marks: list[float] = []
+    losses: list[float] = []
 
-    def loss_fn(x, y):
-        _, loss = step_fn(x, y, return_logits=False)  # fused output layer + loss on CPU
-        return loss
+    def on_step(step: int, loss: float) -> None:
+        marks.append(time.perf_counter())
+        losses.append(loss)
+        if step % 20 == 1:
+            log.info("lmforge step %d loss %.4f", step - 1, loss)
 
-    run = train_loop("lmforge+compile" if compile else "lmforge", model, loss_fn, batches, held_out, args)
-    run.compiled = compile
-    return run
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(model, CausalLM(), PreDrawn(batches), cfg, out, on_step=on_step)
+        start = time.perf_counter()
+        trainer.fit()
+    seconds = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)]
+    model.eval()
+    with torch.no_grad():
+        val = float(np.mean([model(x, y, return_logits=False)[1].item() for x, y in held_out]))
+    params = sum(p.numel() for p in model.parameters())
+    name = "lmforge+compile" if compile else "lmforge"
+    return Run(name, params, seconds[args.warmup :], losses, val, seconds[0], compiled=compile)
 
 
 def run_transformers(batches, held_out, args) -> Run:
