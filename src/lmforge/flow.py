@@ -102,6 +102,8 @@ def _log_to(path: Path) -> Iterator[None]:
 def _run_steps(recipe: Recipe, run_dir: Path, base_dir: Path, executor: ExecutorConfig | None,
                on_train_step: Callable[[int, float], None] | None) -> RunResult:
     log.info("run %s: recipe %s", run_dir, recipe.name)
+    if recipe.input is None:
+        raise ConfigError(f"recipe {recipe.name} has no 'input' section; a fine-tuning recipe runs with `lmforge finetune`")
     if distributed_rank() > 0:
         return _follow(recipe, run_dir, on_train_step)
     ex = make_executor(executor or recipe.executor)

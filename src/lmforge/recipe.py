@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmforge.collect.source import InputConfig
 from lmforge.config import StrictModel, validate
 from lmforge.errors import ConfigError
+from lmforge.finetune.config import FinetuneConfig
 from lmforge.pipeline.executors import ExecutorConfig
 from lmforge.pipeline.registry import resolve_stage
 from lmforge.tokenize.bpe import TokenizerConfig
@@ -42,12 +43,21 @@ class SampleConfig(StrictModel):
 
 class Recipe(StrictModel):
     name: str = "recipe"
-    input: InputConfig
+    input: InputConfig | None = None
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     pipeline: list[dict[str, Any]] = Field(default_factory=list)
     tokenizer: TokenizerConfig | None = None
     pretrain: PretrainConfig | None = None
     generate: SampleConfig | None = None
+    finetune: FinetuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_work(self) -> Recipe:
+        if self.input is None and self.finetune is None:
+            raise ValueError("a recipe needs an 'input' section (data steps) or a 'finetune' section")
+        if self.input is None and (self.pipeline or self.tokenizer or self.pretrain or self.generate):
+            raise ValueError("pipeline, tokenizer, pretrain and generate need an 'input' section")
+        return self
 
     @field_validator("pipeline", mode="before")
     @classmethod

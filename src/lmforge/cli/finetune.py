@@ -25,28 +25,23 @@ def finetune_command(
     source: str | None = typer.Option(None, "--from", help="Override finetune.model.from (checkpoint or HF dir)."),
     epochs: float | None = typer.Option(None, min=0.01, help="Override finetune.epochs."),
 ) -> None:
-    import yaml
-
     from lmforge.cli.console import console, rich_progress
-    from lmforge.config import validate
-    from lmforge.errors import ConfigError, InputError
+    from lmforge.errors import ConfigError
     from lmforge.evaluate.report import to_markdown
     from lmforge.finetune.config import FinetuneConfig
     from lmforge.finetune.run import compare_scratch, finetune, search
+    from lmforge.recipe import load_recipe
 
-    try:
-        data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{recipe}: cannot read the recipe: {exc}") from None
-    if not isinstance(data, dict) or "finetune" not in data:
-        raise ConfigError(f"{recipe}: needs a top-level 'finetune:' section")
-    section = dict(data["finetune"])
+    r = load_recipe(recipe)
+    if r.finetune is None:
+        raise ConfigError(f"{recipe}: needs a 'finetune:' section")
+    section = r.finetune.model_dump(by_alias=True)
     if source is not None:
-        section["model"] = {**section.get("model", {}), "from": source}
+        section["model"]["from"] = source
     if epochs is not None:
         section["epochs"] = epochs
-    cfg = validate(FinetuneConfig, section, where=f"{recipe}: finetune")
-    run_dir = out or Path("runs") / str(data.get("name", recipe.stem))
+    cfg = FinetuneConfig.model_validate(section)
+    run_dir = out or Path("runs") / r.name
     with rich_progress():
         if cfg.search:
             rows = search(cfg, run_dir)

@@ -38,7 +38,7 @@ class FinetuneResult:
     test: dict[str, float]
     steps: int
     seconds: float
-    examples_per_second: float
+    examples_per_second: float  # training examples over the time of the optimizer steps
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
 
@@ -162,10 +162,12 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, on_step: Callable[[int, f
     examples = result.steps * cfg.batch_size * cfg.grad_accum
     report = {"task": cfg.task, "data": data.meta, "sizes": {k: len(v) for k, v in data.splits().items()},
               "steps": result.steps, "stopped_early": result.stopped_early, "val": best_val, "test": test,
-              "train_seconds": round(seconds, 2)}
+              "seconds": round(seconds, 2),
+              "train_examples_per_second": round(result.steps * cfg.batch_size * cfg.grad_accum
+                                                 / max(result.train_seconds, 1e-9), 1)}
     write_report(out / "report", report, title=f"fine-tuning: {cfg.task}")
     return FinetuneResult(out, out / "best", best_val, test, result.steps, seconds,
-                          examples / max(result.seconds, 1e-9), result.val_losses)
+                          examples / max(result.train_seconds, 1e-9), result.val_losses)
 
 
 def _best(history: list[tuple[int, dict[str, float]]], selection: tuple[str, str]) -> dict[str, float]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.errors import ConfigError
+from lmforge.models.cpu_kernels import Linear  # nn.Linear on oneDNN for float32 CPU matmuls
 from lmforge.models.presets import BERT_PRESETS  # torch-free, so recipes validate preset names
 
 # The sizes of Google's "well-read students" checkpoints (Turc et al. 2019) and BERT-base.
@@ -118,11 +119,11 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.attn_dropout = config.attn_dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.attn_out = nn.Linear(config.n_embd, config.n_embd)
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd)
+        self.attn_out = Linear(config.n_embd, config.n_embd)
         self.ln_attn = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.fc = nn.Linear(config.n_embd, config.intermediate)
-        self.fc_out = nn.Linear(config.intermediate, config.n_embd)
+        self.fc = Linear(config.n_embd, config.intermediate)
+        self.fc_out = Linear(config.intermediate, config.n_embd)
         self.ln_ffn = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.drop = nn.Dropout(config.dropout)
 
@@ -158,11 +159,11 @@ class BertForPretraining(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.n_layer)])
         # MLM head: a transform, then scores against every word embedding plus a per-token bias.
-        self.mlm_dense = nn.Linear(config.n_embd, config.n_embd)
+        self.mlm_dense = Linear(config.n_embd, config.n_embd)
         self.mlm_ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.n_embd, config.vocab_size)
+        self.decoder = Linear(config.n_embd, config.vocab_size)
         # NSP/SOP head: the pooled [CLS] state decides "B follows A" or not.
-        self.pooler = nn.Linear(config.n_embd, config.n_embd)
+        self.pooler = Linear(config.n_embd, config.n_embd)
         self.nsp = nn.Linear(config.n_embd, 2)
 
         self.apply(self._init_weights)

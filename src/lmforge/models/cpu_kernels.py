@@ -197,3 +197,10 @@ def linear_cross_entropy(
     with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     mean = reduction == "mean"
     return _LinearCrossEntropy.apply(x.contiguous(), weight, targets, ignore_index, mean, with_grad)
+
+
+class Linear(torch.nn.Linear):
+    """nn.Linear whose float32 CPU matmuls run on oneDNN (2x MKL on AMD CPUs); same parameters and math."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)

@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lmforge.errors import ConfigError
 from lmforge.models import cpu_kernels
+from lmforge.models.cpu_kernels import Linear
 from lmforge.models.presets import PRESETS  # torch-free, so recipes can validate preset names
 
 # gelu_tanh is GPT-2's own tanh approximation, kept so GPT-2 checkpoints import exactly.
@@ -153,13 +154,6 @@ def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd, config.eps)
     return nn.LayerNorm(config.n_embd, eps=config.eps, bias=config.bias)
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose float32 CPU matmuls run on oneDNN (2x MKL on AMD CPUs; see cpu_kernels)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cpu_kernels.linear(x, self.weight, self.bias)
 
 
 def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,6 +49,7 @@ class TrainResult:
     tokens_per_second: float
     seconds: float
     stopped_early: bool = False
+    train_seconds: float = 0.0  # optimizer steps only: no evaluation, checkpointing or setup
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -444,4 +445,5 @@ class Trainer:
             seconds=time.perf_counter() - t_start,
             stopped_early=stopped_early,
             resumed_from=start if resumed else None,
+            train_seconds=train_seconds,
         )
