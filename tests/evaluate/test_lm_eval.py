@@ -26,7 +26,7 @@ def test_exported_gpt_evaluates_with_lm_eval_hf_model(tmp_path):
 
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    rows = [{"text": e.text, "label": int(e.label == "pos")} for e in data.test]
+    rows = [{"text": e.text, "label": int(e.label == "pos")} for e in data.test if len(e.text) < 120]
     (tasks / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     spec = yaml.safe_load(open("recipes/lm-eval/lmforge_zh_sentiment.yaml", encoding="utf-8"))
     spec["dataset_kwargs"]["data_files"]["test"] = str(tasks / "test.jsonl")
@@ -34,8 +34,25 @@ def test_exported_gpt_evaluates_with_lm_eval_hf_model(tmp_path):
 
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={hf},dtype=float32", tasks=["lmforge_zh_sentiment"],
-        task_manager=TaskManager(include_path=str(tasks)), device="cpu", batch_size=4)
+        task_manager=TaskManager(include_path=str(tasks)), device="cpu", batch_size=4, log_samples=True)
+    assert results["n-samples"]["lmforge_zh_sentiment"]["effective"] == len(rows)
+
+    # The harness's log-likelihoods are the lmforge model's own: recompute each with the lmforge GPT.
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(hf)
+    correct = 0
+    for sample in results["samples"]["lmforge_zh_sentiment"]:
+        ours = []
+        for (context, continuation), [(theirs, _)] in zip(sample["arguments"], sample["resps"], strict=True):
+            assert not continuation.startswith(" ")  # target_delimiter "" for Chinese
+            whole = hf_tok(context + continuation)["input_ids"]
+            start = len(hf_tok(context)["input_ids"])
+            with torch.no_grad():
+                logits, _ = model(torch.tensor([whole[:-1]]))
+            logp = torch.log_softmax(logits[0].double(), -1)
+            ours.append(sum(float(logp[i - 1, whole[i]]) for i in range(start, len(whole))))
+            assert ours[-1] == pytest.approx(theirs, abs=1e-3)
+        correct += int(max(range(len(ours)), key=ours.__getitem__) == sample["target"])
     acc = results["results"]["lmforge_zh_sentiment"]["acc,none"]
-    assert 0.0 <= acc <= 1.0
-    assert results["results"]["lmforge_zh_sentiment"]["alias"] == "lmforge_zh_sentiment"
-    assert len(results["samples"]["lmforge_zh_sentiment"]) == len(rows) if "samples" in results else True
+    assert acc == pytest.approx(correct / len(rows))

@@ -55,9 +55,13 @@ def print_run_summary(result) -> None:
     if "pretrain" in steps:
         p = steps["pretrain"]
         out.print(loss_table(p["losses"]))
-        out.print(f"held-out perplexity: before training [bold]{p['val_ppl_before']:.1f}[/] -> "
-                  f"after [bold green]{p['val_ppl_after']:.1f}[/]   "
-                  f"({p['steps']} steps, {p['tokens_per_second']:,.0f} tokens/s, {p['seconds']:.0f} s)")
+        speed = f"({p['steps']} steps, {p['tokens_per_second']:,.0f} tokens/s, {p['seconds']:.0f} s)"
+        if "val_ppl_before" in p:
+            out.print(f"held-out perplexity: before training [bold]{p['val_ppl_before']:.1f}[/] -> "
+                      f"after [bold green]{p['val_ppl_after']:.1f}[/]   {speed}")
+        else:  # BERT: one loss per objective (mlm, nsp)
+            terms = ", ".join(f"{k} {p['val_before'][k]:.3f} -> {v:.3f}" for k, v in p["val_after"].items())
+            out.print(f"held-out losses: {terms}   {speed}")
     if "generate" in steps:
         table = Table(title="samples", title_justify="left", show_lines=True)
         table.add_column("prompt")
