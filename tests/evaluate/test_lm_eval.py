@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,8 @@ def test_exported_gpt_evaluates_with_lm_eval_hf_model(tmp_path):
     tasks.mkdir()
     rows = [{"text": e.text, "label": int(e.label == "pos")} for e in data.test if len(e.text) < 120]
     (tasks / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    spec = yaml.safe_load(open("recipes/lm-eval/lmforge_zh_sentiment.yaml", encoding="utf-8"))
+    task_file = Path(__file__).parents[2] / "recipes" / "lm-eval" / "lmforge_zh_sentiment.yaml"
+    spec = yaml.safe_load(task_file.read_text(encoding="utf-8"))
     spec["dataset_kwargs"]["data_files"]["test"] = str(tasks / "test.jsonl")
     (tasks / "task.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
 

@@ -104,6 +104,9 @@ def test_instruction_tuning_learns_only_the_response(wordpiece, tmp_path):
                  {"tokenizer": str(bpe), "arch": "gpt", "preset": "tiny"}, epochs=2, seq_len=128)
     result = finetune(cfg, tmp_path / "ft", data=data)
     assert result.test["perplexity"] < 200
+    # greedy answers are scored against the references (ROUGE on characters for Chinese, BLEU, EM)
+    assert {"gen_rouge1", "gen_rougeL", "gen_bleu", "gen_exact_match"} <= set(result.test)
+    assert 0.0 <= result.test["gen_rougeL"] <= 1.0 and 0.0 <= result.test["gen_exact_match"] <= 1.0
 
 
 def test_grid_search_ranks_runs_by_validation_metric(sentiment, wordpiece, tmp_path):

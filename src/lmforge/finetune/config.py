@@ -59,6 +59,8 @@ class FinetuneConfig(TrainConfig):
     lora: LoraSettings | None = None
     class_weights: bool = Field(default=False, description="weight the loss by inverse class frequency")
     metric: str | None = Field(default=None, description="selects the best checkpoint [default: accuracy / f1 / loss]")
+    generate_examples: int = Field(default=100, ge=0, description="instruction: test prompts answered greedily and scored")
+    generate_max_tokens: int = Field(default=48, gt=0)
     compare_scratch: bool = Field(default=False, description="also train the same architecture from scratch and compare")
     search: dict[str, list[Any]] | None = Field(
         default=None, description="grid over TrainConfig fields, e.g. {lr: [1e-4, 3e-4], batch_size: [16, 32]}")

@@ -199,7 +199,7 @@ def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokeniz
                 nll += float(objective.sums(model, batch)["lm"])
                 tokens += objective.counts(batch)["lm"]
         loss = nll / max(tokens, 1)
-        return {"loss": loss, "perplexity": math.exp(loss)}
+        return {"loss": loss, "perplexity": math.exp(loss), **generation_metrics(model, data.test, tokenizer, cfg)}
     enc = (tasks.encode_classification if cfg.task == "classification" else tasks.encode_ner)(
         data.test, tokenizer, data.labels, cfg.seq_len)
     gold, pred, _ = tasks.predict(model, tasks.ExampleSource(enc, cfg.batch_size, cfg.seed, shuffle=False),
@@ -228,6 +228,45 @@ def compare_scratch(cfg: FinetuneConfig, out_dir: str | Path,
     write_json_atomic(out / "comparison.json", {name: {"val": r.val, "test": r.test, "steps": r.steps}
                                                 for name, r in results.items()})
     return results
+
+
+def generate_responses(model: torch.nn.Module, prompts: list[str], tokenizer, max_new_tokens: int) -> list[str]:
+    """Greedy answers to chat prompts, stopping at the end-of-turn token (lmforge GPT or HF causal LM)."""
+    from lmforge.serve.generate import GenerationConfig, generate_tokens
+
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else \
+        tokenizer.eos_token_id
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    answers = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if hasattr(model, "backbone"):  # an lmforge GPT
+            ids = ids[-(model.backbone.config.block_size - max_new_tokens):]
+            new = generate_tokens(model.backbone, ids, gen, stop)
+        else:
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=stop, pad_token_id=stop)
+            new = [t for t in out[0, len(ids):].tolist() if t != stop]
+        answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+    return answers
+
+
+def generation_metrics(model: torch.nn.Module, examples: list, tokenizer, cfg: FinetuneConfig) -> dict[str, float]:
+    """ROUGE, BLEU and exact match of greedy answers to the first `cfg.generate_examples` test prompts."""
+    from lmforge.evaluate import bleu, exact_match, rouge
+
+    rows = examples[: cfg.generate_examples]
+    if not rows:
+        return {}
+    answers = generate_responses(model, [e.prompt for e in rows], tokenizer, cfg.generate_max_tokens)
+    refs = [e.response for e in rows]
+    out = {f"gen_{k}": v for k, v in rouge(answers, refs).items()}
+    out["gen_bleu"] = bleu(answers, refs)["bleu"]
+    out["gen_exact_match"] = exact_match(answers, refs)
+    return out
 
 
 def search(cfg: FinetuneConfig, out_dir: str | Path) -> list[dict[str, Any]]:
