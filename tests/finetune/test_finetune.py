@@ -152,3 +152,28 @@ def test_finetune_and_evaluate_commands_on_a_jsonl_file(sentiment, wordpiece, tm
     assert len(report["confusion_matrix"]) == 2 and sum(map(sum, report["confusion_matrix"])) == len(held_out)
     bad = lmforge_cli("finetune", str(data))  # not a recipe
     assert bad.returncode == 2 and "finetune" in bad.stdout + bad.stderr
+
+
+def test_train_limit_keeps_a_stratified_small_labelled_set_and_pooling_is_checked(wordpiece):
+    from lmforge.errors import UserError
+    from lmforge.finetune.heads import SequenceClassifier
+    from lmforge.finetune.run import load_task_data
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    cfg = config("classification", {"builtin": "zh_sentiment", "options": {"max_per_class": 400}, "train_limit": 100},
+                 {"tokenizer": str(wordpiece)})
+    data = load_task_data(cfg)
+    assert len(data.train) == 100 and {e.label for e in data.train} == {"neg", "pos"}
+    assert len(data.test) == 80  # validation and test keep their full size
+    assert abs(sum(e.label == "pos" for e in data.train) - 50) <= 2
+    gpt = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(UserError, match="pool must be cls"):
+        SequenceClassifier(gpt, 2, pool="cls")  # a GPT has no [CLS] pooler
+    ids, mask = torch.randint(0, 50, (2, 6)), torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    last = SequenceClassifier(gpt, 2, pool="last").eval()
+    mean = SequenceClassifier(gpt, 2, pool="mean").eval()
+    mean.head = last.head
+    x = gpt.features(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(last(ids, mask), last.head(x[[0, 1], [5, 2]]))
+        torch.testing.assert_close(mean(ids, mask)[1], last.head(x[1, :3].mean(0)))

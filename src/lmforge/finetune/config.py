@@ -18,6 +18,8 @@ class TaskDataConfig(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict, description="built-in task options, e.g. {max_per_class: 500}")
     path: str | None = Field(default=None, description="JSONL, CSV/TSV, Label Studio JSON or lmforge record shards")
     loader: LoaderConfig = Field(default_factory=LoaderConfig)
+    train_limit: int | None = Field(
+        default=None, gt=0, description="keep at most this many training examples (stratified): a small labelled set")
     val_frac: float = Field(default=0.1, ge=0, lt=1)
     test_frac: float = Field(default=0.1, ge=0, lt=1)
 
@@ -40,6 +42,8 @@ class ModelSource(StrictModel):
     preset: str = "bert-tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout before the task head")
+    pool: Literal["auto", "cls", "mean", "last"] = Field(
+        default="auto", description="classification input: auto = mean of the tokens (encoders), last token (GPTs)")
     init: Literal["pretrained", "scratch"] = Field(
         default="pretrained", description="scratch: the same architecture as `from`, freshly initialised (a baseline)")
 

@@ -32,10 +32,19 @@ HEAD_FILE = "finetune.json"
 
 
 class SequenceClassifier(nn.Module):
-    def __init__(self, backbone: nn.Module, n_labels: int, dropout: float = 0.1) -> None:
+    """`pool`: "cls" (BERT's pretrained [CLS] pooler), "mean" (average of the real tokens' states) or
+    "last" (a GPT's last real token); "auto" is mean for encoders and last for causal models. Mean
+    pooling reads the token states MLM trained directly; the [CLS] pooler was trained only for NSP."""
+
+    def __init__(self, backbone: nn.Module, n_labels: int, dropout: float = 0.1, pool: str = "auto") -> None:
         super().__init__()
         self.backbone = backbone
         self.is_encoder = hasattr(backbone, "pooled")
+        if pool == "auto":
+            pool = "mean" if self.is_encoder else "last"
+        if pool not in ("cls", "mean", "last") or (pool == "cls" and not self.is_encoder):
+            raise UserError(f"finetune.model.pool must be cls (encoders), mean or last (got {pool!r})")
+        self.pool = pool
         width = backbone.config.n_embd
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, n_labels)
@@ -44,11 +53,15 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.backbone.features(input_ids, attention_mask=attention_mask)  # (B, T, C)
-        if self.is_encoder:
+        if attention_mask is None:
+            attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        if self.pool == "cls":
             pooled = self.backbone.pooled(x)  # (B, C)
+        elif self.pool == "mean":
+            weights = attention_mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+            pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, C)
         else:
-            last = (attention_mask.sum(1) - 1) if attention_mask is not None else torch.full(
-                (x.size(0),), x.size(1) - 1, device=x.device)
+            last = attention_mask.sum(1) - 1
             pooled = x[torch.arange(x.size(0), device=x.device), last]  # (B, C): the last real token
         return self.head(self.dropout(pooled))  # (B, n_labels)
 
@@ -98,7 +111,7 @@ def load_backbone(path: str | Path) -> nn.Module:
 
 
 def build_task_model(kind: str, source: str | Path | None, labels: list[str], dropout: float,
-                     scratch: nn.Module | None = None, fresh: bool = False) -> tuple[nn.Module, bool]:
+                     scratch: nn.Module | None = None, fresh: bool = False, pool: str = "auto") -> tuple[nn.Module, bool]:
     """(model, is_hf): the task model on the backbone at `source`, or on `scratch` (a fresh backbone).
 
     `fresh` keeps `source`'s architecture but not its weights: the from-scratch baseline.
@@ -127,7 +140,9 @@ def build_task_model(kind: str, source: str | Path | None, labels: list[str], dr
         if not hasattr(backbone, "new_kv_cache"):
             raise UserError("instruction tuning needs a causal LM (a GPT), not an encoder")
         return CausalLMAdapter(backbone), False
-    return HEADS[kind](backbone, len(labels), dropout), False
+    if kind == "classification":
+        return SequenceClassifier(backbone, len(labels), dropout, pool), False
+    return TokenTagger(backbone, len(labels), dropout), False
 
 
 def save_task_model(model: nn.Module, is_hf: bool, out: Path, info: dict[str, Any], tokenizer=None) -> Path:

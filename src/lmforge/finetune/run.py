@@ -52,6 +52,13 @@ def load_task_data(cfg: FinetuneConfig) -> TaskData:
         loader = d.loader.model_copy(update={"kind": cfg.task})
         data = make_task(cfg.task, load_examples(d.path, loader), val_frac=d.val_frac, test_frac=d.test_frac,
                          seed=cfg.seed)
+    if d.train_limit is not None and d.train_limit < len(data.train):
+        from lmforge.finetune.data import split
+
+        keep = d.train_limit / len(data.train)
+        by = "label" if data.kind == "classification" else None
+        data.train, _, _ = split(data.train, val_frac=1 - keep, test_frac=0.0, seed=cfg.seed, stratify_by=by)
+        data.train = data.train[: d.train_limit]
     if data.kind != cfg.task:
         raise UserError(f"finetune.task is {cfg.task!r} but the data is a {data.kind!r} task")
     if not data.train or not data.val:
@@ -132,7 +139,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, on_step: Callable[[int, f
     torch.manual_seed(cfg.seed)
     scratch = None if cfg.model.source else _scratch_backbone(cfg, len(tokenizer), tasks.pad_id_of(tokenizer))
     model, is_hf = build_task_model(cfg.task, cfg.model.source, data.labels, cfg.model.dropout, scratch,
-                                    fresh=cfg.model.init == "scratch")
+                                    fresh=cfg.model.init == "scratch", pool=cfg.model.pool)
     if cfg.lora is not None:
         model = _apply_lora(model, cfg, is_hf)
 
