@@ -52,6 +52,7 @@ def test_classification_from_scratch_learns_and_reports(sentiment, wordpiece, tm
     assert "accuracy" in (tmp_path / "report.md").read_text()
     model, info = load_task_model(tmp_path / "best")
     assert info["labels"] == ["neg", "pos"] and info["kind"] == "classification"
+    assert model.pool == info["pool"] == "mean"  # the saved pooling is the one used to train
     evals = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if '"val"' in x]
     assert max(e["val"]["accuracy"] for e in evals) == pytest.approx(result.val["accuracy"])
 

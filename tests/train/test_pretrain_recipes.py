@@ -86,3 +86,18 @@ def test_bert_recipe_rejects_a_gpt_preset():
     data["pretrain"]["preset"] = "tiny"
     with pytest.raises(ConfigError, match=r"pretrain.*'tiny' is not a bert preset; allowed: \['bert-base'"):
         parse_recipe(data, where="bert.yaml")
+
+
+def test_gpt_reviews_recipe_is_decontaminated_against_the_sentiment_eval_splits(tmp_path):
+    from lmforge.finetune.builtin_tasks import load_task
+    from lmforge.flow import run_recipe
+    from lmforge.pipeline.runner import iter_output
+
+    recipe = load_recipe(shrunk("gpt-reviews-cpu.yaml", tmp_path, docs=3000, steps=5, eval_every=0, save_every=0))
+    result = run_recipe(recipe, tmp_path / "run", base_dir=tmp_path)
+    dropped = result.stats["stages"][-1]["dropped"]
+    assert dropped.get("contaminated", 0) > 100  # reviews also in the task's validation/test splits
+    task = load_task("zh_sentiment")
+    held_out = {e.text for e in task.val + task.test}
+    assert not held_out & {r.text for r in iter_output(result.output_dir)}
+    assert result.steps["pretrain"]["steps"] == 5

@@ -25,13 +25,13 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmforge.clean.text import is_chinese_like
 from lmforge.collect.files import FilesConfig, file_format, read_file
@@ -51,9 +51,13 @@ _STRUCTURED = {"json", "jsonl", "csv", "tsv", "parquet"}
 
 class DecontaminateConfig(StrictModel):
     eval_files: list[str] = Field(
-        min_length=1,
+        default_factory=list,
         description="evaluation files, directories or globs (jsonl, json, csv, tsv, parquet, txt, md); "
                     "relative paths are resolved from the current directory when the config is validated",
+    )
+    eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="built-in fine-tuning tasks (e.g. zh_sentiment) whose validation and test texts are eval items",
     )
     text_field: str | list[str] = Field(
         "text",
@@ -83,6 +87,18 @@ class DecontaminateConfig(StrictModel):
                     f"no file matches {pattern!r} (entry {i}; relative paths start at {os.getcwd()})")
             resolved.append(path)
         return resolved
+
+    @model_validator(mode="after")
+    def _some_eval_set(self) -> DecontaminateConfig:
+        if not self.eval_files and not self.eval_tasks:
+            raise ValueError("give eval_files and/or eval_tasks: the evaluation data to protect")
+        if self.eval_tasks:
+            from lmforge.finetune.builtin_tasks import BUILTIN_TASKS
+
+            unknown = [t for t in self.eval_tasks if t not in BUILTIN_TASKS]
+            if unknown:
+                raise ValueError(f"eval_tasks {unknown} are not built-in tasks; allowed: {sorted(BUILTIN_TASKS)}")
+        return self
 
     @field_validator("text_field")
     @classmethod
@@ -239,16 +255,28 @@ def eval_texts(path: Path, fields: list[str]) -> Iterator[str]:
                                   f"({record.meta.get('error', '')})")
 
 
+def task_texts(name: str) -> Iterator[str]:
+    """The validation and test texts of a built-in task (what its scores are computed on)."""
+    from lmforge.finetune.builtin_tasks import load_task
+
+    data = load_task(name)
+    for e in data.val + data.test:
+        yield from (t for t in (e.text, "".join(e.tokens), e.prompt, e.response) if t)
+
+
 def build_index(config: DecontaminateConfig) -> EvalIndex:
     paths = list(dict.fromkeys(p for pattern in config.eval_files for p in expand(pattern)))
-    if not paths:
+    if config.eval_files and not paths:
         raise ConfigError(f"decontaminate.eval_files: no file matches {config.eval_files}")
+    sources: list[tuple[str, Callable[[], Iterator[str]]]] = [
+        *((str(p), functools.partial(eval_texts, p, config.fields)) for p in paths),
+        *((f"task:{t}", functools.partial(task_texts, t)) for t in config.eval_tasks)]
     parts: dict[str, list[tuple[np.ndarray, int]]] = {"words": [], "chars": []}
     lengths: dict[str, set[int]] = {"words": {config.n}, "chars": {config.char_n}}
     items = skipped = 0
-    for fi, path in enumerate(paths):
+    for fi, (path, texts) in enumerate(sources):
         used = 0
-        for text in eval_texts(path, config.fields):
+        for text in texts():
             norm = normalize(text)
             if is_chinese_like(norm):
                 kind, n, tokens = "chars", config.char_n, char_tokens(norm)
@@ -266,11 +294,12 @@ def build_index(config: DecontaminateConfig) -> EvalIndex:
                 f"decontaminate.text_field: no usable eval item with field(s) {config.fields} in {path} "
                 f"(items need {config.min_item_tokens}+ words/characters)")
         items += used
-    index = EvalIndex(_display_names(paths), _Grams.build(parts["words"], lengths["words"]),
+    names = _display_names(paths) if paths else []
+    index = EvalIndex(names + [f"task:{t}" for t in config.eval_tasks], _Grams.build(parts["words"], lengths["words"]),
                       _Grams.build(parts["chars"], lengths["chars"]))
     log.info("decontaminate: %d eval items from %d files (%d too short, skipped): "
              "%d word and %d char n-grams",
-             items, len(paths), skipped, len(index.words.hashes), len(index.chars.hashes))
+             items, len(sources), skipped, len(index.words.hashes), len(index.chars.hashes))
     return index
 
 
@@ -284,7 +313,8 @@ def load_index(config: DecontaminateConfig) -> EvalIndex:
         for p in expand(pattern):
             st = p.stat()
             stamp.append((str(p), st.st_mtime_ns, st.st_size))
-    key = (tuple(stamp), tuple(config.fields), config.n, config.char_n, config.min_item_tokens)
+    key = (tuple(stamp), tuple(config.eval_tasks), tuple(config.fields), config.n, config.char_n,
+           config.min_item_tokens)
     if key not in _INDEXES:
         if len(_INDEXES) >= 4:
             _INDEXES.pop(next(iter(_INDEXES)))

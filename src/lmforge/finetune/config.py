@@ -43,7 +43,7 @@ class ModelSource(StrictModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout before the task head")
     pool: Literal["auto", "cls", "mean", "last"] = Field(
-        default="auto", description="classification input: auto = mean of the tokens (encoders), last token (GPTs)")
+        default="auto", description="classification input: mean of the token states (auto), last token, or BERT's [CLS] pooler")
     init: Literal["pretrained", "scratch"] = Field(
         default="pretrained", description="scratch: the same architecture as `from`, freshly initialised (a baseline)")
 
