@@ -162,8 +162,10 @@ def test_hashes_are_stable_across_processes():
 def test_config_errors_name_the_field(evals, tmp_path):
     with pytest.raises(ConfigError, match=r"decontaminate\.eval_files: no file matches 'missing/\*\.jsonl'"):
         Decontaminate(eval_files=["missing/*.jsonl"])
-    with pytest.raises(ConfigError, match=r"decontaminate\.eval_files"):
+    with pytest.raises(ConfigError, match=r"decontaminate: give eval_files and/or eval_tasks"):
         Decontaminate(eval_files=[])
+    with pytest.raises(ConfigError, match=r"eval_tasks \['zh_sentimen'\] are not built-in tasks; allowed: \["):
+        Decontaminate(eval_tasks=["zh_sentimen"])
     with pytest.raises(ConfigError, match=r"decontaminate\.action"):
         Decontaminate(eval_files=[str(evals)], action="remove")
     with pytest.raises(ConfigError, match=r"decontaminate\.text_field: no usable eval item .*mmlu\.jsonl"):
