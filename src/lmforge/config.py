@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -48,3 +49,23 @@ def validate(model: type[BaseModel], data: Any, where: str = "", prefix: str = "
         return model.model_validate({} if data is None else data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where, prefix)) from None
+
+
+class DataclassConfig:
+    """to_dict/from_dict for the dataclass model configs saved in checkpoints (GPT, BERT).
+
+    from_dict rejects unknown keys, so a typo in a config.json is an error, not a silent default.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config key(s) {unknown}; allowed: {sorted(known)}")
+        if "vocab_size" not in data:
+            raise ConfigError("model.vocab_size is required")
+        return cls(**data)

@@ -11,7 +11,7 @@ I intermediate (FFN) width, N masked positions.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lmforge.config import DataclassConfig
 from lmforge.errors import ConfigError
 from lmforge.models.cpu_kernels import Linear  # nn.Linear on oneDNN for float32 CPU matmuls
 from lmforge.models.presets import BERT_PRESETS  # torch-free, so recipes validate preset names
@@ -27,7 +28,7 @@ from lmforge.models.presets import BERT_PRESETS  # torch-free, so recipes valida
 
 
 @dataclass
-class BertConfig:
+class BertConfig(DataclassConfig):
     vocab_size: int
     max_position: int = 512
     n_layer: int = 4
@@ -64,20 +65,6 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BertConfig:
-        """Build from a dict, rejecting unknown keys so a typo is not silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config key(s) {unknown}; allowed: {sorted(known)}")
-        if "vocab_size" not in data:
-            raise ConfigError("model.vocab_size is required")
-        return cls(**data)
 
 
 def _is_int(value: Any) -> bool:

@@ -19,7 +19,7 @@ Shape letters: B batch, T time (tokens), C channels (n_embd), H heads, D head di
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lmforge.config import DataclassConfig
 from lmforge.errors import ConfigError
 from lmforge.models import cpu_kernels
 from lmforge.models.cpu_kernels import Linear
@@ -41,7 +42,7 @@ _CHOICES = {
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(DataclassConfig):
     vocab_size: int
     block_size: int = 256
     n_layer: int = 4
@@ -103,20 +104,6 @@ class GPTConfig:
     @property
     def mlp_hidden_size(self) -> int:
         return self.mlp_hidden if self.mlp_hidden is not None else default_mlp_hidden(self.n_embd, self.mlp)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
-        """Build from a dict, rejecting unknown keys so a typo is not silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config key(s) {unknown}; allowed: {sorted(known)}")
-        if "vocab_size" not in data:
-            raise ConfigError("model.vocab_size is required")
-        return cls(**data)
 
 
 def default_mlp_hidden(n_embd: int, mlp: str) -> int:

@@ -35,7 +35,7 @@ import torch
 from lmforge.errors import ConfigError, InputError, require
 from lmforge.models.gpt import GPT, GPTConfig, default_mlp_hidden
 from lmforge.records import temp_sibling
-from lmforge.tokenize.bpe import TOKENIZER_FILES
+from lmforge.tokenize.bpe import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -192,20 +192,6 @@ def _hf_config(config: GPTConfig, family: str, ids: dict[str, int | None]) -> An
     return transformers.Qwen3Config(**modern)
 
 
-def _copy_tokenizer(tokenizer_dir: Path, out: Path, block_size: int) -> None:
-    if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise InputError(f"no tokenizer at {tokenizer_dir}: tokenizer.json is missing")
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, out / name)
-    cfg_file = out / "tokenizer_config.json"
-    if cfg_file.is_file():
-        # Longer inputs would run past the position table (or the trained context), so stop there.
-        tok_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        tok_cfg["model_max_length"] = block_size
-        cfg_file.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
 def export_gpt_hf(model: GPT, tokenizer_dir: str | Path | None, out_dir: str | Path) -> Path:
     """Write a directory `AutoModelForCausalLM.from_pretrained` loads offline with the same logits.
 
@@ -234,7 +220,7 @@ def export_gpt_hf(model: GPT, tokenizer_dir: str | Path | None, out_dir: str | P
     try:
         hf.save_pretrained(tmp)  # safetensors: transformers 5 writes nothing else
         if tok_dir is not None:
-            _copy_tokenizer(tok_dir, tmp, config.block_size)
+            copy_tokenizer_files(tok_dir, tmp, config.block_size)
         else:
             logger.info("no tokenizer_dir given: %s holds the model only", out)
         if out.exists():
@@ -255,7 +241,7 @@ def export_gpt_hf(model: GPT, tokenizer_dir: str | Path | None, out_dir: str | P
 # --------------------------------------------------------------------------- import
 
 
-def _read_json(file: Path) -> dict[str, Any]:
+def read_hf_json(file: Path) -> dict[str, Any]:
     if not file.is_file():
         raise InputError(f"no Hugging Face model at {file.parent}: {file.name} is missing")
     try:
@@ -267,13 +253,14 @@ def _read_json(file: Path) -> dict[str, Any]:
     return raw
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF model directory (one safetensors file or a sharded index); no pickles."""
     from safetensors.torch import load_file
 
     if (path / _SINGLE).is_file():
         files = [path / _SINGLE]
     elif (path / _INDEX).is_file():
-        index = _read_json(path / _INDEX)
+        index = read_hf_json(path / _INDEX)
         files = [path / name for name in sorted(set(index.get("weight_map", {}).values()))]
     else:
         pickled = [name for name in _PICKLED if (path / name).exists()]
@@ -413,9 +400,9 @@ def import_gpt_hf(path: str | Path) -> GPT:
     """Load a LlamaForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel directory as lmforge's GPT (eval mode)."""
     path = Path(path)
     file = path / "config.json"
-    raw = _read_json(file)
+    raw = read_hf_json(file)
     if raw.get("model_type") in ARCHITECTURES:  # read weights only for a model we can build
-        hf = _with_prefix(_read_weights(path), raw["model_type"])
+        hf = _with_prefix(read_hf_weights(path), raw["model_type"])
     else:
         hf = {}
     config, family = _config_from_hf(raw, hf, file)

@@ -11,7 +11,6 @@ HF's three Linear layers and import concatenates them back, rows in q, k, v orde
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -22,14 +21,11 @@ import torch
 
 from lmforge.errors import ConfigError, InputError, require
 from lmforge.models.bert import BertConfig, BertForPretraining
+from lmforge.models.hf import read_hf_json, read_hf_weights
 from lmforge.records import temp_sibling
-from lmforge.tokenize.bpe import TOKENIZER_FILES
+from lmforge.tokenize.bpe import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
-
-_SINGLE = "model.safetensors"
-_INDEX = "model.safetensors.index.json"
-_PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 
 
 def _name_map(n_layer: int) -> dict[str, str]:
@@ -95,20 +91,6 @@ def hf_state_dict(model: BertForPretraining) -> dict[str, torch.Tensor]:
     return out
 
 
-def _copy_tokenizer(tokenizer_dir: Path, out: Path, max_position: int) -> None:
-    if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise InputError(f"no tokenizer at {tokenizer_dir}: tokenizer.json is missing")
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, out / name)
-    cfg_file = out / "tokenizer_config.json"
-    if cfg_file.is_file():
-        # Longer inputs would index past the position table, so truncation must stop there.
-        tok_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        tok_cfg["model_max_length"] = max_position
-        cfg_file.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
 def export_bert_hf(model: BertForPretraining, tokenizer_dir: str | Path | None, out_dir: str | Path) -> Path:
     """Write a `transformers` BertForPreTraining directory; readers never see a half-written one."""
     transformers = require("transformers", "train")
@@ -124,7 +106,7 @@ def export_bert_hf(model: BertForPretraining, tokenizer_dir: str | Path | None, 
     try:
         hf.save_pretrained(tmp)
         if tokenizer_dir is not None:
-            _copy_tokenizer(Path(tokenizer_dir), tmp, model.config.max_position)
+            copy_tokenizer_files(Path(tokenizer_dir), tmp, model.config.max_position)
         else:
             logger.info("no tokenizer_dir given: %s holds the model only", out)
         if out.exists():
@@ -145,12 +127,7 @@ def export_bert_hf(model: BertForPretraining, tokenizer_dir: str | Path | None, 
 
 def _read_config(path: Path) -> BertConfig:
     file = path / "config.json"
-    if not file.is_file():
-        raise InputError(f"no Hugging Face model at {path}: config.json is missing")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{file} is unreadable: {exc}") from None
+    raw = read_hf_json(file)
     if raw.get("model_type") != "bert":
         raise InputError(f"{file} is not a BERT config (model_type must be 'bert', got {raw.get('model_type')!r})")
     act = raw.get("hidden_act", "gelu")
@@ -177,26 +154,7 @@ def _read_config(path: Path) -> BertConfig:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if (path / _SINGLE).is_file():
-        files = [path / _SINGLE]
-    elif (path / _INDEX).is_file():
-        index = json.loads((path / _INDEX).read_text(encoding="utf-8"))
-        files = [path / name for name in sorted(set(index["weight_map"].values()))]
-    else:
-        pickled = [name for name in _PICKLED if (path / name).exists()]
-        found = f" (found {', '.join(pickled)})" if pickled else ""
-        raise InputError(
-            f"no {_SINGLE} in {path}{found}: lmforge loads safetensors only, since pickled weights can run "
-            "code; convert with `model.save_pretrained(dir)` in transformers"
-        )
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
-        try:
-            tensors.update(load_file(str(file)))
-        except Exception as exc:  # safetensors raises its own error type for corrupt headers
-            raise InputError(f"cannot read {file}: {exc}") from None
+    tensors = read_hf_weights(path)
     # Old TF conversions name LayerNorm parameters gamma/beta; a bare BertModel has no "bert." prefix.
     renamed = {}
     bare = not any(k.startswith(("bert.", "cls.")) for k in tensors)

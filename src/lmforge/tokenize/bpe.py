@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -353,3 +354,19 @@ def eos_id(tok: Tokenizer) -> int:
     if idx is None:
         raise InputError(f"this tokenizer has no {EOS_TOKEN!r} token; retrain it with lmforge")
     return idx
+
+
+def copy_tokenizer_files(tokenizer_dir: str | Path, out: str | Path, model_max_length: int) -> None:
+    """Copy a tokenizer beside exported weights, capped at the model's context: longer inputs would
+    index past the position table (or the trained context), so truncation must stop there."""
+    tokenizer_dir, out = Path(tokenizer_dir), Path(out)
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise InputError(f"no tokenizer at {tokenizer_dir}: tokenizer.json is missing")
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out / name)
+    cfg_file = out / "tokenizer_config.json"
+    if cfg_file.is_file():
+        tok_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        tok_cfg["model_max_length"] = model_max_length
+        cfg_file.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
