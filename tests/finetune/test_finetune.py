@@ -178,3 +178,25 @@ def test_train_limit_keeps_a_stratified_small_labelled_set_and_pooling_is_checke
     with torch.no_grad():
         torch.testing.assert_close(last(ids, mask), last.head(x[[0, 1], [5, 2]]))
         torch.testing.assert_close(mean(ids, mask)[1], last.head(x[1, :3].mean(0)))
+
+
+def test_evaluate_perplexity_of_a_checkpoint_on_text(tmp_path, lmforge_cli):
+    from lmforge.models.gpt import GPT, GPTConfig
+    from lmforge.train.checkpoint import save_checkpoint
+
+    texts = [e.text for e in load_task("zh_sentiment", max_per_class=60).train]
+    tok = train_tokenizer(texts, TokenizerConfig(vocab_size=500), tmp_path / "tok")
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=500, block_size=64, n_layer=1, n_head=2, n_embd=32))
+    ckpt = save_checkpoint(gpt, gpt.config, tmp_path / "ckpt")
+    data = tmp_path / "docs.txt"
+    data.write_text("\n".join(texts[:30]) + "\n", encoding="utf-8")
+    done = lmforge_cli("evaluate", str(ckpt), str(data), "--metrics", "perplexity", "--tokenizer", str(tok),
+                       "--out", str(tmp_path / "ev"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["documents"] == 30
+    assert 200 < report["perplexity"] < 2000  # an untrained model is near uniform over 500 ids
+    assert report["bits_per_byte"] > 0
+    missing = lmforge_cli("evaluate", str(ckpt), str(data), "--metrics", "perplexity")
+    assert missing.returncode == 2 and "--tokenizer" in missing.stdout + missing.stderr
