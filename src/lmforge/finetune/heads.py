@@ -93,7 +93,6 @@ class CausalLMAdapter(nn.Module):
         return self.backbone(input_ids)[0]  # (B, T, V); right padding needs no mask under causal attention
 
 
-HEADS = {"classification": SequenceClassifier, "ner": TokenTagger}
 HF_AUTO = {"classification": "AutoModelForSequenceClassification", "ner": "AutoModelForTokenClassification",
            "instruction": "AutoModelForCausalLM"}
 
