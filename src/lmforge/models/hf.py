@@ -192,6 +192,30 @@ def _hf_config(config: GPTConfig, family: str, ids: dict[str, int | None]) -> An
     return transformers.Qwen3Config(**modern)
 
 
+def save_hf_dir(hf: Any, tokenizer_dir: str | Path | None, out_dir: str | Path, max_length: int) -> Path:
+    """`save_pretrained` plus the tokenizer into a sibling temp dir, then swapped in whole: readers
+    never see half an export, and an old export is replaced only once the new one is complete."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out)
+    try:
+        hf.save_pretrained(tmp)  # safetensors: transformers 5 writes nothing else
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(tokenizer_dir, tmp, max_length)
+        else:
+            logger.info("no tokenizer_dir given: %s holds the model only", out)
+        if out.exists():
+            old = temp_sibling(out)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def export_gpt_hf(model: GPT, tokenizer_dir: str | Path | None, out_dir: str | Path) -> Path:
     """Write a directory `AutoModelForCausalLM.from_pretrained` loads offline with the same logits.
 
@@ -214,24 +238,7 @@ def export_gpt_hf(model: GPT, tokenizer_dir: str | Path | None, out_dir: str | P
         )
     hf.generation_config = transformers.GenerationConfig(**ids)
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
-    try:
-        hf.save_pretrained(tmp)  # safetensors: transformers 5 writes nothing else
-        if tok_dir is not None:
-            copy_tokenizer_files(tok_dir, tmp, config.block_size)
-        else:
-            logger.info("no tokenizer_dir given: %s holds the model only", out)
-        if out.exists():
-            old = temp_sibling(out)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    out = save_hf_dir(hf, tok_dir, out_dir, config.block_size)
     logger.info(
         "exported %s (%d layers, %d dim) to %s", ARCHITECTURES[family], config.n_layer, config.n_embd, out
     )

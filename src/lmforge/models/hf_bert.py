@@ -12,8 +12,6 @@ HF's three Linear layers and import concatenates them back, rows in q, k, v orde
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,7 @@ import torch
 
 from lmforge.errors import ConfigError, InputError, require
 from lmforge.models.bert import BertConfig, BertForPretraining
-from lmforge.models.hf import read_hf_json, read_hf_weights
-from lmforge.records import temp_sibling
-from lmforge.tokenize.bpe import copy_tokenizer_files
+from lmforge.models.hf import read_hf_json, read_hf_weights, save_hf_dir
 
 logger = logging.getLogger(__name__)
 
@@ -102,22 +98,7 @@ def export_bert_hf(model: BertForPretraining, tokenizer_dir: str | Path | None, 
     assert not unexpected and set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}, (
         missing, unexpected,
     )
-    tmp = temp_sibling(out)
-    try:
-        hf.save_pretrained(tmp)
-        if tokenizer_dir is not None:
-            copy_tokenizer_files(Path(tokenizer_dir), tmp, model.config.max_position)
-        else:
-            logger.info("no tokenizer_dir given: %s holds the model only", out)
-        if out.exists():
-            old = temp_sibling(out)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    out = save_hf_dir(hf, tokenizer_dir, out, model.config.max_position)
     logger.info("exported BERT (%d layers, %d dim) to %s", model.config.n_layer, model.config.n_embd, out)
     return out
 
