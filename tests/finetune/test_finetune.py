@@ -14,14 +14,7 @@ from lmforge.finetune.heads import load_task_model
 from lmforge.finetune.run import finetune, search
 from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread, and steadily when other tests share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

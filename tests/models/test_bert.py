@@ -13,13 +13,7 @@ from lmforge.models.bert import BERT_PRESETS, BertConfig, BertForPretraining, be
 VOCAB = 300
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matmuls gain nothing from a second thread, and on a busy 2-core machine they lose 20x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(seed: int = 0, **overrides) -> BertForPretraining:
