@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,33 +12,6 @@ from lmforge.errors import InputError, UserError
 from lmforge.finetune.data import Example
 
 log = logging.getLogger(__name__)
-
-_KIND_BY_ARCH = {"ForSequenceClassification": "classification", "ForTokenClassification": "ner"}
-
-
-def _load(model_dir: Path) -> tuple[torch.nn.Module, str, list[str]]:
-    """(model, kind, labels) of an lmforge fine-tuned model or an HF classification/tagging model."""
-    from lmforge.finetune.heads import HEAD_FILE, load_task_model
-
-    if (model_dir / HEAD_FILE).is_file():
-        model, info = load_task_model(model_dir)
-        return model, info["kind"], info["labels"]
-    config = model_dir / "config.json"
-    if not config.is_file():
-        raise InputError(f"{model_dir} is not a model directory (no config.json or {HEAD_FILE})")
-    arch = (json.loads(config.read_text(encoding="utf-8")).get("architectures") or [""])[0]
-    kind = next((k for suffix, k in _KIND_BY_ARCH.items() if arch.endswith(suffix)), None)
-    if kind is None:
-        raise UserError(f"{model_dir} is a {arch or 'model'}; task metrics need a classification or token "
-                        "classification model (use --metrics perplexity for language models)")
-    import transformers
-
-    from lmforge.finetune.heads import HF_AUTO
-
-    model = getattr(transformers, HF_AUTO[kind]).from_pretrained(str(model_dir)).eval()
-    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    return model, kind, labels
-
 
 def _examples(data: str, kind: str) -> list[Example]:
     if data.startswith("builtin:"):
@@ -56,9 +28,13 @@ def evaluate_task(model_dir: str | Path, data: str, tokenizer: str | Path | None
     from transformers import AutoTokenizer
 
     from lmforge.finetune import tasks
+    from lmforge.finetune.heads import load_saved_model
 
     model_dir = Path(model_dir)
-    model, kind, labels = _load(model_dir)
+    model, kind, labels = load_saved_model(model_dir)
+    if kind == "instruction":
+        raise UserError(f"{model_dir} is a causal LM; task metrics need a classification or token classification "
+                        "model (use --metrics perplexity for language models)")
     tok = AutoTokenizer.from_pretrained(str(tokenizer or model_dir))
     examples = _examples(data, kind)
     if kind == "classification":

@@ -207,3 +207,31 @@ def load_task_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = head(backbone, len(info["labels"]))
     load_model(model, str(p / "model.safetensors"), strict=True)
     return model.eval(), info
+
+
+_KIND_BY_ARCH = {"ForSequenceClassification": "classification", "ForTokenClassification": "ner",
+                 "ForCausalLM": "instruction"}
+
+
+def load_saved_model(model_dir: str | Path, kind: str | None = None) -> tuple[nn.Module, str, list[str]]:
+    """(model in eval mode, task kind, labels) of a fine-tuned model: lmforge head or HF directory.
+
+    For an HF directory the kind comes from its architecture unless given.
+    """
+    p = Path(model_dir)
+    if (p / HEAD_FILE).is_file():
+        model, info = load_task_model(p)
+        return model, info["kind"], info["labels"]
+    if not (p / "config.json").is_file():
+        raise InputError(f"{p} is not a model directory (no config.json or {HEAD_FILE})")
+    if kind is None:
+        arch = (json.loads((p / "config.json").read_text(encoding="utf-8")).get("architectures") or [""])[0]
+        kind = next((k for suffix, k in _KIND_BY_ARCH.items() if arch.endswith(suffix)), None)
+        if kind is None:
+            raise UserError(f"{p} is a {arch or 'model'}; task metrics need a classification, token "
+                            "classification or causal LM model")
+    import transformers
+
+    model = getattr(transformers, HF_AUTO[kind]).from_pretrained(str(p)).eval()
+    labels = [] if kind == "instruction" else [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    return model, kind, labels

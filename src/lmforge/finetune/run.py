@@ -186,16 +186,9 @@ def _best(history: list[tuple[int, dict[str, float]]], selection: tuple[str, str
 def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokenizer) -> dict[str, float]:
     """Test metrics of a saved fine-tuned model (lmforge heads or an HF directory)."""
     from lmforge.finetune import tasks
-    from lmforge.finetune.heads import is_hf_dir, load_task_model
+    from lmforge.finetune.heads import load_saved_model
 
-    if is_hf_dir(model_dir):
-        import transformers
-
-        from lmforge.finetune.heads import HF_AUTO
-
-        model = getattr(transformers, HF_AUTO[cfg.task]).from_pretrained(str(model_dir)).eval()
-    else:
-        model, _ = load_task_model(model_dir)
+    model, _, _ = load_saved_model(model_dir, cfg.task)
     if cfg.task == "instruction":  # perplexity of the responses, from their total NLL
         source = tasks.ExampleSource(tasks.encode_instructions(data.test, tokenizer, cfg.seq_len), cfg.batch_size,
                                      cfg.seed, shuffle=False)
