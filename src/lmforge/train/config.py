@@ -101,8 +101,3 @@ class PretrainConfig(TrainConfig):
         if value not in PRESETS and value not in BERT_PRESETS:
             raise ValueError(f"must be one of {sorted(PRESETS) + sorted(BERT_PRESETS)}")
         return value
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Per process; multiply by the world size for the global batch."""
-        return self.batch_size * self.grad_accum * self.seq_len

@@ -48,11 +48,6 @@ def init(d: Dist, device: torch.device) -> None:
         log.info("process group: rank %d of %d (%s)", d.rank, d.world_size, backend)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
@@ -81,7 +76,3 @@ def wrap(model: nn.Module, d: Dist, strategy: str, device: torch.device) -> nn.M
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
