@@ -21,7 +21,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ class TrainResult:
     stopped_early: bool = False
     train_seconds: float = 0.0  # optimizer steps only: no evaluation, checkpointing or setup
     resumed_from: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def val_before(self) -> dict[str, float]:
