@@ -23,10 +23,12 @@ def sentiment():
 
 
 @pytest.fixture(scope="module")
-def wordpiece(tmp_path_factory, sentiment):
+def tokenizer(tmp_path_factory, sentiment):
+    """Byte-level BPE: its training is deterministic, unlike WordPiece's (HF breaks ties between
+    equally frequent pieces in hash-map order, which changes per process), so scores repeat exactly."""
     out = tmp_path_factory.mktemp("wp")
     texts = [e.text for e in sentiment.train] + ["".join(e.tokens) for e in load_task("zh_ner", max_sentences=300).train]
-    return train_tokenizer(texts, TokenizerConfig(kind="wordpiece", vocab_size=1500), out)
+    return train_tokenizer(texts, TokenizerConfig(kind="byte_bpe", vocab_size=1500), out)
 
 
 def config(task: str, data: dict, model: dict, **train) -> FinetuneConfig:
@@ -35,9 +37,9 @@ def config(task: str, data: dict, model: dict, **train) -> FinetuneConfig:
         "tensorboard": False, "device": "cpu", **train})
 
 
-def test_classification_from_scratch_learns_and_reports(sentiment, wordpiece, tmp_path):
+def test_classification_from_scratch_learns_and_reports(sentiment, tokenizer, tmp_path):
     cfg = config("classification", {"builtin": "zh_sentiment", "options": {"max_per_class": 400}},
-                 {"tokenizer": str(wordpiece), "arch": "bert", "preset": "bert-tiny"}, epochs=4)
+                 {"tokenizer": str(tokenizer), "arch": "bert", "preset": "bert-tiny"}, epochs=4)
     result = finetune(cfg, tmp_path, data=sentiment)
     assert result.val["accuracy"] > 0.6 and result.test["accuracy"] > 0.6
     report = json.loads((tmp_path / "report.json").read_text())
@@ -50,12 +52,12 @@ def test_classification_from_scratch_learns_and_reports(sentiment, wordpiece, tm
     assert max(e["val"]["accuracy"] for e in evals) == pytest.approx(result.val["accuracy"])
 
 
-def test_hf_bert_checkpoint_on_disk_fine_tunes_end_to_end(sentiment, wordpiece, tmp_path):
+def test_hf_bert_checkpoint_on_disk_fine_tunes_end_to_end(sentiment, tokenizer, tmp_path):
     from lmforge.models.bert import BertForPretraining, bert_config_from_preset
     from lmforge.models.hf_bert import export_bert_hf
 
     torch.manual_seed(0)
-    hf_dir = export_bert_hf(BertForPretraining(bert_config_from_preset("bert-tiny", 1500)), wordpiece, tmp_path / "hf")
+    hf_dir = export_bert_hf(BertForPretraining(bert_config_from_preset("bert-tiny", 1500)), tokenizer, tmp_path / "hf")
     cfg = config("classification", {"builtin": "zh_sentiment"}, {"from": str(hf_dir)}, epochs=3)
     result = finetune(cfg, tmp_path / "ft", data=sentiment)
     assert result.test["accuracy"] > 0.6
@@ -69,9 +71,9 @@ def test_hf_bert_checkpoint_on_disk_fine_tunes_end_to_end(sentiment, wordpiece, 
     assert logits.shape == (1, 2)
 
 
-def test_ner_lora_on_a_gpt_backbone_merges_on_save(wordpiece, tmp_path):
+def test_ner_lora_on_a_gpt_backbone_merges_on_save(tokenizer, tmp_path):
     ner = load_task("zh_ner", max_sentences=300)
-    cfg = config("ner", {"builtin": "zh_ner"}, {"tokenizer": str(wordpiece), "arch": "gpt", "preset": "tiny"},
+    cfg = config("ner", {"builtin": "zh_ner"}, {"tokenizer": str(tokenizer), "arch": "gpt", "preset": "tiny"},
                  epochs=2, lora={"r": 4}, metric="token_accuracy")
     result = finetune(cfg, tmp_path, data=ner)
     assert {"f1", "precision", "recall", "token_accuracy"} <= set(result.test)
@@ -81,7 +83,7 @@ def test_ner_lora_on_a_gpt_backbone_merges_on_save(wordpiece, tmp_path):
     assert info["labels"][0] == "O"
 
 
-def test_instruction_tuning_learns_only_the_response(wordpiece, tmp_path):
+def test_instruction_tuning_learns_only_the_response(tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
     from lmforge.finetune import tasks
@@ -103,9 +105,9 @@ def test_instruction_tuning_learns_only_the_response(wordpiece, tmp_path):
     assert 0.0 <= result.test["gen_rougeL"] <= 1.0 and 0.0 <= result.test["gen_exact_match"] <= 1.0
 
 
-def test_grid_search_ranks_runs_by_validation_metric(sentiment, wordpiece, tmp_path):
+def test_grid_search_ranks_runs_by_validation_metric(sentiment, tokenizer, tmp_path):
     cfg = config("classification", {"builtin": "zh_sentiment", "options": {"max_per_class": 400}},
-                 {"tokenizer": str(wordpiece), "arch": "bert", "preset": "bert-tiny"},
+                 {"tokenizer": str(tokenizer), "arch": "bert", "preset": "bert-tiny"},
                  epochs=4, search={"lr": [1e-5, 2e-3]})
     rows = search(cfg, tmp_path)
     assert [r["lr"] for r in rows][0] == 2e-3  # a 200x smaller learning rate barely moves in a few epochs
@@ -116,7 +118,7 @@ def test_grid_search_ranks_runs_by_validation_metric(sentiment, wordpiece, tmp_p
     assert Path(tmp_path / rows[0]["dir"] / "best").is_dir()
 
 
-def test_finetune_and_evaluate_commands_on_a_jsonl_file(sentiment, wordpiece, tmp_path, lmforge_cli):
+def test_finetune_and_evaluate_commands_on_a_jsonl_file(sentiment, tokenizer, tmp_path, lmforge_cli):
     from lmforge.models.bert import BertForPretraining, bert_config_from_preset
     from lmforge.train.checkpoint import save_checkpoint
 
@@ -127,7 +129,7 @@ def test_finetune_and_evaluate_commands_on_a_jsonl_file(sentiment, wordpiece, tm
     torch.manual_seed(0)
     bert = BertForPretraining(bert_config_from_preset("bert-tiny", 1500))
     ckpt = save_checkpoint(bert, bert.config, tmp_path / "run" / "pretrain" / "checkpoint")
-    (tmp_path / "run" / "tokenizer").symlink_to(wordpiece)  # an lmforge run layout: the tokenizer beside it
+    (tmp_path / "run" / "tokenizer").symlink_to(tokenizer)  # an lmforge run layout: the tokenizer beside it
     recipe = tmp_path / "ft.yaml"
     recipe.write_text(f"name: ft\nfinetune:\n  task: classification\n  data: {{path: {data}}}\n"
                       f"  model: {{from: {ckpt}}}\n  epochs: 1\n  batch_size: 16\n  lr: 0.002\n  seq_len: 64\n"
@@ -148,14 +150,14 @@ def test_finetune_and_evaluate_commands_on_a_jsonl_file(sentiment, wordpiece, tm
     assert bad.returncode == 2 and "finetune" in bad.stdout + bad.stderr
 
 
-def test_train_limit_keeps_a_stratified_small_labelled_set_and_pooling_is_checked(wordpiece):
+def test_train_limit_keeps_a_stratified_small_labelled_set_and_pooling_is_checked(tokenizer):
     from lmforge.errors import UserError
     from lmforge.finetune.heads import SequenceClassifier
     from lmforge.finetune.run import load_task_data
     from lmforge.models.gpt import GPT, GPTConfig
 
     cfg = config("classification", {"builtin": "zh_sentiment", "options": {"max_per_class": 400}, "train_limit": 100},
-                 {"tokenizer": str(wordpiece)})
+                 {"tokenizer": str(tokenizer)})
     data = load_task_data(cfg)
     assert len(data.train) == 100 and {e.label for e in data.train} == {"neg", "pos"}
     assert len(data.test) == 80  # validation and test keep their full size
