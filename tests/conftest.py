@@ -161,3 +161,31 @@ def lmforge_cli():
                                 start_new_session=True)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (never Playwright's own browser download).
+
+    `.ci/run` installs chromium (scripts/ci_chromium.sh), so in CI a missing browser is a failure;
+    elsewhere the browser tests skip with the reason.
+    """
+    import os
+    import shutil
+
+    exe = os.environ.get("LMFORGE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    missing = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "playwright is not installed (pip install playwright)"
+    if missing is None and exe is None:
+        missing = "no chromium on PATH (bash scripts/ci_chromium.sh installs it)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
