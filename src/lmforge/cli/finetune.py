@@ -53,3 +53,7 @@ def finetune_command(
         else:
             result = finetune(cfg, run_dir)
             console.print(to_markdown({"val": result.val, "test": result.test}, title=f"fine-tuned: {run_dir}"))
+    from lmforge.report import write_report_safely
+
+    if (report := write_report_safely(run_dir)) is not None:
+        console.print(f"report: {report}  (open it in a browser; works offline)")

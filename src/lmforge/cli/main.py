@@ -13,6 +13,7 @@ import typer
 
 from lmforge import __version__
 from lmforge.cli import collect, corpora, demo, evaluate, export, finetune, pretrain, run, stats, tokenizer
+from lmforge.cli import report as report_cli
 from lmforge.cli.console import console, setup_logging
 from lmforge.errors import UserError
 
@@ -49,6 +50,7 @@ app.command("finetune", help=finetune.__doc__, no_args_is_help=True)(finetune.fi
 app.command("evaluate", help=evaluate.__doc__, no_args_is_help=True)(evaluate.evaluate_command)
 app.command("export", help=export.__doc__, no_args_is_help=True)(export.export_command)
 app.command("stats", help=stats.__doc__, no_args_is_help=True)(stats.stats_command)
+app.command("report", help=report_cli.__doc__, no_args_is_help=True)(report_cli.report_command)
 app.command("demo", help=demo.__doc__)(demo.demo_command)
 app.add_typer(collect.app, name="collect")
 app.add_typer(corpora.app, name="corpora")

@@ -70,3 +70,5 @@ def print_run_summary(result) -> None:
             table.add_row(s["prompt"], s["completion"])
         out.print(table)
     out.print(f"run directory: {result.run_dir}  (lmforge stats {result.run_dir})")
+    if getattr(result, "report", None) is not None:
+        out.print(f"report: {result.report}  (open it in a browser; works offline)")

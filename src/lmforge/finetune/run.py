@@ -164,7 +164,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, on_step: Callable[[int, f
                       select=cfg.selection(), keep_best=True, saver=saver)
     result = trainer.fit()
     best_val = _best(result.val_losses, cfg.selection())
-    test = evaluate_saved(out / "best", data, cfg, tokenizer) if data.test else {}
+    test = evaluate_saved(out / "best", data, cfg, tokenizer, predictions=out / "test_predictions.jsonl") \
+        if data.test else {}
     seconds = time.perf_counter() - t0
     examples = result.steps * cfg.batch_size * cfg.grad_accum
     report = {"task": cfg.task, "data": data.meta, "sizes": {k: len(v) for k, v in data.splits().items()},
@@ -183,8 +184,13 @@ def _best(history: list[tuple[int, dict[str, float]]], selection: tuple[str, str
     return dict(pick(history, key=lambda item: item[1][key])[1]) if history else {}
 
 
-def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokenizer) -> dict[str, float]:
-    """Test metrics of a saved fine-tuned model (lmforge heads or an HF directory)."""
+def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokenizer,
+                   predictions: Path | None = None) -> dict[str, float]:
+    """Test metrics of a saved fine-tuned model (lmforge heads or an HF directory).
+
+    With `predictions`, each test example's gold and predicted labels (or its generated answer)
+    are also written there as JSON lines: the run report draws its confusion matrix from them.
+    """
     from lmforge.finetune import tasks
     from lmforge.finetune.heads import load_saved_model
 
@@ -199,13 +205,32 @@ def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokeniz
                 nll += float(objective.sums(model, batch)["lm"])
                 tokens += objective.counts(batch)["lm"]
         loss = nll / max(tokens, 1)
-        return {"loss": loss, "perplexity": math.exp(loss), **generation_metrics(model, data.test, tokenizer, cfg)}
+        answers: list[dict[str, str]] = []
+        scores = generation_metrics(model, data.test, tokenizer, cfg, answers)
+        _write_predictions(predictions, answers)
+        return {"loss": loss, "perplexity": math.exp(loss), **scores}
     enc = (tasks.encode_classification if cfg.task == "classification" else tasks.encode_ner)(
         data.test, tokenizer, data.labels, cfg.seq_len)
     gold, pred, _ = tasks.predict(model, tasks.ExampleSource(enc, cfg.batch_size, cfg.seed, shuffle=False),
                                torch.device("cpu"))
+    names = data.labels
+    if cfg.task == "classification":
+        rows = [{"text": e.text, "gold": names[g], "pred": names[p]} for e, g, p in zip(data.test, gold, pred, strict=True)]
+    else:  # tags of the first piece of each word, for the words that fit in seq_len
+        rows = [{"tokens": e.tokens[: len(g)], "gold": [names[t] for t in g], "pred": [names[t] for t in p]}
+                for e, g, p in zip(data.test, gold, pred, strict=True)]
+    _write_predictions(predictions, rows)
     metrics = tasks.classification_metrics if cfg.task == "classification" else tasks.ner_metrics
     return metrics(gold, pred, data.labels)
+
+
+def _write_predictions(path: Path | None, rows: list[dict[str, Any]]) -> None:
+    if path is None:
+        return
+    from lmforge.records import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def compare_scratch(cfg: FinetuneConfig, out_dir: str | Path,
@@ -232,11 +257,12 @@ def compare_scratch(cfg: FinetuneConfig, out_dir: str | Path,
 
 def generate_responses(model: torch.nn.Module, prompts: list[str], tokenizer, max_new_tokens: int) -> list[str]:
     """Greedy answers to chat prompts, stopping at the end-of-turn token (lmforge GPT or HF causal LM)."""
-    from lmforge.serve.generate import GenerationConfig, generate_tokens
+    from lmforge.serve.generate import generate_tokens
+    from lmforge.serve.sampling import SamplingParams
 
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else \
         tokenizer.eos_token_id
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    gen = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     answers = []
     for prompt in prompts:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -254,8 +280,10 @@ def generate_responses(model: torch.nn.Module, prompts: list[str], tokenizer, ma
     return answers
 
 
-def generation_metrics(model: torch.nn.Module, examples: list, tokenizer, cfg: FinetuneConfig) -> dict[str, float]:
-    """ROUGE, BLEU and exact match of greedy answers to the first `cfg.generate_examples` test prompts."""
+def generation_metrics(model: torch.nn.Module, examples: list, tokenizer, cfg: FinetuneConfig,
+                       keep: list[dict[str, str]] | None = None) -> dict[str, float]:
+    """ROUGE, BLEU and exact match of greedy answers to the first `cfg.generate_examples` test prompts
+    (appended to `keep`, when given, as prompt/reference/answer)."""
     from lmforge.evaluate import bleu, exact_match, rouge
 
     rows = examples[: cfg.generate_examples]
@@ -263,6 +291,8 @@ def generation_metrics(model: torch.nn.Module, examples: list, tokenizer, cfg: F
         return {}
     answers = generate_responses(model, [e.prompt for e in rows], tokenizer, cfg.generate_max_tokens)
     refs = [e.response for e in rows]
+    if keep is not None:
+        keep.extend({"prompt": e.prompt, "reference": e.response, "answer": a} for e, a in zip(rows, answers, strict=True))
     out = {f"gen_{k}": v for k, v in rouge(answers, refs).items()}
     out["gen_bleu"] = bleu(answers, refs)["bleu"]
     out["gen_exact_match"] = exact_match(answers, refs)

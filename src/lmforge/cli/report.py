@@ -1,0 +1,31 @@
+"""Write one self-contained HTML report of a run directory (opens offline, no server needed).
+
+It shows what the run holds: data funnel with drop reasons, document lengths and languages,
+duplicate clusters, tokenizer fertility by language, loss and learning-rate curves, throughput
+and MFU, fine-tuning scores with confusion matrix and per-class F1, generated samples and the
+resolved configs. `lmforge run`, `pretrain`, `finetune` and `demo` write it at the end already;
+run this to rebuild it or to write it elsewhere.
+
+Examples:
+
+  lmforge report runs/demo
+
+  lmforge report runs/ft-sentiment --out /tmp/ft-sentiment.html
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def report_command(
+    run_dir: Path = typer.Argument(..., help="A run directory (of lmforge run, pretrain, finetune or demo)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN_DIR/report.html)."),
+) -> None:
+    from lmforge.cli.console import out as stdout
+    from lmforge.report import write_report
+
+    path = write_report(run_dir, out)
+    stdout.print(f"report: {path}  ({path.stat().st_size / 1e3:,.0f} kB)", highlight=False, soft_wrap=True)
