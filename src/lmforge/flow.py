@@ -35,6 +35,7 @@ class RunResult:
     stats: dict[str, Any]
     output_dir: Path
     steps: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None  # RUN/report.html, written at the end (None if it could not be)
 
 
 def save_config(run_dir: Path, recipe: Recipe) -> None:
@@ -76,7 +77,12 @@ def run_recipe(
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(run_dir, recipe)
     with _log_to(run_dir / "logs" / "run.log"):
-        return _run_steps(recipe, run_dir, base_dir, executor, on_train_step)
+        result = _run_steps(recipe, run_dir, base_dir, executor, on_train_step)
+        if distributed_rank() == 0:
+            from lmforge.report import write_report_safely
+
+            result.report = write_report_safely(run_dir)
+        return result
 
 
 @contextlib.contextmanager
@@ -286,12 +292,13 @@ def _pretrain_step(recipe: Recipe, run_dir: Path, output_dir: Path, on_step) -> 
 
 
 def _generate_step(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
-    from lmforge.serve.generate import GenerationConfig, generate, load_for_generation
+    from lmforge.serve.generate import generate, load_for_generation
+    from lmforge.serve.sampling import SamplingParams
 
     cfg = recipe.generate
     model, tok = load_for_generation(run_dir / "pretrain" / "checkpoint", run_dir / "tokenizer")
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
+    gen = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         top_k=cfg.top_k or 0, top_p=cfg.top_p, seed=cfg.seed)
     outputs = generate(model, tok, cfg.prompts, gen)
     samples = [{"prompt": p, "completion": c} for p, c in zip(cfg.prompts, outputs, strict=True)]
     with atomic_path(run_dir / "samples.jsonl") as tmp:

@@ -157,7 +157,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Keys and values of every token seen so far, one pair per layer."""
+    """Keys and values of every token seen so far, one pair per layer, all rows the same length.
+
+    The attention layers talk to a cache through three calls: `positions(T)` (where the new
+    tokens sit), `update(layer, k, v)` (store them; return every key and value plus the mask of
+    which keys each query may see, or None for plain causal attention) and `length`. A cache with
+    a row per request and rows of different lengths (lmforge.serve.cache.SlotCache) fits the same
+    seam, which is how the server batches requests that arrive at different times.
+    """
 
     def __init__(self, n_layer: int) -> None:
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
@@ -167,13 +174,25 @@ class KVCache:
         first = self.layers[0]
         return 0 if first is None else first[0].size(2)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        return torch.arange(self.length, self.length + T, device=device)[None, :]  # (1, T)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         past = self.layers[layer]
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, D)
             v = torch.cat([past[1], v], dim=2)
         self.layers[layer] = (k, v)
-        return k, v
+        T, S = k.size(2) - (0 if past is None else past[0].size(2)), k.size(2)
+        if S == T:
+            return k, v, None
+        # is_causal aligns the mask to the top-left corner, which is wrong once keys include a
+        # cached prefix: query i sits at absolute position S - T + i and may see keys 0..S-T+i.
+        q_pos = torch.arange(S - T, S, device=k.device)[:, None]  # (T, 1)
+        k_pos = torch.arange(S, device=k.device)[None, :]  # (1, S)
+        return k, v, k_pos <= q_pos
 
 
 class CausalSelfAttention(nn.Module):
@@ -208,19 +227,15 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 
+        mask = None
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, H, past + T, D)
-        past = k.size(2) - T
+            k, v, mask = cache.update(layer, k, v)  # (B, H, S, D) with S = past + T; mask (T, S) or (B, 1, T, S)
 
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
-            # is_causal aligns the mask to the top-left corner, which is wrong once keys include a
-            # cached prefix: query i sits at absolute position past + i and may see keys 0..past+i.
-            q_pos = torch.arange(past, past + T, device=x.device)[:, None]  # (T, 1)
-            k_pos = torch.arange(past + T, device=x.device)[None, :]  # (1, past + T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=k_pos <= q_pos, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -358,17 +373,20 @@ class GPT(nn.Module):
         padding, causal attention never lets a real token see the padding after it.
         """
         B, T = idx.size()
-        start = 0 if kv_cache is None else kv_cache.length
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        # Positions: 0..T-1 without a cache; with one, they continue each row's cached tokens.
+        pos = None if kv_cache is None else kv_cache.positions(T, idx.device)  # (1 or B, T)
+        end = T if pos is None else int(pos.max()) + 1
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens exceeds block_size {self.config.block_size}")
 
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos == "learned":
-            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-            x = x + self.transformer.wpe(pos)  # (B, T, C)
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device) if pos is None else pos)  # (B, T, C)
+        elif pos is None:
+            rope = (self.rope_cos[:T], self.rope_sin[:T])  # (T, D/2) each
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, D/2) each
+            rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))  # (1 or B, 1, T, D/2) each
         x = self.transformer.drop(x)
         recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):

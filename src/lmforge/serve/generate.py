@@ -1,126 +1,115 @@
-"""Autoregressive sampling from a trained checkpoint.
+"""Offline generation: many prompts through the continuous-batching engine, as plain calls.
 
-The prompt is run once to fill the KV cache; afterwards each step feeds only the newest
-token. Sampling draws from a CPU generator seeded per prompt, so a given seed gives the same
-text regardless of batch composition and (up to float differences) of the device.
+`generate_batch` is what `lmforge generate`, the demo's samples and the benchmarks use; the
+server drives the same engine from a thread. Prompts that do not fit the context are cut from
+the left (the most recent text matters most for continuation), with a warning.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-import torch
-
-from lmforge.errors import ConfigError, InputError, UserError
-from lmforge.models.gpt import GPT, KVCache
-from lmforge.tokenize.bpe import EOS_TOKEN, load_tokenizer
-from lmforge.train.checkpoint import load_checkpoint
-
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer
+from lmforge.errors import UserError
+from lmforge.serve.engine import Engine, Event
+from lmforge.serve.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-
 @dataclass
-class GenerationConfig:
-    max_new_tokens: int = 64
-    temperature: float = 0.8  # 0 means greedy
-    top_k: int | None = 50  # 0 or None disables
-    top_p: float = 1.0  # 1.0 disables nucleus sampling
-    seed: int = 0
-    stop_at_eos: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens must be >= 0 (got {self.max_new_tokens})")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (got {self.temperature})")
-        if self.top_k is not None and self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0 or None (got {self.top_k})")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1] (got {self.top_p})")
+class Completion:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
 
 
-def _next_token(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> int:
-    """Pick one id from the last position's logits (V,)."""
-    logits = logits.float().cpu()
-    if cfg.temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits / cfg.temperature
-    if cfg.top_k:
-        kth = torch.topk(logits, min(cfg.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)  # (V,)
-    if cfg.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the top token always survives).
-        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= cfg.top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=gen))
+def fit_prompt(ids: list[int], params: SamplingParams, max_len: int) -> list[int]:
+    room = max(1, max_len - params.max_new_tokens)
+    if len(ids) > room:
+        logger.warning("prompt of %d tokens cut to its last %d to leave room for %d new tokens",
+                       len(ids), room, params.max_new_tokens)
+        return ids[-room:]
+    return ids
 
 
-@torch.no_grad()
-def generate_tokens(
-    model: GPT, prompt_ids: list[int], cfg: GenerationConfig, eos_id: int | None
-) -> list[int]:
-    """Return only the new tokens (without the EOS that stopped generation)."""
-    context = list(prompt_ids)
-    if not context:
-        if eos_id is None:
+def _prompt_ids(prompt: str | list[int], tokenizer: Any, stop_ids: list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise UserError("text prompts need a tokenizer")
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    else:
+        ids = list(prompt)
+    if not ids:
+        if not stop_ids:
             raise UserError("cannot generate from an empty prompt without an end-of-text token")
-        context = [eos_id]  # documents follow an EOS in training, so it is the natural start
-    block = model.config.block_size
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(cfg.seed)
+        ids = [stop_ids[0]]  # documents follow an end-of-text token in training: the natural start
+    return ids
 
+
+def generate_batch(model: Any, tokenizer: Any, prompts: list[str] | list[list[int]], params: SamplingParams,
+                   stop_ids: list[int] | None = None, slots: int = 8) -> list[list[Completion]]:
+    """`params.n` completions per prompt; prompts share the engine's batch as slots allow."""
+    stop_ids = list(stop_ids or [])
+    params = replace(params, max_new_tokens=min(params.max_new_tokens, model.config.block_size - 1))
     was_training = model.training
-    model.eval()
-    out: list[int] = []
+    engine = Engine(model, tokenizer, slots=max(slots, params.n), stop_ids=stop_ids)
+    results = [[Completion() for _ in range(params.n)] for _ in prompts]
+
+    def sink_for(i: int):
+        def sink(ev: Event) -> None:
+            c = results[i][ev.index]
+            c.text += ev.text
+            c.token_ids += ev.token_ids
+            c.finish_reason = ev.finish_reason or c.finish_reason
+        return sink
+
     try:
-        cache: KVCache | None = None
-        feed = context[-block:]
-        for _ in range(cfg.max_new_tokens):
-            if cache is None or cache.length + len(feed) > block:
-                # Start over on the last `block` tokens: the same context a model without a cache sees.
-                cache = model.new_kv_cache()
-                feed = (context + out)[-block:]
-            idx = torch.tensor([feed], dtype=torch.long, device=device)  # (1, T)
-            logits, _ = model(idx, kv_cache=cache)  # (1, T, V)
-            token = _next_token(logits[0, -1], cfg, gen)
-            if cfg.stop_at_eos and token == eos_id:
-                break
-            out.append(token)
-            feed = [token]
+        for i, prompt in enumerate(prompts):
+            ids = fit_prompt(_prompt_ids(prompt, tokenizer, stop_ids), params, engine.max_len)
+            engine.submit(ids, params, sink_for(i))
+        engine.run()
     finally:
         model.train(was_training)
-    return out
-
-
-def generate(model: GPT, tokenizer: Tokenizer, prompts: list[str], cfg: GenerationConfig) -> list[str]:
-    """Continue each prompt; returns the continuation text only."""
-    eos = tokenizer.token_to_id(EOS_TOKEN)
-    results = []
-    for prompt in prompts:
-        ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-        new = generate_tokens(model, ids, cfg, eos)
-        results.append(tokenizer.decode(new, skip_special_tokens=True))
     return results
 
 
-def load_for_generation(
-    checkpoint_dir: str | Path, tokenizer_dir: str | Path, device: str = "auto"
-) -> tuple[GPT, Tokenizer]:
-    model = load_checkpoint(checkpoint_dir, device=device)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    if tokenizer.get_vocab_size() > model.config.vocab_size:
-        raise InputError(
-            f"tokenizer {tokenizer_dir} has {tokenizer.get_vocab_size()} tokens but checkpoint "
-            f"{checkpoint_dir} was trained for {model.config.vocab_size}: they do not belong together"
-        )
-    logger.info("loaded %s on %s", checkpoint_dir, next(model.parameters()).device)
-    return model, tokenizer
+def generate(model: Any, tokenizer: Any, prompts: list[str], params: SamplingParams,
+             stop_ids: list[int] | None = None) -> list[str]:
+    """Continue each prompt; returns the continuation text only (the first sample of each)."""
+    if stop_ids is None and tokenizer is not None:
+        from lmforge.tokenize.bpe import EOS_TOKEN
+
+        stop_ids = [i for i in [tokenizer.token_to_id(EOS_TOKEN)] if i is not None]
+    return [c[0].text for c in generate_batch(model, tokenizer, prompts, params, stop_ids)]
+
+
+def generate_tokens(model: Any, prompt_ids: list[int], params: SamplingParams, eos_id: int | None) -> list[int]:
+    """Only the new token ids for one prompt (without the end token that stopped generation)."""
+    stops = [] if eos_id is None else [eos_id]
+    return generate_batch(model, None, [prompt_ids], params, stops, slots=1)[0][0].token_ids
+
+
+def stream(model: Any, tokenizer: Any, prompt: str, params: SamplingParams,
+           stop_ids: list[int] | None = None) -> Iterator[str]:
+    """Text pieces of one completion as they are decoded (the CLI's --stream)."""
+    engine = Engine(model, tokenizer, slots=1, stop_ids=stop_ids)
+    pieces: list[Event] = []
+    ids = fit_prompt(_prompt_ids(prompt, tokenizer, list(stop_ids or [])), params, engine.max_len)
+    engine.submit(ids, params, pieces.append)
+    while engine.busy:
+        engine.step()
+        while pieces:
+            ev = pieces.pop(0)
+            if ev.text:
+                yield ev.text
+
+
+def load_for_generation(checkpoint_dir: str | Path, tokenizer_dir: str | Path, device: str = "auto"):
+    """(model, tokenizer) of an lmforge checkpoint and its tokenizer directory."""
+    from lmforge.serve.loading import load_generator
+
+    loaded = load_generator(checkpoint_dir, tokenizer_dir, device=device)
+    return loaded.model, loaded.tokenizer
