@@ -53,14 +53,17 @@ def output_dir(run_dir: Path, stats: dict[str, Any] | None) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def pick_shards(stage_dir: Path, limit: int = MAX_SHARDS) -> tuple[list[Path], int]:
-    """Up to `limit` finished output shards, evenly spaced; and how many there are in all."""
+def pick_shards(stage_dir: Path, limit: int | None = None) -> tuple[list[Path], int]:
+    """Up to `limit` (default MAX_SHARDS) finished output shards, evenly spaced, first and last
+    included; and how many there are in all."""
     from lmforge.pipeline.shards import done_shard_ids, shard_path
 
+    limit = max(2, limit or MAX_SHARDS)
     ids = done_shard_ids(stage_dir)
-    if len(ids) > limit:
-        ids = [ids[round(i * (len(ids) - 1) / (limit - 1))] for i in range(limit)]
-    return [shard_path(stage_dir, sid) for sid in ids], len(done_shard_ids(stage_dir))
+    total = len(ids)
+    if total > limit:
+        ids = [ids[round(i * (total - 1) / (limit - 1))] for i in range(limit)]
+    return [shard_path(stage_dir, sid) for sid in ids], total
 
 
 @dataclass
@@ -75,7 +78,7 @@ class DocSample:
 
     @property
     def sampled(self) -> bool:
-        return self.shards_read < self.shards_total or self.lengths.size >= MAX_ROWS
+        return self.shards_read < self.shards_total
 
     def by_lang(self) -> dict[str, np.ndarray]:
         return {lang: self.lengths[self.langs == lang] for lang in self.lang_counts()}
@@ -86,13 +89,14 @@ class DocSample:
         return {str(names[i]): int(counts[i]) for i in order}
 
 
-def sample_docs(stage_dir: Path, max_rows: int = MAX_ROWS) -> DocSample | None:
+def sample_docs(stage_dir: Path, max_rows: int | None = None) -> DocSample | None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     shards, total = pick_shards(stage_dir)
     if not shards:
         return None
+    max_rows = max_rows or MAX_ROWS
     lengths, langs, read = [], [], 0
     rows = 0
     for path in shards:
@@ -137,13 +141,14 @@ def _snippet(text: str | None) -> str:
     return text if len(text) <= SNIPPET else text[: SNIPPET - 1] + "…"
 
 
-def scan_quarantine(run_dir: Path, max_rows: int = MAX_ROWS) -> Quarantine | None:
+def scan_quarantine(run_dir: Path, max_rows: int | None = None) -> Quarantine | None:
     """Read quarantine shards (text, url, meta) until `max_rows`; None when the run dropped nothing."""
     import pyarrow.parquet as pq
 
     files = [p for d in stage_dirs(run_dir) for p in sorted(d.glob("quarantine-*.parquet"))]
     if not files:
         return None
+    max_rows = max_rows or MAX_ROWS
     q = Quarantine(files_total=len(files))
     dup_counts: dict[str, Counter] = {}
     for path in files:

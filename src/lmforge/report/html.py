@@ -85,7 +85,7 @@ def fmt(value: Any) -> str:
             return str(v)
         if 100 <= abs(v) < 1e12:
             return f"{v:,.1f}"
-        if v == 0 or abs(v) >= 1e-3:
+        if v == 0 or abs(v) >= 1e-4:
             return f"{v:.4g}"
         return f"{v:.3e}"
     if isinstance(value, str):
@@ -187,14 +187,14 @@ figure.chart figcaption {{ font-weight: 600; margin-bottom: 6px; }}
 figure.chart svg {{ width: 100%; height: auto; display: block; }}
 .scroll {{ overflow-x: auto; margin: 8px 0 12px; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
-caption {{ text-align: left; font-weight: 600; padding: 4px 0; }}
+caption {{ text-align: left; font-weight: 600; padding: 4px 0; white-space: nowrap; }}
 th, td {{ border-bottom: 1px solid var(--line); padding: 4px 10px; vertical-align: top; text-align: left; }}
 th {{ background: #eef1f5; position: sticky; top: 0; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
 table.wide td {{ white-space: pre-wrap; word-break: break-word; max-width: 60ch; }}
 table.wide td.num {{ white-space: nowrap; }}
 table.kv td.num {{ text-align: left; }}
-table.kv td:first-child {{ color: var(--muted); }}
+table.kv td:first-child {{ color: var(--muted); white-space: nowrap; }}
 details {{ margin: 8px 0; }}
 summary {{ cursor: pointer; font-weight: 600; }}
 p.note {{ color: var(--muted); font-size: 13px; margin: 4px 0 10px; }}

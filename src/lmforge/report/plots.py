@@ -112,7 +112,7 @@ def funnel(stages: Sequence[tuple[str, int]], title: str) -> str:
     names = [n for n, _ in stages]
     counts = [c for _, c in stages]
     first = max(counts[0], 1)
-    with Chart(title, height=0.9 + 0.32 * len(stages)) as ch:
+    with Chart(title, height=max(2.2, 0.9 + 0.32 * len(stages))) as ch:
         ax = ch.fig.add_subplot()
         y = np.arange(len(stages))[::-1]
         ax.barh(y, counts, color=COLORS[0], height=0.65)
@@ -126,9 +126,9 @@ def funnel(stages: Sequence[tuple[str, int]], title: str) -> str:
 
 
 def bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str, log: bool = False,
-         fmt: str = "{:,.0f}") -> str:
+         fmt: str = "{:,.0f}", xmax: float | None = None) -> str:
     """One horizontal bar per label (largest first as given), each annotated with its value."""
-    with Chart(title, height=0.9 + 0.3 * len(labels)) as ch:
+    with Chart(title, height=max(2.2, 0.9 + 0.3 * len(labels))) as ch:
         ax = ch.fig.add_subplot()
         y = np.arange(len(labels))[::-1]
         ax.barh(y, values, color=COLORS[1], height=0.65)
@@ -139,7 +139,10 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str
             ax.set_xscale("log")
         for yi, v in zip(y, values, strict=True):
             ax.text(v, yi, " " + fmt.format(v), va="center", fontsize=8)
-        ax.margins(x=0.15)
+        if xmax is not None:
+            ax.set_xlim(0, xmax)
+        else:
+            ax.margins(x=0.15)
     return ch.svg
 
 
@@ -206,7 +209,7 @@ def loss_curves(train: Sequence[tuple[float, float]], val: Mapping[str, Sequence
             ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
             h2, n2 = ax2.get_legend_handles_labels()
             handles, names = handles + h2, names + n2
-        ax.legend(handles, names, frameon=False, fontsize=8, loc="upper right")
+        ax.legend(handles, names, frameon=False, fontsize=8, loc="best")
     return ch.svg
 
 
@@ -249,7 +252,7 @@ def confusion(labels: Sequence[str], matrix: Sequence[Sequence[int]], title: str
     m = np.asarray(matrix, dtype=float)
     share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     n = len(labels)
-    side = min(7.5, 2.4 + 0.42 * n)
+    side = min(7.5, max(4.2, 2.4 + 0.42 * n))
     with Chart(title, width=side + 1.2, height=side) as ch:
         ax = ch.fig.add_subplot()
         image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)

@@ -101,7 +101,8 @@ def _evaluation_blocks(name: str, ev: training.Evaluation) -> list[Any]:
                                 "rows: true labels, columns: predicted; colour: share of the true class")]
     labels = list(ev.per_class)
     title = f"{name}: F1 per {what} (test)"
-    blocks.append(Figure(plots.bars(labels, [ev.per_class[k]["f1"] for k in labels], title, "F1", fmt="{:.3f}"),
+    blocks.append(Figure(plots.bars(labels, [ev.per_class[k]["f1"] for k in labels], title, "F1", fmt="{:.3f}",
+                                    xmax=1.12),
                          title))
     rows = [[k, v["precision"], v["recall"], v["f1"], v["support"]] for k, v in ev.per_class.items()]
     blocks.append(Table([what, "precision", "recall", "F1", "support"], rows,
