@@ -17,7 +17,7 @@ def test_there_are_recipes():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads(path):
     recipe = load_recipe(path)
-    assert recipe.input is not None or recipe.finetune is not None
+    assert recipe.input is not None or recipe.finetune is not None or recipe.augment is not None
     for _name, cfg in recipe.stage_specs():
         assert isinstance(cfg, dict)
 
@@ -45,7 +45,7 @@ BASE = "input: {builtin: {}}\n"
         (BASE + "pretrain: {preset: huge}\n", "pretrain.preset: must be one of"),
         (BASE + "tokenizer: {vocab_size: 10}\n", "tokenizer: vocab_size must be at least 256 + 4 special tokens = 260 (got 10)"),
         (BASE + "executor: {kind: slurm}\n", "executor.kind: must be one of 'local' or 'ray' (got 'slurm')"),
-        (BASE + "pipeline:\n  - normalise: {}\n", "pipeline[0]: unknown stage 'normalise'; allowed: bad_words, boilerplate_lines, c4"),
+        (BASE + "pipeline:\n  - normalise: {}\n", "pipeline[0]: unknown stage 'normalise'; allowed: back_translate, bad_words, boilerplate_lines, c4"),
         (BASE + "pipeline:\n  - length_filter: {min_chars: lots}\n", "pipeline[0].length_filter.min_chars: Input should be a valid integer"),
         (BASE + "pipeline:\n  - length_filter: {min_char: 3}\n", "pipeline[0].length_filter.min_char: unknown key"),
         (BASE + "pipeline:\n  - {normalize: {}, strip_html: {}}\n", "pipeline: entry [0] must be a single-key mapping"),

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from lmforge.augment.task import AugmentTaskConfig
 from lmforge.collect.source import InputConfig
 from lmforge.config import StrictModel, validate
 from lmforge.errors import ConfigError
@@ -50,11 +51,12 @@ class Recipe(StrictModel):
     pretrain: PretrainConfig | None = None
     generate: SampleConfig | None = None
     finetune: FinetuneConfig | None = None
+    augment: AugmentTaskConfig | None = None
 
     @model_validator(mode="after")
     def _has_work(self) -> Recipe:
-        if self.input is None and self.finetune is None:
-            raise ValueError("a recipe needs an 'input' section (data steps) or a 'finetune' section")
+        if self.input is None and self.finetune is None and self.augment is None:
+            raise ValueError("a recipe needs an 'input' section (data steps) or a 'finetune' section, or an 'augment' section")
         if self.input is None and (self.pipeline or self.tokenizer or self.pretrain or self.generate):
             raise ValueError("pipeline, tokenizer, pretrain and generate need an 'input' section")
         return self

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from lmforge import __version__
-from lmforge.cli import collect, corpora, demo, evaluate, export, finetune, pretrain, run, stats, tokenizer
+from lmforge.cli import augment, collect, corpora, demo, evaluate, export, finetune, pretrain, run, stats, tokenizer
 from lmforge.cli import report as report_cli
 from lmforge.cli.console import console, setup_logging
 from lmforge.errors import UserError
@@ -47,6 +47,7 @@ def _global(
 app.command("run", help=run.__doc__, no_args_is_help=True)(run.run_command)
 app.command("pretrain", help=pretrain.__doc__, no_args_is_help=True)(pretrain.pretrain_command)
 app.command("finetune", help=finetune.__doc__, no_args_is_help=True)(finetune.finetune_command)
+app.command("augment", help=augment.__doc__, no_args_is_help=True)(augment.augment_command)
 app.command("evaluate", help=evaluate.__doc__, no_args_is_help=True)(evaluate.evaluate_command)
 app.command("export", help=export.__doc__, no_args_is_help=True)(export.export_command)
 app.command("stats", help=stats.__doc__, no_args_is_help=True)(stats.stats_command)

@@ -28,6 +28,9 @@ BUILTIN_STAGES: dict[str, str] = {
     "minhash_dedup": "lmforge.dedup.minhash:MinHashDedup",
     "line_dedup": "lmforge.dedup.lines:LineDedup",
     "decontaminate": "lmforge.dedup.decontaminate:Decontaminate",
+    "eda": "lmforge.augment.stages:EdaStage",
+    "back_translate": "lmforge.augment.backtranslate:BackTranslateStage",
+    "contextual_substitute": "lmforge.augment.contextual:ContextualStage",
 }
 
 
