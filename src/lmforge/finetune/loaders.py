@@ -313,22 +313,8 @@ def load_label_studio(path: str | Path, kind: Kind | None = None, *, text_field:
     counts them) are converted when the text has characters beyond the BMP.
     """
     path = Path(path)
-    cfg = _config(kind=kind or "classification", text_field=text_field, on_error=on_error)
-    try:
-        tasks = json.loads(_read_bytes(path))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t for t in tasks):
-        raise InputError(f"{path}: not a Label Studio JSON export (a list of tasks with 'data' and "
-                         "'annotations'); export as JSON, not JSON-MIN or CSV")
-    results = [r for t in tasks for a in t.get("annotations") or [] for r in a.get("result") or []]
-    if kind is None:
-        types = {r.get("type") for r in results}
-        if not types & {"labels", "choices"}:
-            raise InputError(f"{path}: no 'choices' or 'labels' annotations found")
-        cfg = cfg.model_copy(update={"kind": "ner" if "labels" in types else "classification"})
-    elif kind == "ner" and results and not any(r.get("type") == "labels" for r in results):
-        raise InputError(f"{path}: kind is ner but the export has no 'labels' (span) annotations")
+    tasks = read_label_studio(path)
+    cfg = _config(kind=label_studio_kind(tasks, path, kind), text_field=text_field, on_error=on_error)
     problems, out, counts = _Problems(path, on_error), [], Counter()
     for i, task in enumerate(tasks, start=1):
         annotations = task.get("annotations") or []
@@ -350,6 +336,38 @@ def load_label_studio(path: str | Path, kind: Kind | None = None, *, text_field:
     log.info("%s: %d %s examples; %s", path, len(out), cfg.kind,
              ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "nothing skipped")
     return out
+
+
+def read_label_studio(path: str | Path) -> list[dict]:
+    """The tasks of a Label Studio JSON export, checked to be a list of tasks with `data`."""
+    path = Path(path)
+    try:
+        tasks = json.loads(_read_bytes(path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t for t in tasks):
+        raise InputError(f"{path}: not a Label Studio JSON export (a list of tasks with 'data' and "
+                         "'annotations'); export as JSON, not JSON-MIN or CSV")
+    return tasks
+
+
+def label_studio_kind(tasks: list[dict], path: str | Path, kind: Kind | None = None) -> Kind:
+    """The task kind the annotations hold (spans: ner, else classification), or `kind` checked against them."""
+    results = [r for t in tasks for a in t.get("annotations") or [] for r in a.get("result") or []]
+    if kind is None:
+        types = {r.get("type") for r in results}
+        if not types & {"labels", "choices"}:
+            raise InputError(f"{path}: no 'choices' or 'labels' annotations found")
+        return "ner" if "labels" in types else "classification"
+    if kind == "ner" and results and not any(r.get("type") == "labels" for r in results):
+        raise InputError(f"{path}: kind is ner but the export has no 'labels' (span) annotations")
+    return kind
+
+
+def label_studio_example(task: dict, annotation: dict, kind: Kind, text_field: str = "text",
+                         from_name: str | None = None) -> Example:
+    """One annotation of one task as an Example; raises RowError when it cannot be read."""
+    return _label_studio_example(task, annotation, _config(kind=kind, text_field=text_field), from_name)
 
 
 def _label_studio_example(task: dict, annotation: dict, cfg: LoaderConfig, from_name: str | None) -> Example:

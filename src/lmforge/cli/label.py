@@ -1,0 +1,327 @@
+"""Label data: a local annotation web app, leakage-free splits, Label Studio interchange, weak supervision, quality.
+
+DATASET / SOURCE is a JSONL, CSV/TSV or Label Studio JSON file, a saved dataset directory, or
+`builtin:NAME` (a built-in task, e.g. builtin:zh_sentiment).
+
+Examples:
+
+  lmforge label serve reviews.jsonl --labels neg,pos
+
+  lmforge label serve builtin:zh_sentiment --out answers.jsonl --strategy margin
+
+  lmforge label answers reviews.answers.jsonl --out labelled.jsonl
+
+  lmforge label split labelled.jsonl --out data/reviews --format hf
+
+  lmforge label export-ls reviews.jsonl --labels neg,pos --out tasks.json
+
+  lmforge label import-ls export.json --out data/from-ls
+
+  lmforge label weak builtin:zh_sentiment --lfs zh_sentiment
+
+  lmforge label agreement export.json
+
+  lmforge label issues labelled.jsonl
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, context_settings={"show_default": True})
+
+KIND = typer.Option("classification", "--kind", help="classification or ner.")
+
+
+def _labels(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _table(title: str, columns: list[str], rows: list[list[object]]):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    return table
+
+
+@app.command("serve")
+def serve_command(
+    dataset: str = typer.Argument(..., help="Items to label: JSONL/CSV (text, optional id, prediction, score), "
+                                            "Label Studio tasks .json, or builtin:NAME."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Answer log (JSONL) [default: DATASET.answers.jsonl]."),
+    labels: str | None = typer.Option(None, help="Comma-separated classes or entity types [default: from the "
+                                                 "built-in task or the predictions]."),
+    kind: str = KIND,
+    strategy: str = typer.Option("entropy", help="Next item by: entropy, margin, least_confidence, diversity, "
+                                                 "entropy+diversity, random or order."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; there is no login, keep it local."),
+    port: int = typer.Option(8765, min=0, max=65535),
+    annotator: str | None = typer.Option(None, help="Name saved with each answer [default: the login name]."),
+    text_field: str = typer.Option("text", help="Field holding the text."),
+) -> None:
+    """Open a labelling web app at http://HOST:PORT (one item at a time, keyboard shortcuts, undo)."""
+    from lmforge.cli.console import console
+    from lmforge.errors import ConfigError
+    from lmforge.label.app import serve
+    from lmforge.label.session import Session, load_items
+    from lmforge.label.store import AnswerStore
+
+    items = load_items(dataset, kind, text_field)
+    names = _labels(labels) or _default_labels(dataset, items, kind)
+    if not names:
+        raise ConfigError("--labels is needed: the dataset has no predictions to take the label set from")
+    log_path = out or (Path(f"label-{dataset.split(':', 1)[1]}.answers.jsonl") if dataset.startswith("builtin:")
+                       else Path(dataset).with_suffix(".answers.jsonl"))
+    session = Session(items, names, AnswerStore(log_path), kind=kind, strategy=strategy,
+                      annotator=annotator or _login(), name=str(dataset))
+    console.print(f"labelling {len(items):,} items ({len(session.store.current()):,} done) at http://{host}:{port}/ ; "
+                  f"answers go to {log_path}. Ctrl+C stops.", highlight=False)
+    serve(session, host, port)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "annotator"
+
+
+def _default_labels(dataset: str, items: list, kind: str) -> list[str]:
+    if dataset.startswith("builtin:"):
+        from lmforge.finetune.builtin_tasks import load_task
+
+        task = load_task(dataset.split(":", 1)[1])
+        return task.labels if kind == "classification" else sorted({t[2:] for t in task.labels if t != "O"})
+    if kind == "classification":
+        return sorted({it.prediction for it in items if it.prediction is not None})
+    return sorted({s[2] for it in items for s in it.prediction or []})
+
+
+@app.command("answers")
+def answers_command(
+    log: Path = typer.Argument(..., help="Answer log written by `lmforge label serve`."),
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL of the labelled examples."),
+    kind: str = KIND,
+) -> None:
+    """Write the standing answers (undone ones left out, the latest per item) as a labelled JSONL file."""
+    import json
+
+    from lmforge.cli.console import out as stdout
+    from lmforge.errors import InputError
+    from lmforge.label.store import AnswerStore, answers_to_examples
+    from lmforge.records import atomic_path
+
+    if not log.is_file():
+        raise InputError(f"answer log not found: {log}")
+    examples = answers_to_examples(AnswerStore(log), kind)
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps({**e.to_dict(), "id": e.meta["id"]}, ensure_ascii=False) + "\n" for e in examples)
+    stdout.print(f"{len(examples):,} labelled examples written to {out}")
+
+
+@app.command("split")
+def split_command(
+    source: str = typer.Argument(..., help="Labelled file, saved dataset directory, or builtin:NAME."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the dataset to."),
+    kind: str | None = typer.Option(None, help="classification, ner or instruction [default: from the source, "
+                                               "else classification]."),
+    val: float = typer.Option(0.1, help="Validation fraction."),
+    test: float = typer.Option(0.1, help="Test fraction."),
+    seed: int = typer.Option(0, help="Seed of the split."),
+    folds: int = typer.Option(0, min=0, help="Also write k folds (fold-K/train.jsonl, fold-K/heldout.jsonl) of "
+                                             "train + val when at least 2."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl, csv or hf (a `datasets` directory)."),
+    near_duplicates: bool = typer.Option(True, help="Keep near-identical texts in one split (MinHash), not "
+                                                    "only identical ones."),
+) -> None:
+    """Stratified train/val/test splits with no identical or near-identical text in two splits."""
+    from lmforge.cli.console import out as stdout
+    from lmforge.finetune.data import TaskData
+    from lmforge.label.dataset import NEAR_DUPLICATES, build_dataset, describe, kfold, load_source, save_dataset
+
+    examples, found = load_source(source, kind)  # type: ignore[arg-type]
+    near = NEAR_DUPLICATES if near_duplicates else None
+    task = build_dataset(examples, kind or found, val_frac=val, test_frac=test, seed=seed, near_duplicates=near,
+                         meta={"source": str(source)})
+    save_dataset(task, out, fmt)  # type: ignore[arg-type]
+    info = describe(task)
+    stdout.print(f"{info['kind']} dataset in {out} ({fmt}): " +
+                 ", ".join(f"{k} {v:,}" for k, v in info["sizes"].items()) +
+                 f"; labels {info['labels']}; leaking pairs across splits: {info['leaking_pairs']}")
+    if folds >= 2:
+        strat = "label" if task.kind == "classification" else None
+        for f, (train, held) in enumerate(kfold(task.train + task.val, folds, seed, strat, near)):
+            TaskData(task.kind, train, held, [], task.labels).save(out / f"fold-{f}")
+        stdout.print(f"{folds} folds of train+val written to {out}/fold-*/ (val.jsonl is the held-out fold)")
+
+
+@app.command("export-ls")
+def export_ls_command(
+    source: str = typer.Argument(..., help="Items (JSONL/CSV with text, optional prediction) or builtin:NAME."),
+    out: Path = typer.Option(..., "--out", "-o", help="Label Studio tasks file (.json); the labelling config "
+                                                     "goes beside it as <name>.config.xml."),
+    labels: str | None = typer.Option(None, help="Comma-separated classes or entity types."),
+    kind: str = KIND,
+    model: Path | None = typer.Option(None, help="Fine-tuned classifier whose predictions become pre-annotations."),
+    with_annotations: bool = typer.Option(False, help="Export the source's own labels as annotations "
+                                                      "(SOURCE must be labelled)."),
+) -> None:
+    """Write Label Studio tasks, with predictions (from the items or --model) as pre-annotations."""
+    from lmforge.cli.console import out as stdout
+    from lmforge.finetune.data import Example
+    from lmforge.label.labelstudio import export_tasks
+    from lmforge.label.session import load_items
+
+    if with_annotations:
+        from lmforge.label.dataset import load_source
+
+        examples, found = load_source(source, kind)  # type: ignore[arg-type]
+        predictions = None
+        names = _labels(labels) or sorted({e.label for e in examples} if kind == "classification" else
+                                          {t[2:] for e in examples for t in e.tags if t != "O"})
+    else:
+        items = load_items(source, kind)
+        examples = [Example(text=it.text, meta={"id": it.id}) for it in items]
+        predictions = [it.prediction if it.score is None or kind == "ner" else (it.prediction, it.score)
+                       for it in items]
+        names = _labels(labels) or _default_labels(source, items, kind)
+        if model is not None:
+            from lmforge.label.classifier import finetuned_proba
+
+            proba, model_labels = finetuned_proba(model)
+            probs = proba([e.text for e in examples])
+            predictions = [dict(zip(model_labels, map(float, row), strict=True)) for row in probs]
+            names = names or model_labels
+    export_tasks(examples, kind, out, names, predictions=predictions, with_annotations=with_annotations)  # type: ignore[arg-type]
+    stdout.print(f"{len(examples):,} tasks written to {out}; labelling config in {out.with_name(out.stem + '.config.xml')}")
+
+
+@app.command("import-ls")
+def import_ls_command(
+    export: Path = typer.Argument(..., help="Label Studio JSON export (Export → JSON)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the dataset to."),
+    kind: str | None = typer.Option(None, help="classification or ner [default: from the annotations]."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl, csv or hf."),
+    seed: int = typer.Option(0, help="Seed of the split."),
+) -> None:
+    """Completed annotations → a leakage-free split dataset; prints annotator agreement when tasks have several."""
+    from lmforge.cli.console import out as stdout
+    from lmforge.label.dataset import build_dataset, describe, save_dataset
+    from lmforge.label.labelstudio import import_annotations
+    from lmforge.label.quality import agreement_report
+
+    imported = import_annotations(export, kind)  # type: ignore[arg-type]
+    task = build_dataset(imported.examples, imported.kind, seed=seed, meta={"source": str(export)})
+    save_dataset(task, out, fmt)  # type: ignore[arg-type]
+    info = describe(task)
+    stdout.print(f"{len(imported.tasks):,} annotated tasks ({imported.counts['annotations']:,} annotations) → "
+                 f"{out}: " + ", ".join(f"{k} {v:,}" for k, v in info["sizes"].items()))
+    if any(len(r) >= 2 for r in imported.ratings()):
+        report = agreement_report(imported.ratings())
+        stdout.print(f"Fleiss' kappa {report['fleiss_kappa']:.3f} over {report['items_with_2plus']:,} tasks "
+                     f"with 2+ annotators; {report['disagreements']:,} tasks with disagreements "
+                     "(see `lmforge label agreement`)")
+
+
+@app.command("weak")
+def weak_command(
+    source: str = typer.Argument(..., help="Texts (JSONL/CSV; a `label` field, if any, is used to measure) or "
+                                           "builtin:NAME."),
+    lfs: str = typer.Option(..., "--lfs", help="Labelling functions: a YAML file, or a built-in set (zh_sentiment)."),
+    method: str = typer.Option("label_model", help="label_model or majority."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the weakly labelled texts (JSONL) here."),
+) -> None:
+    """Apply labelling functions, combine their votes, and report coverage, overlap, conflict and accuracy."""
+    import json
+
+    from lmforge.cli.console import out as stdout
+    from lmforge.label.session import load_items
+    from lmforge.label.weak import build_lfs, load_weak_config, weak_label
+    from lmforge.records import atomic_path
+
+    config = load_weak_config(lfs)
+    items = load_items(source)
+    gold = [it.meta.get("gold") for it in items]
+    result = weak_label([it.text for it in items], build_lfs(config), config.labels,
+                        gold=gold if any(gold) else None, method=method)  # type: ignore[arg-type]
+    has_gold = any(gold)
+    cols = ["function", "polarity", "coverage", "overlap", "conflict"] + \
+        (["correct", "incorrect", "emp. accuracy"] if has_gold else []) + \
+        (["learned accuracy"] if method == "label_model" else [])
+    rows = [[s["name"], ",".join(s["polarity"]), s["coverage"], s["overlap"], s["conflict"]] +
+            ([s["correct"], s["incorrect"], s["emp_accuracy"]] if has_gold else []) +
+            ([s["learned_accuracy"]] if method == "label_model" else []) for s in result.summary]
+    stdout.print(_table(f"labelling functions on {len(items):,} texts", cols, rows))
+    stdout.print(f"{method}: coverage {result.metrics['coverage']:.3f}" +
+                 (f", accuracy on covered texts {result.metrics['accuracy']:.3f}" if has_gold else ""))
+    if out is not None:
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for i, it in enumerate(items):
+                label = result.label_of(i)
+                if label is not None:
+                    fh.write(json.dumps({"id": it.id, "text": it.text, "label": label,
+                                         "weak_prob": round(float(result.probs[i].max()), 4)}, ensure_ascii=False) + "\n")
+        stdout.print(f"{int((result.predicted >= 0).sum()):,} weakly labelled texts written to {out}")
+
+
+@app.command("agreement")
+def agreement_command(
+    export: Path = typer.Argument(..., help="Label Studio JSON export with several annotations per task."),
+    top: int = typer.Option(10, min=0, help="Disagreements to show."),
+) -> None:
+    """Cohen's kappa per annotator pair, Fleiss' kappa, and the tasks annotators disagree on most."""
+    from lmforge.cli.console import out as stdout
+    from lmforge.label.labelstudio import import_annotations
+    from lmforge.label.quality import agreement_report
+
+    imported = import_annotations(export)
+    report = agreement_report(imported.ratings(), [t.example.meta.get("id") for t in imported.tasks],
+                              [t.example.text for t in imported.tasks], max_disagreements=top)
+    stdout.print(_table("agreement per annotator pair", ["pair", "items", "agreement", "Cohen's kappa"],
+                        [[k, v["items"], v["agreement"], v["kappa"]] for k, v in report["pairwise"].items()]))
+    fleiss = report["fleiss_kappa"]
+    stdout.print(f"Fleiss' kappa: {'n/a' if fleiss is None else f'{fleiss:.3f}'} "
+                 f"({report['items_with_2plus']:,} tasks with 2+ annotators; units are tokens for NER)")
+    stdout.print(f"{report['disagreements']:,} tasks with disagreements; most split first:")
+    for d in report["disagreement_examples"]:
+        answers = "; ".join(f"{who}: {v if isinstance(v, str) else ' '.join(v)}" for who, v in d["answers"].items())
+        stdout.print(f"  [{d['item']}] {d.get('text', '')}  →  {answers}", highlight=False)
+
+
+@app.command("issues")
+def issues_command(
+    source: str = typer.Argument(..., help="Labelled classification file or builtin:NAME."),
+    folds: int = typer.Option(5, min=2, help="Cross-validation folds for out-of-sample probabilities."),
+    top: int = typer.Option(20, min=0, help="Suspects to show."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write every suspect as JSONL here."),
+) -> None:
+    """Find likely label errors (confident learning over a cross-validated TF-IDF classifier)."""
+    import json
+
+    from lmforge.cli.console import out as stdout
+    from lmforge.label.classifier import cross_val_proba
+    from lmforge.label.dataset import load_source
+    from lmforge.label.quality import find_label_issues
+    from lmforge.records import atomic_path
+
+    examples, _ = load_source(source, "classification")
+    labels = [e.label for e in examples]
+    label_set = sorted(set(labels))
+    suspects = find_label_issues(labels, cross_val_proba([e.text for e in examples], labels, label_set, k=folds),
+                                 label_set)
+    stdout.print(f"{len(suspects):,} of {len(examples):,} labels look wrong ({len(suspects) / len(examples):.1%}):")
+    for s in suspects[:top]:
+        ex = examples[s["index"]]
+        stdout.print(f"  {ex.meta.get('id', ex.meta.get('where', s['index']))}: {s['given']} → {s['suggested']} "
+                     f"(p={s['given_prob']:.2f})  {ex.text[:80]}", highlight=False)
+    if out is not None:
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for s in suspects:
+                fh.write(json.dumps({**s, "text": examples[s["index"]].text}, ensure_ascii=False) + "\n")
