@@ -82,9 +82,11 @@ class Translator:
     def __init__(self, path: str | Path, options: TranslatorConfig | None = None) -> None:
         self.path = Path(path)
         self.options = options or TranslatorConfig()
-        if not (self.path / "config.json").is_file():
-            raise ConfigError(f"translation model {self.path}: no config.json (give a transformers model "
-                              "directory or an lmforge fine-tuned model)")
+        from lmforge.finetune.heads import HEAD_FILE
+
+        if not (self.path / "config.json").is_file() and not (self.path / HEAD_FILE).is_file():
+            raise ConfigError(f"translation model {self.path}: no config.json or {HEAD_FILE} (give a transformers "
+                              "model directory or an lmforge model fine-tuned for translation)")
         self.kind, self.model, self.tokenizer = _load(self.path, self.options.device)
         self.generate_calls = 0
 
