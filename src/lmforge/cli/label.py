@@ -80,7 +80,7 @@ def serve_command(
     log_path = out or (Path(f"label-{dataset.split(':', 1)[1]}.answers.jsonl") if dataset.startswith("builtin:")
                        else Path(dataset).with_suffix(".answers.jsonl"))
     session = Session(items, names, AnswerStore(log_path), kind=kind, strategy=strategy,
-                      annotator=annotator or _login(), name=str(dataset))
+                      annotator=annotator or _login(), name=dataset if dataset.startswith("builtin:") else Path(dataset).name)
     console.print(f"labelling {len(items):,} items ({len(session.store.current()):,} done) at http://{host}:{port}/ ; "
                   f"answers go to {log_path}. Ctrl+C stops.", highlight=False)
     serve(session, host, port)
