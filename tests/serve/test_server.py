@@ -179,3 +179,66 @@ def test_64_concurrent_clients_are_batched_and_all_answered(server, reference):
     batch = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
              if line.startswith("lmforge_batch_size_")}
     assert batch["lmforge_batch_size_sum"] / batch["lmforge_batch_size_count"] > 2  # batched, not serialized
+
+
+def test_greedy_matches_transformers_generate_on_the_exported_model(tiny_model_dir, reference, tmp_path):
+    """The server's engine and HF's generate() agree token for token on an exported model, batched."""
+    import torch
+    import transformers
+
+    from lmforge.models.export import export_hf
+
+    hf_dir, _ = export_hf(tiny_model_dir / "pretrain" / "checkpoint", tiny_model_dir / "tokenizer", tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    tok = reference.loaded.tokenizer
+    prompts = ["def f(x):", "你好，世界", "The quick brown fox", "x"]
+    ours = [c[0].token_ids for c in reference(prompts, max_new_tokens=20, ignore_eos=True)]
+    for prompt, expected in zip(prompts, ours, strict=True):
+        ids = torch.tensor([tok.encode(prompt, add_special_tokens=False).ids])
+        with torch.no_grad():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)
+        assert out[0, ids.size(1):].tolist() == expected
+
+
+def test_sigterm_lets_in_flight_streams_finish(tiny_model_dir, lmforge_cli):
+    """Graceful shutdown: a stream in progress when SIGTERM arrives still ends with [DONE]; then the process exits."""
+    import os
+    import signal
+    import threading
+
+    from serving import free_port, wait_healthy
+
+    port = free_port()
+    proc = lmforge_cli("serve", str(tiny_model_dir), "--port", str(port), "--slots", "2", "--device", "cpu",
+                       wait=False)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, timeout=90)
+        lines: list[str] = []
+
+        def consume():
+            with httpx.stream("POST", f"{base}/v1/completions", timeout=60,
+                              json={"model": "tiny", "prompt": "The ", "max_tokens": 100, "stream": True,
+                                    "temperature": 0, "ignore_eos": True}) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+
+        t = threading.Thread(target=consume)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not any(line.startswith("data: {") for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGTERM)
+        at_term = sum(line.startswith("data: {") for line in lines)
+        t.join(60)
+        events = [line for line in lines if line]
+        assert events[-1] == "data: [DONE]"
+        assert at_term < 100 and len(events) == 101  # all 100 tokens arrived, most after the signal
+        # uvicorn re-raises the signal once it has shut down, so the exit status says "terminated".
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{base}/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -101,7 +101,7 @@ class Service:
                            param="max_tokens", code="max_tokens_exceeded")
         params = SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_k=req.top_k,
                                 top_p=req.top_p, repetition_penalty=req.repetition_penalty, n=req.n,
-                                stop=req.stop, seed=req.seed)
+                                stop=req.stop, seed=req.seed, ignore_eos=req.ignore_eos)
         try:
             self.backend.check_fits(prompt_tokens, params)
         except UserError as exc:

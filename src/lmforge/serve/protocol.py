@@ -52,6 +52,7 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # not OpenAI's, but vLLM's and widely sent
     repetition_penalty: float = Field(1.0, gt=0)
+    ignore_eos: bool = False  # vLLM's: generate max_tokens whatever the model says (benchmarks)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = Field(None, validate_default=True)
     seed: int | None = None
