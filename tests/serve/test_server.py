@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import httpx

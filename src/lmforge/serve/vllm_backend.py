@@ -13,7 +13,6 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from lmforge.errors import MissingDependencyError, UserError
 from lmforge.serve.engine import Event
