@@ -127,6 +127,10 @@ def test_data_only_run_gets_data_sections_and_sampling_is_stated(make_recipe, tm
     dedup = {row[0]: row for row in cells(section(page, "dedup")) if len(row) == 5}
     assert number(dedup["minhash_dedup"][2]) == near > 0  # cluster sizes recorded by MinHash add up
 
+    # a small row budget is shared by the stages: the dedup stage's clusters are still seen
+    q = data.scan_quarantine(tmp_path / "run", max_rows=4)
+    assert q.clusters["minhash_dedup"] and q.files_read < q.files_total
+
     monkeypatch.setattr(data, "MAX_SHARDS", 4)
     shards = len(list((tmp_path / "run" / "stages" / "00-input").glob("shard-*.parquet")))
     page = write_report(tmp_path / "run", tmp_path / "sampled.html").read_text(encoding="utf-8")

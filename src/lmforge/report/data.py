@@ -122,7 +122,6 @@ class Quarantine:
     # stage -> cluster key -> size (kept document included)
     clusters: dict[str, dict[str, int]] = field(default_factory=dict)
     cluster_text: dict[str, dict[str, str]] = field(default_factory=dict)
-    rows: int = 0
     files_read: int = 0
     files_total: int = 0
 
@@ -141,51 +140,69 @@ def _snippet(text: str | None) -> str:
     return text if len(text) <= SNIPPET else text[: SNIPPET - 1] + "…"
 
 
+def _evenly(items: list[Path], limit: int) -> list[Path]:
+    if len(items) <= limit:
+        return items
+    return [items[round(i * (len(items) - 1) / (limit - 1))] for i in range(limit)]
+
+
 def scan_quarantine(run_dir: Path, max_rows: int | None = None) -> Quarantine | None:
-    """Read quarantine shards (text, url, meta) until `max_rows`; None when the run dropped nothing."""
+    """Read quarantine shards (text, url, meta); None when the run dropped nothing.
+
+    Each stage directory gets an equal share of `max_rows` and at most MAX_SHARDS of its files,
+    evenly spaced, so a huge early quarantine (say, non-HTML WARC members) never hides the
+    dedup stages' clusters.
+    """
     import pyarrow.parquet as pq
 
-    files = [p for d in stage_dirs(run_dir) for p in sorted(d.glob("quarantine-*.parquet"))]
-    if not files:
+    per_stage = {d: sorted(d.glob("quarantine-*.parquet")) for d in stage_dirs(run_dir)}
+    per_stage = {d: files for d, files in per_stage.items() if files}
+    if not per_stage:
         return None
-    max_rows = max_rows or MAX_ROWS
-    q = Quarantine(files_total=len(files))
+    budget = max(1, (max_rows or MAX_ROWS) // len(per_stage))
+    q = Quarantine(files_total=sum(len(f) for f in per_stage.values()))
     dup_counts: dict[str, Counter] = {}
-    for path in files:
-        if q.rows >= max_rows:
-            break
-        columns = [c for c in ("text", "url", "source", "meta") if c in pq.read_schema(path).names]
-        table = pq.read_table(path, columns=columns).to_pydict()
-        q.files_read += 1
-        for i, raw in enumerate(table.get("meta", [])):
-            q.rows += 1
-            try:
-                meta = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
-            except ValueError:
-                meta = {}
-            reason = str(meta.get("drop_reason") or "unknown")
-            stage = str(meta.get("drop_stage") or path.parent.name.split("-", 1)[-1])
-            text = table["text"][i] if "text" in table else ""
-            found = q.examples.setdefault(reason, [])
-            if len(found) < EXAMPLES_PER_REASON:
-                where = (table.get("url") or [None] * (i + 1))[i] or (table.get("source") or [""] * (i + 1))[i]
-                found.append({"stage": stage, "text": _snippet(text), "where": where or ""})
-            details = meta.get(stage)
-            if not isinstance(details, dict):
-                continue
-            if details.get("cluster") is not None:
-                key = str(details["cluster"])
-                sizes = q.clusters.setdefault(stage, {})
-                sizes[key] = max(sizes.get(key, 0), int(details.get("cluster_size") or 2))
-            elif details.get("duplicate_of") is not None:
-                key = str(details["duplicate_of"])
-                dup_counts.setdefault(stage, Counter())[key] += 1
-            else:
-                continue
-            q.cluster_text.setdefault(stage, {}).setdefault(key, _snippet(text))
+    for stage_dir, files in per_stage.items():
+        rows = 0
+        for path in _evenly(files, max(2, MAX_SHARDS)):
+            if rows >= budget:
+                break
+            columns = [c for c in ("text", "url", "source", "meta") if c in pq.read_schema(path).names]
+            table = pq.read_table(path, columns=columns).to_pydict()
+            q.files_read += 1
+            rows += len(table.get("meta", []))
+            _scan_rows(q, table, stage_dir.name.split("-", 1)[-1], dup_counts)
     for stage, counts in dup_counts.items():
         q.clusters.setdefault(stage, {}).update({key: n + 1 for key, n in counts.items()})
     return q
+
+
+def _scan_rows(q: Quarantine, table: dict[str, list], dir_stage: str, dup_counts: dict[str, Counter]) -> None:
+    """Drop examples and duplicate clusters from one quarantine shard's columns."""
+    texts, urls, sources = (table.get(c) or [None] * len(table.get("meta", [])) for c in ("text", "url", "source"))
+    for i, raw in enumerate(table.get("meta", [])):
+        try:
+            meta = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+        except ValueError:
+            meta = {}
+        reason = str(meta.get("drop_reason") or "unknown")
+        stage = str(meta.get("drop_stage") or dir_stage)
+        found = q.examples.setdefault(reason, [])
+        if len(found) < EXAMPLES_PER_REASON:
+            found.append({"stage": stage, "text": _snippet(texts[i]), "where": urls[i] or sources[i] or ""})
+        details = meta.get(stage)
+        if not isinstance(details, dict):
+            continue
+        if details.get("cluster") is not None:
+            key = str(details["cluster"])
+            sizes = q.clusters.setdefault(stage, {})
+            sizes[key] = max(sizes.get(key, 0), int(details.get("cluster_size") or 2))
+        elif details.get("duplicate_of") is not None:
+            key = str(details["duplicate_of"])
+            dup_counts.setdefault(stage, Counter())[key] += 1
+        else:
+            continue
+        q.cluster_text.setdefault(stage, {}).setdefault(key, _snippet(texts[i]))
 
 
 # --------------------------------------------------------------------------- tokenizer
