@@ -49,7 +49,7 @@ BASE = "input: {builtin: {}}\n"
         (BASE + "pipeline:\n  - length_filter: {min_chars: lots}\n", "pipeline[0].length_filter.min_chars: Input should be a valid integer"),
         (BASE + "pipeline:\n  - length_filter: {min_char: 3}\n", "pipeline[0].length_filter.min_char: unknown key"),
         (BASE + "pipeline:\n  - {normalize: {}, strip_html: {}}\n", "pipeline: entry [0] must be a single-key mapping"),
-        ("input: {builtin: {}, files: [a.txt]}\n", "input: give exactly one source of builtin, files, warc, crawl, sql, api, dataset (got ['builtin', 'files'])"),
+        ("input: {shard_size: 5}\n", "input: give at least one source of builtin, files, warc, crawl, sql, api, dataset"),
         ("input: {builtin: {corpora: [wikipedia]}}\n", "input.builtin.corpora[0]: must be one of"),
         ("pipeline: []\n", "a recipe needs an 'input' section (data steps) or a 'finetune' section"),
         ("- just\n- a list\n", "a recipe must be a mapping of steps"),

@@ -34,3 +34,14 @@ def test_corpora_cli_list_and_export(tmp_path, capsys):
     assert main(["corpora", "export", "peoples_daily", "--out", str(tmp_path / "p.parquet"), "--limit", "7"]) == 0
     assert [r.text for r in read_parquet(tmp_path / "p.parquet")] == [r.text for r in corpus_records("peoples_daily", 7)]
     assert main(["corpora", "export", "wikipedia", "--out", str(tmp_path / "x.jsonl")]) == 2
+
+
+def test_several_sources_are_read_one_after_the_other(tmp_path):
+    from lmforge.collect.source import InputConfig, iter_input
+
+    (tmp_path / "notes.txt").write_text("一个本地文件里的文字。", encoding="utf-8")
+    cfg = InputConfig.model_validate({"builtin": {"corpora": ["reviews"], "max_docs_per_corpus": 3},
+                                      "files": {"paths": ["notes.txt"]}})
+    records = list(iter_input(cfg, tmp_path, tmp_path / "work"))
+    assert [r.source for r in records][:3] == ["builtin:reviews"] * 3
+    assert records[3].text == "一个本地文件里的文字。" and len(records) == 4
