@@ -150,11 +150,11 @@ def dedup_section(run: Run) -> Section | None:
         plots.grouped_bars(labels, series, title, "clusters", log=max(max(v) for v in series.values()) > 50),
         title, "documents per cluster, the kept one included")]
     rows = []
-    for stage, sizes_by_key in q.clusters.items():
-        values = list(sizes_by_key.values())
+    for stage in dists:
+        values = list(q.clusters[stage].values())
         rows.append([stage, len(values), sum(values) - len(values), max(values), sum(values) / len(values)])
     blocks.append(Table(["stage", "clusters", "duplicates removed", "largest cluster", "mean size"], rows))
-    top = [[stage, size, text] for stage in q.clusters for size, text in q.largest(stage)]
+    top = [[stage, size, text] for stage in dists for size, text in q.largest(stage)]
     blocks.append(Details("Largest clusters", [Table(["stage", "size", "text (a removed copy)"], top,
                                                      wide_text=True)]))
     if q.files_read < q.files_total:

@@ -209,11 +209,11 @@ def _config_table(config: dict[str, Any]) -> Grid:
     tables = []
     scalars = [[k, v] for k, v in config.items() if not nested(v)]
     if scalars:
-        tables.append(Table(["key", "value"], scalars))
+        tables.append(Table(["key", "value"], scalars, kv=True))
     for key, value in config.items():
         if nested(value):
             rows = [[k.removeprefix(key).removeprefix("."), v] for k, v in flatten(value, key)]
-            tables.append(Table(["key", "value"], rows, caption=key))
+            tables.append(Table(["key", "value"], rows, caption=key, kv=True))
     return Grid(tables)
 
 
