@@ -102,13 +102,13 @@ class Eda:
                 spans: list[tuple[int, int, str]] | tuple = ()) -> list[Augmented]:
         """Up to `num_aug` distinct texts, each from one operation; the operations take turns."""
         lead, units = self.segmenter.units(text, lang, spans)
-        n_words = sum(1 for u in units if u.word)
+        sent = _Sentence(units, lang)
         seen = {text, text.rstrip()}
         out: list[Augmented] = []
         start = rng.randrange(len(self.ops))
         for k in range(num_aug):
             op = self.ops[(start + k) % len(self.ops)]
-            new, changes = getattr(self, f"_{op}")(units, lang, rng, n_words)
+            new, changes = getattr(self, f"_{op}")(sent, rng)
             if not changes:
                 continue
             new_text, new_spans = render(lead, new, lang)
@@ -119,63 +119,73 @@ class Eda:
 
     # ------------------------------------------------------------------ the four operations
 
-    def _n(self, op: str, n_words: int) -> int:
-        return max(1, int(self._rates[op] * n_words))
+    def _n(self, op: str, sent: _Sentence) -> int:
+        return max(1, int(self._rates[op] * sent.n_words))
 
-    def _sources(self, units: list[Unit], lang: str, rng: random.Random):
-        """(index, synonyms) of replaceable words with synonyms, in random order, looked up lazily."""
-        order = [i for i, u in enumerate(units) if u.word and not u.protected and u.text.lower() not in self._stop]
-        rng.shuffle(order)
-        lookup = self.synonyms(lang)
-        for i in order:
-            syns = lookup(units[i].text)
-            if syns:
-                yield i, syns
+    def _sources(self, sent: _Sentence) -> list[tuple[int, list[str]]]:
+        """(index, synonyms) of the replaceable words that have synonyms; looked up once per sentence."""
+        if sent.sources is None:
+            lookup, stop, units = self.synonyms(sent.lang), self._stop, sent.units
+            fold = str.lower if sent.lang == "en" else str  # Chinese has no case
+            sent.sources = [(i, syns) for i in sent.free if fold(units[i].text) not in stop
+                            and (syns := lookup(units[i].text))]
+        return sent.sources
 
-    def _sr(self, units: list[Unit], lang: str, rng: random.Random, n_words: int) -> tuple[list[Unit], int]:
-        new = list(units)
-        n, done = self._n("sr", n_words), 0
-        for i, syns in self._sources(units, lang, rng):
-            if done == n:
-                break
-            old = units[i]
-            new[i] = Unit(match_case(rng.choice(syns), old.text), ws=old.ws, word=True)
-            done += 1
-        return new, done
+    def _sr(self, sent: _Sentence, rng: random.Random) -> tuple[list[Unit], int]:
+        sources = self._sources(sent)
+        picks = rng.sample(sources, min(self._n("sr", sent), len(sources)))
+        new = list(sent.units)
+        for i, syns in picks:
+            old = new[i]
+            new[i] = Unit(match_case(rng.choice(syns), old.text), old.ws, True)
+        return new, len(picks)
 
-    def _ri(self, units: list[Unit], lang: str, rng: random.Random, n_words: int) -> tuple[list[Unit], int]:
-        sources = list(self._sources(units, lang, rng))
+    def _ri(self, sent: _Sentence, rng: random.Random) -> tuple[list[Unit], int]:
+        sources = self._sources(sent)
         if not sources:
-            return units, 0
-        new = list(units)
-        n = self._n("ri", n_words)
+            return sent.units, 0
+        new = list(sent.units)
+        n = self._n("ri", sent)
+        ws = " " if sent.lang == "en" else ""
         for _ in range(n):
             _, syns = rng.choice(sources)
             # before a word, or at the end after a word; never right after a protected unit ("20|岁", "没|看过")
             places = [j for j, u in enumerate(new) if u.word and not (j and new[j - 1].protected)]
             places += [len(new)] if new and new[-1].word and not new[-1].protected else []
             if not places:
-                return units, 0
-            new.insert(rng.choice(places), Unit(rng.choice(syns), ws=" " if lang == "en" else "", word=True))
+                return sent.units, 0
+            new.insert(rng.choice(places), Unit(rng.choice(syns), ws, True))
         return new, n
 
-    def _rs(self, units: list[Unit], lang: str, rng: random.Random, n_words: int) -> tuple[list[Unit], int]:
-        movable = [i for i, u in enumerate(units) if u.word and not u.protected]
+    def _rs(self, sent: _Sentence, rng: random.Random) -> tuple[list[Unit], int]:
+        movable = sent.free
         if len(movable) < 2:
-            return units, 0
-        new = list(units)
-        n = self._n("rs", n_words)
+            return sent.units, 0
+        new = list(sent.units)
+        n = self._n("rs", sent)
         for _ in range(n):
             a, b = rng.sample(movable, 2)
-            new[a], new[b] = Unit(new[b].text, ws=new[a].ws, word=True), Unit(new[a].text, ws=new[b].ws, word=True)
+            new[a], new[b] = Unit(new[b].text, new[a].ws, True), Unit(new[a].text, new[b].ws, True)
         return new, n
 
-    def _rd(self, units: list[Unit], lang: str, rng: random.Random, n_words: int) -> tuple[list[Unit], int]:
-        p = self._rates["rd"]
-        gone = {i for i, u in enumerate(units) if u.word and not u.protected and rng.random() < p}
-        if gone and len(gone) == n_words:  # every word would go: keep one
+    def _rd(self, sent: _Sentence, rng: random.Random) -> tuple[list[Unit], int]:
+        p, rand = self._rates["rd"], rng.random
+        gone = {i for i in sent.free if rand() < p}
+        if gone and len(gone) == sent.n_words:  # every word would go: keep one
             gone.discard(rng.choice(sorted(gone)))
-        return [u for i, u in enumerate(units) if i not in gone], len(gone)
+        return [u for i, u in enumerate(sent.units) if i not in gone], len(gone)
+
+
+class _Sentence:
+    """What the operations share about one sentence, computed once for all its copies."""
+
+    __slots__ = ("units", "lang", "n_words", "free", "sources")
+
+    def __init__(self, units: list[Unit], lang: str) -> None:
+        self.units, self.lang = units, lang
+        self.n_words = sum(1 for u in units if u.word)
+        self.free = [i for i, u in enumerate(units) if u.word and not u.protected]  # may move, go or change
+        self.sources: list[tuple[int, list[str]]] | None = None
 
 
 def match_case(word: str, like: str) -> str:

@@ -53,6 +53,8 @@ ZH_NUMBER_TAGS = frozenset(("m", "mq"))
 _EN_TOKEN = re.compile(r"(\w+(?:['’]\w+)*|[^\w\s]+)(\s*)")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 _SENTENCE_END = frozenset(".!?:;。！？：；")
+_CLAUSE_END = _SENTENCE_END | frozenset("，,、")
+NEGATION, PROTECTED = 2, 1
 _DIGIT = re.compile(r"\d")
 
 
@@ -131,6 +133,7 @@ class Segmenter:
         pieces = [re.escape(t) for t in sorted(self.protect.terms, key=len, reverse=True) if t]
         pieces += [f"(?:{p})" for p in self.protect.patterns]
         self._atomic = re.compile("|".join(pieces)) if pieces else None
+        self._kinds: dict[str, int] = {}  # Chinese word -> NEGATION / PROTECTED / 0
 
     # ------------------------------------------------------------------ cutting
 
@@ -164,15 +167,14 @@ class Segmenter:
         if not gap:
             return lead
         if lang == "zh":
-            tokens = jieba_tokenizer().lcut(gap, HMM=self.hmm)
-            for tok in tokens:
-                if tok.isspace():
-                    if units:
-                        units[-1].ws += tok
-                    else:
-                        lead += tok
+            append = units.append
+            for tok in jieba_tokenizer().lcut(gap, HMM=self.hmm):
+                if not tok.isspace():
+                    append(Unit(tok, "", tok[0].isalnum() or tok[-1].isalnum()))
+                elif units:
+                    units[-1].ws += tok
                 else:
-                    units.append(Unit(tok, word=tok[0].isalnum() or tok[-1].isalnum()))
+                    lead += tok
             return lead
         stripped = gap.lstrip()
         space = gap[: len(gap) - len(stripped)]
@@ -187,10 +189,24 @@ class Segmenter:
 
     # ------------------------------------------------------------------ protection
 
-    def _mark(self, units: list[Unit], lang: str) -> None:
+    def _zh_kind(self, word: str) -> int:
+        """NEGATION, PROTECTED or 0 for a Chinese word: its rules need no context, so the answer is cached."""
         p = self.protect
-        zh = lang == "zh"
-        known, tags = (jieba_tokenizer().FREQ, jieba_tags()) if zh else (None, None)
+        if p.negations and not NEGATION_CHARS_ZH.isdisjoint(word):
+            return NEGATION
+        tag = jieba_tags().get(word)
+        if p.numbers and (_DIGIT.search(word) or ZH_NUMERALS.issuperset(word) or tag in ZH_NUMBER_TAGS):
+            return PROTECTED
+        if p.entities and (tag in ZH_ENTITY_TAGS or (len(word) > 1 and word not in jieba_tokenizer().FREQ
+                                                     and is_han(word))):
+            return PROTECTED
+        return 0
+
+    def _mark(self, units: list[Unit], lang: str) -> None:
+        if lang == "zh":
+            self._mark_zh(units)
+            return
+        p = self.protect
         prev_end = True  # the first word starts a sentence
         scope = 0  # words left in the scope of the last negation
         for u in units:
@@ -200,26 +216,37 @@ class Segmenter:
                     scope = 0  # a clause ends the scope
                 continue
             t = u.text
-            if p.negations and _is_negation(t, lang):
+            if p.negations and _is_negation(t):
                 u.protected, scope = True, p.negation_scope
-                prev_end = False
-                continue
-            if scope:
+            elif scope:
                 u.protected, scope = True, scope - 1
-            elif zh:
-                tag = tags.get(t)  # type: ignore[union-attr]
-                u.protected = bool(
-                    (p.numbers and (_DIGIT.search(t) or ZH_NUMERALS.issuperset(t) or tag in ZH_NUMBER_TAGS))
-                    or (p.entities and (tag in ZH_ENTITY_TAGS or (len(t) > 1 and t not in known and is_han(t)))))
             else:
                 u.protected = bool((p.numbers and (_DIGIT.search(t) or t.lower() in NUMBERS_EN))
                                    or (p.entities and not prev_end and t[0].isupper()))
             prev_end = False
 
+    def _mark_zh(self, units: list[Unit]) -> None:
+        kinds, width = self._kinds, self.protect.negation_scope
+        scope = 0
+        for u in units:
+            if u.protected or not u.word:
+                if u.text[-1] in _CLAUSE_END:
+                    scope = 0
+                continue
+            kind = kinds.get(u.text)
+            if kind is None:
+                if len(kinds) > 1_000_000:  # bound the memory on endless vocabularies
+                    kinds.clear()
+                kind = kinds[u.text] = self._zh_kind(u.text)
+            if kind == NEGATION:
+                u.protected, scope = True, width
+            elif scope:
+                u.protected, scope = True, scope - 1
+            elif kind:
+                u.protected = True
 
-def _is_negation(word: str, lang: str) -> bool:
-    if lang == "zh":
-        return not NEGATION_CHARS_ZH.isdisjoint(word)
+
+def _is_negation(word: str) -> bool:
     low = word.lower()
     return low in NEGATIONS_EN or low.endswith(("n't", "n’t"))
 
