@@ -257,3 +257,39 @@ def test_a_causal_checkpoint_is_refused_for_masking(tmp_path):
     ckpt = save_checkpoint(gpt, gpt.config, tmp_path / "ckpt")
     with pytest.raises(ConfigError, match="needs a masked LM"):
         MaskedLM(ckpt)
+
+
+# --------------------------------------------------------------------------- embedding neighbours as synonyms
+
+
+def test_embedding_neighbours_of_an_lmforge_checkpoint_feed_eda(tmp_path, tokenizer):
+    """Rows of 好/棒-like pairs made parallel in a GPT's embedding become each other's synonyms."""
+    import random
+
+    import torch
+
+    from lmforge.augment.eda import Eda, EdaConfig
+    from lmforge.augment.lexicon import EmbeddingNeighbours
+    from lmforge.models.gpt import GPT, config_from_preset
+    from lmforge.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    gpt = GPT(config_from_preset("tiny", len(tokenizer)))
+    ids = tokenizer.convert_tokens_to_ids
+    with torch.no_grad():
+        wte = gpt.transformer.wte.weight
+        wte[ids("热")] = wte[ids("好")] * 1.5  # same direction: cosine 1
+        wte[ids("clean")] = wte[ids("quiet")] + 0.01
+        wte[ids("good")] = wte[ids("好")] * 2.0  # as close, but another script
+    run = tmp_path / "run"
+    tokenizer.save_pretrained(run / "tokenizer")
+    ckpt = save_checkpoint(gpt, gpt.config, run / "pretrain" / "checkpoint")
+    near = EmbeddingNeighbours(ckpt, k=3)
+    assert near("好")[0] == "热" and near("quiet")[0] == "clean"
+    assert "good" not in near("好") and "好" not in near("good")  # neighbours share the word's script
+    assert near("马悦凌") == []  # not one token of the vocabulary
+
+    eda = Eda(EdaConfig(alpha_sr=1.0, alpha_ri=0, alpha_rs=0, p_rd=0, zh_synonyms="embedding",
+                        embedding={"model": str(ckpt), "k": 1}))
+    (copy,) = eda.augment("好", "zh", random.Random(0), 1)
+    assert copy.text == "热" and copy.op == "synonym_replacement"

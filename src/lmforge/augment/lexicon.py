@@ -204,7 +204,9 @@ def load_embedding(model: str | Path, tokenizer: str | Path | None = None):
         from safetensors.numpy import load_file
 
         weights = load_file(str(path / "model.safetensors"))
-        key = next((k for k in ("transformer.wte.weight", "embeddings.word.weight") if k in weights), None)
+        # tied embeddings are stored once, under the output layer's name (lm_head / decoder)
+        names = ("transformer.wte.weight", "embeddings.word.weight", "lm_head.weight", "decoder.weight")
+        key = next((k for k in names if k in weights), None)
         if key is None:
             raise ConfigError(f"{path}: no word embedding in the checkpoint (keys: {sorted(weights)[:5]} ...)")
         matrix = weights[key]
