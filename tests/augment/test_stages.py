@@ -52,7 +52,7 @@ def test_ids_and_texts_are_reproducible_and_seed_dependent():
     first = run(0)
     assert first == run(0) and first != run(1)
     copy_ids = [i for i, _ in first if not i.startswith("r")]
-    assert copy_ids[0] == make_id("r0", "augment:eda:0") and len(set(copy_ids)) == len(copy_ids)
+    assert copy_ids[0] == make_id("r0", "augment:eda:0:0") and len(set(copy_ids)) == len(copy_ids)
 
 
 def test_validation_test_and_unsplit_records_are_never_augmented():

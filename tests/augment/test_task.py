@@ -10,6 +10,11 @@ from lmforge.errors import ConfigError
 from lmforge.finetune.data import Example, make_task, repair_bio
 from lmforge.finetune.loaders import load_examples
 
+SMALL = make_task("classification", [Example(text=t, label=y) for t, y in [
+    ("这家酒店的房间很干净，服务也很热情，下次还会再来。", "pos"), ("房间太小了，空调的声音很大，晚上根本睡不着。", "neg"),
+    ("快递很快，包装完好，书的印刷质量也不错。", "pos"), ("价格偏高，早餐的品种太少，不值这个价钱。", "neg")]],
+    val_frac=0, test_frac=0)
+
 
 def config(data, *operations, seed=0):
     return validate(AugmentTaskConfig, {"data": data, "seed": seed, "operations": list(operations)})
@@ -104,8 +109,20 @@ def test_operations_are_typed_and_errors_name_the_field():
         config({"builtin": "zh_sentiment"}, {"eda": {}, "back_translate": {"forward": "a", "backward": "b"}})
     with pytest.raises(ConfigError, match=r"operations\[0\]\.synonyms: unknown key"):
         config({"builtin": "zh_sentiment"}, {"synonyms": {}})
+    twice = config({"builtin": "zh_sentiment"}, {"eda": {"seed": 3}}, {"eda": {"seed": 3}})
+    with pytest.raises(ConfigError, match=r"operations\[1\]: another eda already uses seed 3"):
+        augment_task(SMALL, twice.operations)
     with pytest.raises(ConfigError, match="augmentation needs a classification or ner task"):
         load_labelled(config({"builtin": "instructions"}, "eda").data, 0)
+
+
+def test_two_operations_of_one_kind_make_different_copies():
+    out, report = augment_task(SMALL, config({"builtin": "zh_sentiment"}, "eda", "eda").operations)
+    copies = [e for e in out.train if "augmented_from" in e.meta]
+    ids = [e.meta["id"] for e in copies]
+    assert len(ids) == len(set(ids)) == report["augmented"] > 4
+    assert set(report["operations"]) == {"eda[0]", "eda[1]"}
+    assert len({e.text for e in copies}) > 0.8 * len(copies)  # the same seed twice would repeat every copy
 
 
 def test_augment_command_writes_the_file_and_reports_errors(tmp_path, lmforge_cli):

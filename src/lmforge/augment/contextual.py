@@ -210,5 +210,9 @@ class ContextualStage(AugmentStage):
     name = "contextual_substitute"
     Config = ContextualConfig
 
+    _substituter: ContextualSubstituter | None = None
+
     def augment_items(self, items: list[Item]) -> list[list[Augmented]]:
-        return ContextualSubstituter(self.config).augment(items, self.config.num_aug)
+        if self._substituter is None:  # the model loads on the first batch, in the worker that runs it
+            self._substituter = ContextualSubstituter(self.config)
+        return self._substituter.augment(items, self.config.num_aug)

@@ -10,7 +10,8 @@ anything is augmented. Records that are themselves augmented copies are not augm
 The label is read from `meta.label` (`label_field`, a dotted path into meta): a string is a class
 and is copied; a list is NER spans over the text ([start, end, type] or {start, end, label}),
 which the operations keep intact and move with the text. A copy's id is derived from the
-original's id, the stage and its number, and its meta holds `augmented_from` (the original id)
+original's id, the stage, its seed and the copy's number (two stages of one kind in a pipeline need
+different seeds), and its meta holds `augmented_from` (the original id)
 and `augment` ({stage, op, changes, ...}).
 """
 
@@ -205,7 +206,7 @@ class AugmentStage(Stage):
             meta_set(meta, cfg.label_field, format_spans(aug.spans, meta_get(record.meta, cfg.label_field)))
         meta["augmented_from"] = record.id
         meta["augment"] = {"stage": self.name, "op": aug.op, "changes": aug.changes, **aug.details}
-        return Record(id=make_id(record.id, f"augment:{self.name}:{k}"), text=aug.text, source=record.source,
+        return Record(id=make_id(record.id, f"augment:{self.name}:{cfg.seed}:{k}"), text=aug.text, source=record.source,
                       url=record.url, lang=record.lang, meta=meta, provenance=dict(record.provenance))
 
 

@@ -188,13 +188,18 @@ def augment_examples(examples: list[Example], kind: str, operations: list[Operat
 
     records = [example_record(ex, kind, i, lang) for i, ex in enumerate(examples)]
     chars = {r.id: kind == "ner" and char_tokens(ex) for r, ex in zip(records, examples, strict=True)}
-    stages = []
-    for op in operations:
+    stages, used = [], set()
+    for i, op in enumerate(operations):
         name, cfg = op.spec()
         update: dict[str, Any] = {"label_field": "label", "split_field": "split", "splits": ["train"],
                                   "assign_splits": None}
-        if "seed" not in cfg.model_fields_set:
-            update["seed"] = seed
+        if "seed" not in cfg.model_fields_set:  # a second operation of one kind gets the next seed
+            update["seed"] = seed + sum(1 for n, _ in used if n == name)
+        key = (name, update.get("seed", getattr(cfg, "seed", 0)))
+        if key in used:
+            raise ConfigError(f"augment.operations[{i}]: another {name} already uses seed {key[1]}; "
+                              "its copies would repeat the first one's: give it another seed")
+        used.add(key)
         stages.append(resolve_stage(name)(cfg.model_copy(update=update)))
     out, stats = run_chain(stages, records)
     copies = [record_example(r, kind, chars[r.meta["augmented_from"]]) for r in out if "augmented_from" in r.meta]
