@@ -111,7 +111,7 @@ class Eda:
             new, changes = getattr(self, f"_{op}")(sent, rng)
             if not changes:
                 continue
-            new_text, new_spans = render(lead, new, lang)
+            new_text, new_spans = render(lead, new, lang, labelled=bool(spans))
             if new_text and new_text not in seen:
                 seen.add(new_text)
                 out.append(Augmented(new_text, OP_NAMES[op], changes, new_spans))

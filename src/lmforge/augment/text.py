@@ -251,13 +251,17 @@ def _is_negation(word: str) -> bool:
     return low in NEGATIONS_EN or low.endswith(("n't", "n’t"))
 
 
-def render(lead: str, units: Sequence[Unit], lang: str) -> tuple[str, list[tuple[int, int, str]]]:
+def render(lead: str, units: Sequence[Unit], lang: str, labelled: bool | None = None
+           ) -> tuple[str, list[tuple[int, int, str]]]:
     """The text of `units` and the (start, end, label) offsets of the labelled ones in it.
 
     English words that end up side by side with no whitespace (after a swap or an insertion)
-    get a space between them; trailing whitespace is dropped.
+    get a space between them; trailing whitespace is dropped. `labelled=False` promises there is no
+    labelled unit (a sentence without spans), which saves looking.
     """
-    if lang != "en" and not any(u.label is not None for u in units):  # the common Chinese case, fast
+    if labelled is None:
+        labelled = any(u.label is not None for u in units)
+    if lang != "en" and not labelled:  # the common Chinese case, fast
         return (lead + "".join([u.text + u.ws for u in units])).rstrip(), []
     parts = [lead]
     size = len(lead)

@@ -23,7 +23,7 @@ import typer
 
 def augment_command(
     recipe: Path = typer.Argument(..., help="YAML recipe with an `augment:` section."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory [default: runs/<recipe name>]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: runs/RECIPE-NAME)."),
     preview: int = typer.Option(3, min=0, help="Print this many augmented examples next to their originals."),
     seed: int | None = typer.Option(None, help="Override augment.seed."),
 ) -> None:
