@@ -144,7 +144,14 @@ def split_command(
     """Stratified train/val/test splits with no identical or near-identical text in two splits."""
     from lmforge.cli.console import out as stdout
     from lmforge.finetune.data import TaskData
-    from lmforge.label.dataset import NEAR_DUPLICATES, build_dataset, describe, kfold, load_source, save_dataset
+    from lmforge.label.dataset import (
+        NEAR_DUPLICATES,
+        build_dataset,
+        describe,
+        kfold,
+        load_source,
+        save_dataset,
+    )
 
     examples, found = load_source(source, kind)  # type: ignore[arg-type]
     near = NEAR_DUPLICATES if near_duplicates else None

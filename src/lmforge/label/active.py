@@ -6,8 +6,10 @@ Uncertainty sampling asks for the items the current model is least sure about:
 - margin: 1 - (p_top - p_second), only the two best classes count;
 - least_confidence: 1 - p_top.
 
-For two classes all three rank items the same way (each is a function of |p - 0.5|); they differ
-from three classes up. Diversity sampling ignores the model and covers the data: greedy k-centre
+For two classes all three rank items the same way in exact arithmetic (each is a function of
+|p - 0.5|); in floating point entropy is flat near p = 0.5 (quadratic there), so among the most
+uncertain items its near-ties break by index where margin still orders them. From three classes
+up they differ outright. Diversity sampling ignores the model and covers the data: greedy k-centre
 (farthest-first) on embeddings, picking each item farthest from everything labelled or already
 picked. `entropy+diversity` takes the most uncertain `pool_factor * k` items and picks k of them
 by k-centre, so one batch does not spend its labels on ten near-copies of the same hard review.
@@ -52,21 +54,34 @@ def uncertainty(probs: np.ndarray, strategy: str) -> np.ndarray:
     return scores[strategy](probs)
 
 
-def kcenter(embeddings: np.ndarray, labelled: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+def distances_to(embeddings: np.ndarray, rows: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Per row, the cosine distance to the nearest anchor (rows and anchors index `embeddings`)."""
+    Z, A = embeddings[np.asarray(rows)], embeddings[np.asarray(anchors)]
+    dist = np.full(len(Z), np.inf)
+    for lo in range(0, len(A), 2048):  # bounded memory: rows x 2048 similarities at a time
+        dist = np.minimum(dist, 1.0 - (Z @ A[lo:lo + 2048].T).max(axis=1))
+    return dist
+
+
+def kcenter(embeddings: np.ndarray, labelled: np.ndarray, candidates: np.ndarray, k: int,
+            distances: np.ndarray | None = None) -> np.ndarray:
     """k candidates chosen farthest-first: each is the one farthest (cosine) from all labelled and chosen items.
 
     `embeddings` rows should be L2-normalised; with nothing labelled the first pick is the
-    candidate farthest from the mean.
+    candidate farthest from the mean. `distances` (per candidate, to the labelled items) may be
+    passed in when the caller keeps them up to date, which saves recomputing them every round.
     """
     candidates = np.asarray(candidates)
     k = min(k, len(candidates))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     Z = embeddings[candidates]
-    anchors = embeddings[np.flatnonzero(labelled)] if np.any(labelled) else embeddings.mean(axis=0, keepdims=True)
-    dist = np.full(len(candidates), np.inf)
-    for lo in range(0, len(anchors), 2048):  # bounded memory: candidates x 2048 similarities at a time
-        dist = np.minimum(dist, 1.0 - (Z @ anchors[lo:lo + 2048].T).max(axis=1))
+    if distances is not None:
+        dist = np.asarray(distances, dtype=np.float64).copy()
+    elif np.any(labelled):
+        dist = distances_to(embeddings, candidates, np.flatnonzero(labelled))
+    else:
+        dist = 1.0 - Z @ embeddings.mean(axis=0)
     chosen = []
     for _ in range(k):
         i = int(np.argmax(dist))
@@ -77,10 +92,12 @@ def kcenter(embeddings: np.ndarray, labelled: np.ndarray, candidates: np.ndarray
 
 
 def select(k: int, strategy: Strategy, *, labelled: np.ndarray, probs: np.ndarray | None = None,
-           embeddings: np.ndarray | None = None, seed: int = 0, pool_factor: int = 5) -> np.ndarray:
+           embeddings: np.ndarray | None = None, seed: int = 0, pool_factor: int = 5,
+           distances: np.ndarray | None = None) -> np.ndarray:
     """Indices of the next k items to label, among those not `labelled` (a boolean mask over the pool).
 
-    `probs` (pool x classes) is needed for uncertainty strategies, `embeddings` for diversity.
+    `probs` (pool x classes) is needed for uncertainty strategies, `embeddings` for diversity;
+    `distances` (per pool item, to the nearest labelled one) spares diversity recomputing them.
     Ties in uncertainty go to the lower index, so a run is reproducible.
     """
     if strategy not in STRATEGIES:
@@ -95,7 +112,7 @@ def select(k: int, strategy: Strategy, *, labelled: np.ndarray, probs: np.ndarra
     if strategy == "diversity":
         if embeddings is None:
             raise InputError("diversity sampling needs embeddings of the pool")
-        return kcenter(embeddings, labelled, pool, k)
+        return kcenter(embeddings, labelled, pool, k, None if distances is None else distances[pool])
     if probs is None:
         raise InputError(f"{strategy} sampling needs the model's probabilities for the pool")
     score = uncertainty(probs[pool], "entropy" if strategy == "entropy+diversity" else strategy)
@@ -104,7 +121,8 @@ def select(k: int, strategy: Strategy, *, labelled: np.ndarray, probs: np.ndarra
         return order[:k]
     if embeddings is None:
         raise InputError("entropy+diversity sampling needs embeddings of the pool")
-    return kcenter(embeddings, labelled, order[: pool_factor * k], k)
+    short = order[: pool_factor * k]
+    return kcenter(embeddings, labelled, short, k, None if distances is None else distances[short])
 
 
 # --------------------------------------------------------------------------- learning curves
@@ -149,14 +167,19 @@ def learning_curve(model: Any, pool_labels: Sequence[str], test_X: Any, test_lab
     labelled[np.random.default_rng([seed, 1]).choice(len(y), min(start, len(y)), replace=False)] = True
     curve = Curve(strategy, seed)
     counts = schedule(start, len(y), growth, min_batch)
+    dist = None
+    if embeddings is not None and "diversity" in strategy:  # kept up to date instead of recomputed
+        dist = distances_to(embeddings, np.arange(len(y)), np.flatnonzero(labelled))
     for target in counts:
         if labelled.sum() < target:
             uses_model = strategy not in ("random", "diversity")
             now = strategy if model.fitted or not uses_model else "random"  # no model yet: random
             probs = model.proba() if uses_model and model.fitted else None
             picked = select(target - int(labelled.sum()), now, labelled=labelled, probs=probs,
-                            embeddings=embeddings, seed=seed * 100_003 + target)
+                            embeddings=embeddings, seed=seed * 100_003 + target, distances=dist)
             labelled[picked] = True
+            if dist is not None:
+                dist = np.minimum(dist, distances_to(embeddings, np.arange(len(y)), picked))
         rows = np.flatnonzero(labelled)
         if len(set(y[rows].tolist())) < 2:  # cannot fit yet: every label so far is one class
             curve.points.append((int(labelled.sum()), float((gold == y[rows][0]).mean())))

@@ -46,7 +46,7 @@ def _prediction_of(row: dict[str, Any]) -> tuple[Any, float | None]:
     return pred, row.get("score")
 
 
-def _ls_items(path: Path, text_field: str) -> list[Item]:
+def _ls_items(path: Path, kind: str, text_field: str) -> list[Item]:
     """Items from Label Studio tasks (e.g. written by `lmforge label export-ls`), predictions included.
 
     A prediction is read like an annotation, by the shared Label Studio reader.
@@ -63,8 +63,8 @@ def _ls_items(path: Path, text_field: str) -> list[Item]:
             raise InputError(f"{path}: task {i + 1} has no text field {text_field!r}")
         pred, score = None, None
         for p in (task.get("predictions") or [])[:1]:
-            types = {r.get("type") for r in p.get("result") or []}
-            kind = "ner" if "labels" in types else "classification"
+            if kind == "classification" and not p.get("result"):
+                break
             try:
                 ex = label_studio_example(task, p, kind, text_field)
             except RowError as exc:
@@ -94,7 +94,7 @@ def load_items(source: str | Path, kind: str = "classification", text_field: str
     if not path.is_file():
         raise InputError(f"dataset not found: {path}")
     if path.suffix == ".json":
-        return _ls_items(path, text_field)
+        return _ls_items(path, kind, text_field)
     if path.suffix in (".csv", ".tsv"):
         import csv
 

@@ -239,7 +239,7 @@ def majority_vote(L: np.ndarray, k: int) -> np.ndarray:
     """(n, k) vote shares per row; rows without votes get the uniform distribution."""
     counts = np.zeros((L.shape[0], k))
     for c in range(k):
-        counts[:, c] = (L == c).sum(axis=1)
+        counts[:, c] = np.equal(L, c).sum(axis=1)
     total = counts.sum(axis=1, keepdims=True)
     return np.where(total > 0, counts / np.maximum(total, 1), 1.0 / k)
 
