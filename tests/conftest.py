@@ -163,9 +163,12 @@ def lmforge_cli():
     return run
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     """Headless Debian Chromium driven by Playwright (never Playwright's own browser download).
+
+    Module scope: Playwright's sync API keeps an event loop running while it is open, which would
+    break later tests that call asyncio.run().
 
     `.ci/run` installs chromium (scripts/ci_chromium.sh), so in CI a missing browser is a failure;
     elsewhere the browser tests skip with the reason.
