@@ -94,3 +94,20 @@ def test_answers_and_issues(tmp_path, capsys):
     assert "labels look wrong" in capsys.readouterr().out
     assert (tmp_path / "issues.jsonl").is_file()
     assert main(["label", "answers", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x.jsonl")]) == 2
+
+
+def test_split_reads_labels_from_lmforge_records(tmp_path, capsys):
+    from lmforge.records import Record, write_parquet
+
+    rows = load_task("zh_sentiment", max_per_class=30).train
+    stage = tmp_path / "run" / "stages" / "01-clean"
+    stage.mkdir(parents=True)
+    write_parquet(stage / "shard-00000.parquet", [Record(id=f"d{i}", text=e.text, meta={"reviews": {"label": e.label}})
+                                                  for i, e in enumerate(rows)])
+    (stage / "shard-00000.done").write_text("")
+    assert main(["label", "split", str(tmp_path / "run"), "--label-field", "reviews.label", "--out",
+                 str(tmp_path / "ds"), "--format", "csv"]) == 0
+    assert "leaking pairs across splits: 0" in capsys.readouterr().out
+    written = sum(len((tmp_path / "ds" / f"{n}.csv").read_text(encoding="utf-8").splitlines()) - 1
+                  for n in ("train", "val", "test"))
+    assert written == len(rows)

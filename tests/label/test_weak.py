@@ -129,3 +129,34 @@ def test_builtin_sentiment_functions_label_half_the_reviews_with_over_80_percent
     assert all(0 < s["coverage"] < 1 and s["emp_accuracy"] > 0.6 for s in result.summary)
     assert by_name["praise_lexicon"]["polarity"] == ["neg", "pos"]  # negated praise counts as a complaint
     assert all(0.5 < s["learned_accuracy"] < 1 for s in result.summary)
+
+
+def test_a_fine_tuned_model_as_a_labelling_function(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from lmforge.label.classifier import finetuned_proba
+    from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
+
+    rows = load_task("zh_sentiment", max_per_class=60).train
+    texts = [e.text for e in rows]
+    model_dir = train_tokenizer(texts, TokenizerConfig(kind="byte_bpe", vocab_size=400), tmp_path / "model")
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=256, num_labels=2,
+                                  id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1},
+                                  pad_token_id=tok.pad_token_id or 0)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(str(model_dir))
+    proba, labels = finetuned_proba(model_dir, batch_size=8)
+    assert labels == ["neg", "pos"]
+    batch = proba(texts[:20])
+    assert batch.shape == (20, 2) and np.allclose(batch.sum(axis=1), 1.0)
+    one_by_one = np.concatenate([proba([t]) for t in texts[:20]])
+    assert np.allclose(batch, one_by_one, atol=1e-5)  # padding in a batch changes nothing
+    config = WeakConfig.model_validate({"labels": ["neg", "pos"], "functions": [
+        {"type": "model", "name": "bert", "path": str(model_dir), "threshold": 0.5}]})
+    (lf,) = build_lfs(config)
+    assert lf(texts[:20]) == [labels[i] for i in batch.argmax(axis=1)]
+    config.labels = ["pos", "neg"]
+    with pytest.raises(ConfigError, match=r"functions.bert: the model's labels \['neg', 'pos'\] differ"):
+        build_lfs(config)

@@ -140,6 +140,9 @@ def split_command(
     fmt: str = typer.Option("jsonl", "--format", help="jsonl, csv or hf (a `datasets` directory)."),
     near_duplicates: bool = typer.Option(True, help="Keep near-identical texts in one split (MinHash), not "
                                                     "only identical ones."),
+    text_field: str = typer.Option("text", help="Field holding the text (JSONL/CSV)."),
+    label_field: str = typer.Option("label", help="Field holding the label; for lmforge records a dotted path "
+                                                  "in meta (e.g. reviews.label)."),
 ) -> None:
     """Stratified train/val/test splits with no identical or near-identical text in two splits."""
     from lmforge.cli.console import out as stdout
@@ -153,7 +156,8 @@ def split_command(
         save_dataset,
     )
 
-    examples, found = load_source(source, kind)  # type: ignore[arg-type]
+    loader = {"text_field": text_field, "label_field": label_field}
+    examples, found = load_source(source, kind, **({} if source.startswith("builtin:") else loader))  # type: ignore[arg-type]
     near = NEAR_DUPLICATES if near_duplicates else None
     task = build_dataset(examples, kind or found, val_frac=val, test_frac=test, seed=seed, near_duplicates=near,
                          meta={"source": str(source)})
