@@ -13,6 +13,7 @@ import typer
 
 from lmforge import __version__
 from lmforge.cli import augment, collect, corpora, demo, evaluate, export, finetune, pretrain, run, stats, tokenizer
+from lmforge.cli import label as label_cli
 from lmforge.cli import report as report_cli
 from lmforge.cli.console import console, setup_logging
 from lmforge.errors import UserError
@@ -56,6 +57,7 @@ app.command("demo", help=demo.__doc__)(demo.demo_command)
 app.add_typer(collect.app, name="collect")
 app.add_typer(corpora.app, name="corpora")
 app.add_typer(tokenizer.app, name="tokenizer")
+app.add_typer(label_cli.app, name="label")
 
 
 def main(argv: list[str] | None = None) -> int:
