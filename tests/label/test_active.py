@@ -86,3 +86,17 @@ def test_learning_curves_on_real_reviews():
     assert stopped.points == curves[1].points[:3] and stopped.labels_to_reach(stopped.points[-1][1]) == stopped.points[2][0]
     means = mean_curves(curves + [Curve("random", 1, [(40, 0.5)])])
     assert means["random"][0] == (40, (curves[0].points[0][1] + 0.5) / 2, 2)
+
+
+@pytest.mark.slow
+def test_uncertainty_sampling_reaches_full_data_accuracy_with_fewer_labels_than_random():
+    task = load_task("zh_sentiment")
+    model = TextClassifier([e.text for e in task.train], task.labels)
+    X = model.transform([e.text for e in task.test])
+    y, gold = [e.label for e in task.train], [e.label for e in task.test]
+    model.fit(np.arange(len(y)), y)
+    full = float((np.asarray(task.labels)[model.proba(X=X).argmax(axis=1)] == np.asarray(gold)).mean())
+    for seed in (0, 1):  # the benchmark's schedule; labels to reach full accuracy differ by seed, not the order
+        needed = {s: learning_curve(model, y, X, gold, s, seed=seed, growth=0.2, stop_at=full).labels_to_reach(full)
+                  for s in ("random", "entropy")}
+        assert needed["entropy"] is not None and needed["entropy"] < 0.8 * (needed["random"] or len(y)), needed
