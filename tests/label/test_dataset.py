@@ -148,3 +148,14 @@ def test_save_and_read_back_in_every_format(tmp_path, fmt):
                 assert [(e.tokens, e.tags) for e in got] == [(e.tokens, e.tags) for e in rows]
     with pytest.raises(ConfigError, match="format must be one of jsonl, csv, hf"):
         save_dataset(cls, tmp_path / "x", "parquet")
+
+
+def test_instruction_pairs_are_grouped_by_prompt():
+    rows = [Example(prompt=f"给这条评论判断情感：{t}", response=r) for t, r in
+            [(ZH, "负面"), (ZH + "！", "负面"), ("这本书的内容很好，印刷清晰，送货也很快，值得推荐给大家。", "正面")]]
+    rows += [Example(prompt=f"Summarize what `f{i}` does:", response=f"It returns {i} and nothing else at all.")
+             for i in range(30)]
+    task = build_dataset(rows, "instruction", val_frac=0.2, test_frac=0.2)
+    assert task.labels == [] and task.meta["leakage"]["ok"]
+    where = {e.prompt: name for name, part in task.splits().items() for e in part}
+    assert where[rows[0].prompt] == where[rows[1].prompt]  # near-identical prompts share a split
