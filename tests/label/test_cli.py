@@ -65,7 +65,7 @@ def test_export_then_import_label_studio(tmp_path, capsys):
 def test_weak_labels_builtin_reviews_and_writes_them(tmp_path, capsys, monkeypatch):
     from lmforge.cli.console import out as stdout
 
-    monkeypatch.setattr(stdout, "width", 160)  # a wide terminal: the table's names are not wrapped
+    monkeypatch.setattr(stdout, "_width", 160)  # a wide terminal (restored to "ask the terminal" afterwards)
     path, rows = _reviews_file(tmp_path, 200)
     out = tmp_path / "weak.jsonl"
     assert main(["label", "weak", str(path), "--lfs", "zh_sentiment", "--out", str(out)]) == 0
