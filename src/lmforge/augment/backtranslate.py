@@ -6,7 +6,8 @@ A model directory is one of:
   into the tokenizer's chat template when it has one and `chat` is on; the continuation is the
   translation;
 - an lmforge model fine-tuned for translation with `lmforge finetune` (an instruction task of
-  source/translation pairs): its chat template and greedy decoding, as fine-tuning scored it.
+  source/translation pairs): its chat template and greedy decoding, as fine-tuning scored it (one
+  translation per text: sampling several pivots needs a transformers model).
 
 Texts go through the models `batch_size` at a time (padded; left-padded for causal models). The
 round trip is kept when its chrF against the source (sacrebleu, character 6-grams, 0-100) is in
@@ -99,6 +100,9 @@ class Translator:
             self.generate_calls += 1
             if self.kind == "lmforge":
                 from lmforge.finetune.run import generate_responses
+
+                if (num_return > 1 or sample) and i == 0:
+                    log.warning("%s: lmforge translation models decode greedily: one translation per text", self.path)
 
                 answers = generate_responses(self.model, [self._prompt(t) for t in batch], self.tokenizer,
                                              self.options.max_new_tokens)
