@@ -12,9 +12,23 @@ import sys
 import typer
 
 from lmforge import __version__
-from lmforge.cli import augment, collect, corpora, demo, evaluate, export, finetune, pretrain, run, stats, tokenizer
+from lmforge.cli import (
+    augment,
+    collect,
+    corpora,
+    demo,
+    evaluate,
+    export,
+    finetune,
+    pretrain,
+    run,
+    stats,
+    tokenizer,
+)
+from lmforge.cli import generate as generate_cli
 from lmforge.cli import label as label_cli
 from lmforge.cli import report as report_cli
+from lmforge.cli import serve as serve_cli
 from lmforge.cli.console import console, setup_logging
 from lmforge.errors import UserError
 
@@ -52,6 +66,8 @@ app.command("augment", help=augment.__doc__, no_args_is_help=True)(augment.augme
 app.command("evaluate", help=evaluate.__doc__, no_args_is_help=True)(evaluate.evaluate_command)
 app.command("export", help=export.__doc__, no_args_is_help=True)(export.export_command)
 app.command("stats", help=stats.__doc__, no_args_is_help=True)(stats.stats_command)
+app.command("generate", help=generate_cli.__doc__, no_args_is_help=True)(generate_cli.generate_command)
+app.command("serve", help=serve_cli.__doc__, no_args_is_help=True)(serve_cli.serve_command)
 app.command("report", help=report_cli.__doc__, no_args_is_help=True)(report_cli.report_command)
 app.command("demo", help=demo.__doc__)(demo.demo_command)
 app.add_typer(collect.app, name="collect")
