@@ -39,6 +39,7 @@ class SlotCache:
         if int(pos.max()) >= self.max_len:
             raise ValueError(f"sequence of {int(pos.max()) + 1} tokens exceeds the cache's {self.max_len}")
         self._rows = rows
+        self._row_index = torch.arange(pos.size(0), device=device)[:, None].expand_as(pos)  # (B, T)
         self._span = int(pos.max()) + 1
         keys = torch.arange(self._span)[None, None, :]  # (1, 1, S)
         # A query sees the keys up to its own position: its prefix and itself, never another slot's.
@@ -59,10 +60,8 @@ class SlotCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, H, T, D) at each row's positions; return the visible keys/values and the mask."""
         kb, vb = self.k[layer, self._rows], self.v[layer, self._rows]  # (B, H, L, D) views
-        B, T = self._pos.shape
-        rows = torch.arange(B, device=k.device)[:, None].expand(B, T)  # (B, T)
-        kb[rows, :, self._pos] = k.transpose(1, 2)  # indexed result is (B, T, H, D)
-        vb[rows, :, self._pos] = v.transpose(1, 2)
+        kb[self._row_index, :, self._pos] = k.transpose(1, 2)  # indexed result is (B, T, H, D)
+        vb[self._row_index, :, self._pos] = v.transpose(1, 2)
         return kb[:, :, : self._span], vb[:, :, : self._span], self._mask
 
     # ---- slot bookkeeping for the engine

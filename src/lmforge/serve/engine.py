@@ -138,17 +138,21 @@ class Engine:
         self._admit()
         if not self._running:
             return 0
-        hi = max(self._running) + 1
-        tokens = torch.zeros(hi, 1, dtype=torch.long)  # (B, 1); idle slots in range feed a dummy
-        for slot, seq in self._running.items():
-            tokens[slot, 0] = seq.last
+        slots = sorted(self._running)
+        hi = slots[-1] + 1
+        last = [0] * hi  # idle slots inside the range feed a dummy token and are ignored
+        for slot in slots:
+            last[slot] = self._running[slot].last
+        tokens = torch.tensor(last, dtype=torch.long).view(hi, 1)  # (B, 1)
         self.cache.select(slice(0, hi), 1)
         x = self.model.features(tokens.to(self.device), kv_cache=self.cache)  # (B, 1, C)
         logits = self.model.lm_head(x[:, -1])  # (B, V)
-        slots = sorted(self._running)
-        for slot in slots:
-            self.cache.lengths[slot] += 1
-        self._advance(slots, logits[slots] if len(slots) < hi else logits)
+        if len(slots) == hi:
+            self.cache.lengths[:hi] += 1
+        else:
+            self.cache.lengths[slots] += 1
+            logits = logits[slots]
+        self._advance(slots, logits)
         self.steps += 1
         return len(slots)
 
@@ -165,18 +169,22 @@ class Engine:
             self._waiting = deque(r for r in self._waiting if not r.cancelled)
 
     def _admit(self) -> None:
-        while True:
-            with self._lock:
-                if not self._waiting or len(self._free) < self._waiting[0].params.n:
-                    return
+        """Give waiting requests slots (all n samples or none), prefill them, take their first tokens."""
+        admitted: list[tuple[Request, list[int]]] = []
+        with self._lock:
+            while self._waiting and len(self._free) >= self._waiting[0].params.n:
                 req = self._waiting.popleft()
-            self._free.sort()
-            slots = [self._free.pop(0) for _ in range(req.params.n)]
-            try:
-                logits = self._prefill(req.prompt_ids, slots[0])
-            except Exception:
+                self._free.sort()
+                admitted.append((req, [self._free.pop(0) for _ in range(req.params.n)]))
+        if not admitted:
+            return
+        try:
+            first = self._prefill([(slots[0], req.prompt_ids) for req, slots in admitted])
+        except Exception:
+            for _, slots in admitted:
                 self._free.extend(slots)
-                raise
+            raise
+        for (req, slots), logits in zip(admitted, first, strict=True):
             for slot in slots[1:]:
                 self.cache.copy_slot(slots[0], slot)
             seqs = []
@@ -192,21 +200,43 @@ class Engine:
                 continue
             self._advance(slots, logits.expand(len(slots), -1))
 
-    def _prefill(self, prompt_ids: list[int], slot: int) -> torch.Tensor:
-        """Run the prompt into `slot`; return the logits (1, V) for its first new token."""
-        self.cache.set_length(slot, 0)
-        idx = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)  # (1, T)
-        self.cache.select(slice(slot, slot + 1), len(prompt_ids))
-        x = self.model.features(idx, kv_cache=self.cache)  # (1, T, C)
-        self.cache.set_length(slot, len(prompt_ids))
-        return self.model.lm_head(x[:, -1])  # (1, V)
+    def _prefill(self, prompts: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
+        """Run prompts into their slots; return each one's logits (1, V) for its first new token.
+
+        Prompts in consecutive slots share one forward pass, right-padded to the longest: the
+        padding lands past each row's length, where the row's next tokens overwrite it before
+        any query may see it.
+        """
+        out: dict[int, torch.Tensor] = {}
+        order = sorted(prompts)
+        runs: list[list[tuple[int, list[int]]]] = []
+        for slot, ids in order:
+            if runs and runs[-1][-1][0] == slot - 1:
+                runs[-1].append((slot, ids))
+            else:
+                runs.append([(slot, ids)])
+        for run in runs:
+            lo, width = run[0][0], max(len(ids) for _, ids in run)
+            for slot, _ in run:
+                self.cache.set_length(slot, 0)
+            idx = torch.tensor([ids + [0] * (width - len(ids)) for _, ids in run], dtype=torch.long)  # (B, T)
+            self.cache.select(slice(lo, lo + len(run)), width)
+            x = self.model.features(idx.to(self.device), kv_cache=self.cache)  # (B, T, C)
+            ends = torch.tensor([len(ids) - 1 for _, ids in run], device=x.device)
+            logits = self.model.lm_head(x[torch.arange(len(run), device=x.device), ends])  # (B, V)
+            for row, (slot, ids) in enumerate(run):
+                self.cache.set_length(slot, len(ids))
+                out[slot] = logits[row : row + 1]
+        return [out[slot] for slot, _ in prompts]
 
     def _advance(self, slots: list[int], logits: torch.Tensor) -> None:
         seqs = [self._running[s] for s in slots]
-        picks = choose(logits, [s.request.params for s in seqs], [s.generator for s in seqs],
-                       self.seen[slots])
+        params = [s.request.params for s in seqs]
+        seen = self.seen[slots] if any(p.repetition_penalty != 1.0 for p in params) else None
+        picks = choose(logits, params, [s.generator for s in seqs], seen)
+        self.seen[slots, picks] = True
+        self.tokens_generated += len(picks)
         for seq, token in zip(seqs, picks, strict=True):
-            self.tokens_generated += 1
             req = seq.request
             if token in req.stop_ids:
                 self._finish(seq, "stop")
@@ -214,7 +244,6 @@ class Engine:
             seq.produced += 1
             req.completion_tokens += 1
             seq.last = token
-            self.seen[seq.slot, token] = True
             delta, stopped = seq.text.add(token)
             if stopped:
                 self._finish(seq, "stop", delta, [token])
