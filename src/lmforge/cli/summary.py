@@ -72,3 +72,46 @@ def print_run_summary(result) -> None:
     out.print(f"run directory: {result.run_dir}  (lmforge stats {result.run_dir})")
     if getattr(result, "report", None) is not None:
         out.print(f"report: {result.report}  (open it in a browser; works offline)")
+
+
+def _pair(scores: dict[str, Any], metric: str) -> str:
+    a, b = ((scores.get(k) or {}).get("test", {}).get(metric) for k in ("pretrained", "scratch"))
+    return "-" if a is None or b is None else f"{metric} {a:.3f} pretrained vs {b:.3f} scratch"
+
+
+def _sec(seconds: dict[str, float], step: str) -> str:
+    return f"{seconds[step]:.0f}" if step in seconds else ""
+
+
+def demo_table(result) -> Table:
+    """One row per demo step: what it made and its headline figure."""
+    table = Table(title="lmforge demo", title_justify="left")
+    for col in ("step", "result", "s"):
+        table.add_column(col, justify="right" if col == "s" else "left")
+    sec = result.seconds
+    crawl = result.crawl
+    table.add_row("crawl", f"{crawl.get('pages', 0)} pages from the loopback site; quarantined "
+                  f"{crawl.get('quarantined', {})}; robots.txt honoured: {crawl.get('robots_honoured')}",
+                  _sec(sec, "crawl"))
+    totals = result.stats.get("totals", {})
+    table.add_row("clean + dedup", f"{totals.get('records_in', 0):,} records in, {totals.get('records_out', 0):,} "
+                  f"kept, {sum(totals.get('dropped', {}).values()):,} quarantined with reasons", "")
+    gpt = result.steps.get("pretrain", {})
+    if gpt:
+        table.add_row("GPT", f"{gpt.get('steps')} steps; held-out perplexity {gpt.get('val_ppl_before', 0):.0f} -> "
+                      f"{gpt.get('val_ppl_after', 0):.1f}", _sec(sec, "data"))
+    bert = result.bert.steps.get("pretrain", {}) if result.bert is not None else {}
+    if bert:
+        terms = ", ".join(f"{k} {bert['val_before'][k]:.2f} -> {v:.2f}" for k, v in bert.get("val_after", {}).items())
+        table.add_row("BERT", f"{bert.get('steps')} steps; held-out {terms}", _sec(sec, "bert"))
+    aug = result.augment
+    if aug:
+        table.add_row("augment", f"EDA: {aug.get('copies')} copies of {aug.get('train')} training reviews "
+                      f"(val {aug.get('val')}, test {aug.get('test')} untouched)", _sec(sec, "augment"))
+    ft = result.finetunes
+    if "sentiment" in ft:
+        table.add_row("sentiment", _pair(ft["sentiment"], "accuracy"), _sec(sec, "sentiment"))
+    if "ner" in ft:
+        table.add_row("NER", _pair(ft["ner"], "f1"), _sec(sec, "ner"))
+    table.caption = "s: seconds in this invocation (a resumed step shows none)"
+    return table

@@ -153,9 +153,12 @@ def finetune_sections(run: Run) -> list[Section] | None:
 
 
 def _comparison_sections(run_dir: Path) -> list[Section]:
+    """Pretrained-vs-scratch tables of the run and of fine-tunes one directory down (the demo's ft-*)."""
     out = []
-    comparison = training.read_comparison(run_dir)
-    if comparison:
+    for where in [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]:
+        comparison = training.read_comparison(where)
+        if not comparison:
+            continue
         names = list(comparison)
         metrics = list(dict.fromkeys(k for v in comparison.values() for k in (v.get("test") or {})))
         rows = [[m, *((comparison[n].get("test") or {}).get(m) for n in names)] for m in metrics]
@@ -164,7 +167,8 @@ def _comparison_sections(run_dir: Path) -> list[Section]:
                 a, b = row[1], row[2]
                 row.append(b - a if isinstance(a, int | float) and isinstance(b, int | float) else None)
         header = ["test metric", *names, *(["Δ (second − first)"] if len(names) == 2 else [])]
-        out.append(Section("comparison", "Pretrained vs from scratch", [Table(header, rows)]))
+        title = "Pretrained vs from scratch" + ("" if where == run_dir else f": {where.name}")
+        out.append(Section(_slug(f"comparison-{where.name}"), title, [Table(header, rows)]))
     search = training.read_search(run_dir)
     if search and search.get("runs"):
         runs = search["runs"]
