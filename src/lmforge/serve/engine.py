@@ -131,7 +131,7 @@ class Engine:
 
     # ---- the engine thread
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self) -> int:
         """Admit what fits, then one token for every running sequence; returns sequences advanced."""
         self._drop_cancelled()
