@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lmforge.errors import ConfigError
+
+
+def valid_regex(pattern: str) -> str:
+    """For config validators: the pattern itself if it compiles, else a ValueError saying why."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    return pattern
 
 
 class StrictModel(BaseModel):

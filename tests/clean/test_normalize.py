@@ -124,7 +124,7 @@ def test_boilerplate_config():
     custom = BoilerplateLines(languages=[], extra_patterns=[r"-- ?sent from my \w+"])
     assert custom.clean("Hello\n-- Sent from my iPhone") == ("Hello", {"custom": 1})
     assert all(kind and pattern for kind, pattern in boilerplate_patterns("en") + boilerplate_patterns("zh"))
-    with pytest.raises(ConfigError, match="boilerplate_lines.extra_patterns: invalid regex"):
+    with pytest.raises(ConfigError, match="boilerplate_lines.extra_patterns: pattern .* is not a valid regular expression"):
         BoilerplateLines(extra_patterns=["(unclosed"])
     with pytest.raises(ConfigError, match="boilerplate_lines.languages: no pattern list for 'xx'"):
         BoilerplateLines(languages=["xx"])

@@ -374,7 +374,7 @@ def test_config_errors_name_the_field():
         validate(CrawlConfig, {"seeds": ["ftp://example.com/file"]})
     with pytest.raises(ConfigError, match=r"delay: .*greater than or equal to 0"):
         validate(CrawlConfig, {"seeds": ["https://example.com"], "delay": -1})
-    with pytest.raises(ConfigError, match=r"include\[0\]: not a valid regular expression"):
+    with pytest.raises(ConfigError, match=r"include\[0\]: pattern .* is not a valid regular expression"):
         validate(CrawlConfig, {"seeds": ["https://example.com"], "include": ["("]})
     with pytest.raises(ConfigError, match=r"seeds: "):
         validate(CrawlConfig, {"seeds": []})

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from pydantic import Field, field_validator
 
-from lmforge.config import StrictModel
+from lmforge.config import StrictModel, valid_regex
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,7 @@ class ProtectConfig(StrictModel):
     @field_validator("patterns")
     @classmethod
     def _compiles(cls, value: list[str]) -> list[str]:
-        for p in value:
-            try:
-                re.compile(p)
-            except re.error as exc:
-                raise ValueError(f"pattern {p!r} is not a valid regular expression: {exc}") from None
-        return value
+        return [valid_regex(p) for p in value]
 
 
 @dataclass(slots=True)

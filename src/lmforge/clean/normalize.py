@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from lmforge.clean.text import is_chinese_like
-from lmforge.config import StrictModel
+from lmforge.config import StrictModel, valid_regex
 from lmforge.errors import ConfigError, require
 from lmforge.pipeline.stage import Mapper
 from lmforge.records import Record
@@ -203,12 +203,7 @@ class BoilerplateLinesConfig(StrictModel):
     @field_validator("extra_patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-        return patterns
+        return [valid_regex(p) for p in patterns]
 
 
 def boilerplate_patterns(lang: str) -> list[tuple[str, str]]:

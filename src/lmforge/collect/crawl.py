@@ -44,7 +44,7 @@ from lmforge.collect.crawl_frontier import (
 )
 from lmforge.collect.html import decode_html
 from lmforge.collect.robots import Drop, Page, PoliteClient, Redirect
-from lmforge.config import StrictModel
+from lmforge.config import StrictModel, valid_regex
 from lmforge.errors import require
 from lmforge.records import Record, make_id, read_json, write_json_atomic
 
@@ -59,18 +59,10 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
-    return value
-
-
 class CrawlConfig(StrictModel):
     seeds: list[Annotated[str, AfterValidator(_http_url)]] = Field(min_length=1)
-    include: list[Annotated[str, AfterValidator(_regex)]] = Field(default_factory=list)
-    exclude: list[Annotated[str, AfterValidator(_regex)]] = Field(default_factory=list)
+    include: list[Annotated[str, AfterValidator(valid_regex)]] = Field(default_factory=list)
+    exclude: list[Annotated[str, AfterValidator(valid_regex)]] = Field(default_factory=list)
     max_depth: int = Field(3, ge=0)
     max_pages: int = Field(1000, ge=1)
     concurrency: int = Field(8, ge=1)
