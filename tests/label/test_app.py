@@ -149,3 +149,23 @@ def test_ner_answers_are_checked(tmp_path):
         Session([Item("z", "短", prediction=[[0, 5, "PER"]])], ["PER"], AnswerStore(tmp_path / "b.jsonl"), kind="ner")
     with pytest.raises(ConfigError, match="at most 9 labels"):
         Session(items, [str(i) for i in range(10)], AnswerStore(tmp_path / "c.jsonl"), kind="ner")
+
+
+def test_an_access_key_guards_every_route(session):
+    from fastapi.testclient import TestClient
+
+    from lmforge.errors import ConfigError
+    from lmforge.label.app import serve
+
+    c = TestClient(create_app(session, access_key="s3cret"))
+    assert c.get("/item/r0").status_code == 401
+    assert c.post("/api/answer", json={"item": "r0", "label": "pos"}).status_code == 401
+    res = c.get("/item/r0?key=s3cret", follow_redirects=False)
+    assert res.status_code == 303 and res.headers["location"] == "/item/r0"
+    assert c.get("/item/r0").status_code == 200  # the cookie carries the key now
+    assert c.post("/api/answer", json={"item": "r0", "label": "pos"}).json()["saved"]
+    fresh = TestClient(create_app(session, access_key="s3cret"))
+    assert fresh.get("/api/state", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert fresh.get("/api/state", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    with pytest.raises(ConfigError, match="access key"):
+        serve(session, host="0.0.0.0", port=0)

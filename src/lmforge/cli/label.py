@@ -61,8 +61,10 @@ def serve_command(
     kind: str = KIND,
     strategy: str = typer.Option("entropy", help="Next item by: entropy, margin, least_confidence, diversity, "
                                                  "entropy+diversity, random or order."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; there is no login, keep it local."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; another host needs --key."),
     port: int = typer.Option(8765, min=0, max=65535),
+    key: str | None = typer.Option(None, "--key", envvar="LMFORGE_LABEL_KEY",
+                                   help="Access key: open the app with ?key=KEY (kept in a cookie)."),
     annotator: str | None = typer.Option(None, help="Name saved with each answer [default: the login name]."),
     text_field: str = typer.Option("text", help="Field holding the text."),
 ) -> None:
@@ -81,9 +83,10 @@ def serve_command(
                        else Path(dataset).with_suffix(".answers.jsonl"))
     session = Session(items, names, AnswerStore(log_path), kind=kind, strategy=strategy,
                       annotator=annotator or _login(), name=dataset if dataset.startswith("builtin:") else Path(dataset).name)
-    console.print(f"labelling {len(items):,} items ({len(session.store.current()):,} done) at http://{host}:{port}/ ; "
+    query = "?key=<your key>" if key else ""
+    console.print(f"labelling {len(items):,} items ({len(session.store.current()):,} done) at http://{host}:{port}/{query} ; "
                   f"answers go to {log_path}. Ctrl+C stops.", highlight=False)
-    serve(session, host, port)
+    serve(session, host, port, key)
 
 
 def _login() -> str:

@@ -4,7 +4,9 @@ Server-rendered HTML (Jinja2) with one small script for the keyboard: number key
 (or, for NER, tag the selected text), Enter accepts the suggestion (or saves the spans), u or
 Ctrl+Z undoes, s skips, c goes to the comment box. Every answer is in the append-only log on disk
 (`store.AnswerStore`, fsynced) before the request returns, so killing the server loses nothing,
-and undo works across restarts. Binds 127.0.0.1 unless told otherwise: there is no login.
+and undo works across restarts. Binds 127.0.0.1 unless told otherwise; with an access key
+(required off loopback) every request must carry it: `?key=` once in the URL (it is then kept in
+an HttpOnly cookie) or `Authorization: Bearer <key>`.
 
 Routes: `GET /` (redirect to the next item), `GET /item/{id}`, `POST /api/answer`,
 `POST /api/undo`, `POST /api/skip`, `GET /api/state`, `GET /healthz`, `/static/*`.
@@ -46,8 +48,36 @@ def _url(item: Item | None) -> str:
     return "/done" if item is None else f"/item/{quote(item.id, safe='')}"
 
 
-def create_app(session: Session):
-    """The FastAPI app over one labelling session."""
+KEY_COOKIE = "lmforge_label_key"
+
+
+def _add_key_check(app: Any, key: str) -> None:
+    """Refuse every request without the access key; a correct ?key= sets the cookie and drops it from the URL."""
+    import hmac
+
+    from fastapi import Request
+    from fastapi.responses import PlainTextResponse, RedirectResponse
+
+    def ok(given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), key.encode())
+
+    @app.middleware("http")
+    async def _check(request: Request, call_next):
+        if ok(request.query_params.get("key")):
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
+            target = request.url.path + ("?" + "&".join(f"{k}={quote(v)}" for k, v in rest) if rest else "")
+            response = RedirectResponse(target, status_code=303)
+            response.set_cookie(KEY_COOKIE, key, httponly=True, samesite="strict")
+            return response
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
+        if ok(request.cookies.get(KEY_COOKIE)) or ok(bearer):
+            return await call_next(request)
+        return PlainTextResponse("401: this labelling server needs its access key: open it with ?key=<key>",
+                                 status_code=401)
+
+
+def create_app(session: Session, access_key: str | None = None):
+    """The FastAPI app over one labelling session (every request needs `access_key` when one is set)."""
     from fastapi import Body, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
     from fastapi.staticfiles import StaticFiles
@@ -56,6 +86,8 @@ def create_app(session: Session):
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
     app = FastAPI(title="lmforge label", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    if access_key:
+        _add_key_check(app, access_key)
     colours = {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(session.labels)}
 
     def fail(exc: UserError) -> HTTPException:
@@ -125,9 +157,18 @@ def create_app(session: Session):
     return app
 
 
-def serve(session: Session, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Run the app with uvicorn until interrupted."""
-    from lmforge.errors import require
+def serve(session: Session, host: str = "127.0.0.1", port: int = 8765, access_key: str | None = None) -> None:
+    """Run the app with uvicorn until interrupted; off loopback an access key is required."""
+    import ipaddress
 
+    from lmforge.errors import ConfigError, require
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not access_key:
+        raise ConfigError(f"host {host!r} is not loopback: give an access key (--key) to serve labelling beyond "
+                          "this machine")
     uvicorn = require("uvicorn", "label")
-    uvicorn.run(create_app(session), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(session, access_key), host=host, port=port, log_level="warning", access_log=False)
