@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,10 +43,7 @@ class Request:
     params: SamplingParams
     sink: Callable[[Event], None]
     stop_ids: frozenset[int] = frozenset()
-    arrived: float = field(default_factory=time.monotonic)
     cancelled: bool = False
-    completion_tokens: int = 0
-    unfinished: int = 0
 
 
 @dataclass
@@ -59,6 +55,16 @@ class _Seq:
     text: IncrementalText
     last: int = 0
     produced: int = 0
+
+
+def check_fits(prompt_tokens: int, params: SamplingParams, max_len: int) -> None:
+    """Refuse a request whose prompt plus new tokens cannot fit the model's context (any backend)."""
+    if prompt_tokens == 0:
+        raise InputError("the prompt is empty")
+    if prompt_tokens + params.max_new_tokens > max_len:
+        raise InputError(
+            f"this model's context is {max_len} tokens, but {prompt_tokens} prompt tokens "
+            f"+ max_tokens {params.max_new_tokens} need {prompt_tokens + params.max_new_tokens}")
 
 
 class Engine:
@@ -76,8 +82,6 @@ class Engine:
         self._running: dict[int, _Seq] = {}  # slot -> sequence
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
-        self.tokens_generated = 0
-        self.steps = 0
 
     # ---- any thread
 
@@ -90,18 +94,13 @@ class Engine:
         if bad:
             raise InputError(f"prompt token ids out of range for a vocabulary of {self.vocab}: {bad[:5]}")
         stop_ids = frozenset() if params.ignore_eos else self.stop_ids | frozenset(extra_stop_ids or [])
-        req = Request(list(prompt_ids), params, sink, stop_ids=stop_ids, unfinished=params.n)
+        req = Request(list(prompt_ids), params, sink, stop_ids=stop_ids)
         with self._lock:
             self._waiting.append(req)
         return req
 
     def check_fits(self, prompt_tokens: int, params: SamplingParams) -> None:
-        if prompt_tokens == 0:
-            raise InputError("the prompt is empty")
-        if prompt_tokens + params.max_new_tokens > self.max_len:
-            raise InputError(
-                f"this model's context is {self.max_len} tokens, but {prompt_tokens} prompt tokens "
-                f"+ max_tokens {params.max_new_tokens} need {prompt_tokens + params.max_new_tokens}")
+        check_fits(prompt_tokens, params, self.max_len)
 
     def cancel(self, req: Request) -> None:
         req.cancelled = True
@@ -153,7 +152,6 @@ class Engine:
             self.cache.lengths[slots] += 1
             logits = logits[slots]
         self._advance(slots, logits)
-        self.steps += 1
         return len(slots)
 
     def run(self) -> None:
@@ -235,14 +233,12 @@ class Engine:
         seen = self.seen[slots] if any(p.repetition_penalty != 1.0 for p in params) else None
         picks = choose(logits, params, [s.generator for s in seqs], seen)
         self.seen[slots, picks] = True
-        self.tokens_generated += len(picks)
         for seq, token in zip(seqs, picks, strict=True):
             req = seq.request
             if token in req.stop_ids:
                 self._finish(seq, "stop")
                 continue
             seq.produced += 1
-            req.completion_tokens += 1
             seq.last = token
             delta, stopped = seq.text.add(token)
             if stopped:
@@ -255,7 +251,6 @@ class Engine:
     def _finish(self, seq: _Seq, reason: str, delta: str = "", ids: list[int] | None = None) -> None:
         """Free the slot and send the last text, including what was held back for safety."""
         self._release(seq.slot)
-        seq.request.unfinished -= 1
         seq.request.sink(Event(seq.index, delta + seq.text.flush(), ids or [], reason))
 
     def _release(self, slot: int) -> None:

@@ -31,10 +31,6 @@ class LoadedModel:
     chat_template: str | None = None
     stop_ids: list[int] = field(default_factory=list)  # end-of-text and end-of-turn ids
 
-    @property
-    def max_len(self) -> int:
-        return self.model.config.block_size
-
 
 def _tokenizer_dir(model_dir: Path, given: str | Path | None) -> Path:
     if given is not None:
@@ -56,14 +52,7 @@ def _chat_template(tok_dir: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def _model_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path / 'config.json'}: {exc}") from None
-
-
-def _load_weights(path: Path, device: str) -> Any:
+def _load_weights(path: Path, meta: dict[str, Any], device: str) -> Any:
     """The GPT at `path`: fine-tuned instruction model, lmforge checkpoint, or importable HF directory."""
     from lmforge.finetune.heads import HEAD_FILE, load_task_model
     from lmforge.train.checkpoint import load_checkpoint, resolve_device
@@ -73,7 +62,7 @@ def _load_weights(path: Path, device: str) -> Any:
         if info.get("head") != "CausalLMAdapter":
             raise InputError(f"{path} is a fine-tuned {info.get('kind')} model; only causal LMs generate text")
         return model.backbone.to(resolve_device(device))
-    model_type = str(_model_json(path).get("model_type", ""))
+    model_type = str(meta.get("model_type", ""))
     if model_type.startswith("lmforge-"):
         model = load_checkpoint(path, device=device)
         if not hasattr(model, "new_kv_cache"):
@@ -95,14 +84,17 @@ def load_generator(path: str | Path, tokenizer: str | Path | None = None, device
         p, tokenizer = p / "pretrain" / "checkpoint", tokenizer or p / "tokenizer"
     if not (p / "config.json").is_file():
         raise InputError(f"{p} is not a model directory (no config.json); give a checkpoint, run or HF directory")
-    model = _load_weights(p, device).eval()
+    from lmforge.models.hf import read_hf_json
+
+    meta = read_hf_json(p / "config.json")
+    model = _load_weights(p, meta, device).eval()
     tok_dir = _tokenizer_dir(p, tokenizer)
     tok = load_tokenizer(tok_dir)
     if tok.get_vocab_size() > model.config.vocab_size:
         raise InputError(f"tokenizer {tok_dir} has {tok.get_vocab_size()} tokens but the model at {p} "
                          f"was trained for {model.config.vocab_size}: they do not belong together")
     stop_ids = [i for i in (tok.token_to_id(EOS_TOKEN), tok.token_to_id(END_OF_TURN)) if i is not None]
-    hf_eos = _model_json(p).get("eos_token_id")
+    hf_eos = meta.get("eos_token_id")
     for i in hf_eos if isinstance(hf_eos, list) else [hf_eos]:
         if isinstance(i, int) and i not in stop_ids:
             stop_ids.append(i)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from lmforge.errors import MissingDependencyError, UserError
-from lmforge.serve.engine import Event
+from lmforge.serve.engine import Event, check_fits
 from lmforge.serve.loading import LoadedModel
 from lmforge.serve.sampling import SamplingParams
 
@@ -37,8 +37,6 @@ def _hf_dir(model: Path, tokenizer: Path | None, tmp: Path) -> tuple[Path, Path 
 
 
 class VLLMBackend:
-    kind = "vllm"
-
     def __init__(self, source: tuple[str | Path, str | Path | None], slots: int) -> None:
         try:
             import torch
@@ -70,9 +68,7 @@ class VLLMBackend:
         self._tmp.cleanup()
 
     def check_fits(self, prompt_tokens: int, params: SamplingParams) -> None:
-        if prompt_tokens + params.max_new_tokens > self.max_len:
-            raise UserError(f"this model's context is {self.max_len} tokens, but {prompt_tokens} prompt tokens "
-                            f"+ max_tokens {params.max_new_tokens} need {prompt_tokens + params.max_new_tokens}")
+        check_fits(prompt_tokens, params, self.max_len)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        extra_stop_ids: list[int] | None = None) -> AsyncIterator[Event]:

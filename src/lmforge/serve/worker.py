@@ -23,8 +23,6 @@ logger = logging.getLogger(__name__)
 class EngineWorker:
     """lmforge's own backend: the continuous-batching engine on a background thread."""
 
-    kind = "lmforge"
-
     def __init__(self, loaded: LoadedModel, slots: int = 8) -> None:
         self.loaded = loaded
         self.engine = Engine(loaded.model, loaded.tokenizer, slots=slots, stop_ids=loaded.stop_ids)
