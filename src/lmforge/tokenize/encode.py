@@ -54,13 +54,19 @@ def clean_text(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _encode_batch(tok: Tokenizer, batch: list[str]) -> list[list[int]]:
+def encode_with_tokenizers(tok: Tokenizer, batch: list[str]) -> list[list[int]]:
+    """tokenizers' own ids for each text, no special tokens added, special-token text kept as text."""
     # encode_batch_fast (tokenizers >= 0.20.2) skips computing offsets nobody here reads.
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    previous = tok.encode_special_tokens
+    tok.encode_special_tokens = True
     try:
-        encodings = encode(batch, add_special_tokens=False)
-    except TypeError:
-        encodings = encode([clean_text(t) for t in batch], add_special_tokens=False)
+        try:
+            encodings = encode(batch, add_special_tokens=False)
+        except TypeError:
+            encodings = encode([clean_text(t) for t in batch], add_special_tokens=False)
+    finally:
+        tok.encode_special_tokens = previous
     return [e.ids for e in encodings]
 
 
@@ -69,25 +75,25 @@ def iter_encoded(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per batch: the tokens with EOS after each document, and each document's length (EOS included).
 
-    Streaming keeps memory at one batch however long `texts` is. The Rust side parallelises
-    each batch. A literal "<|endoftext|>" inside scraped text stays text, not a boundary.
+    Streaming keeps memory at one batch however long `texts` is. lmforge's compiled BPE encodes
+    when the tokenizer's layout allows (the same ids, see `lmforge.tokenize.fast`), otherwise
+    tokenizers does. A literal "<|endoftext|>" inside scraped text stays text, not a boundary.
     """
+    from lmforge.tokenize.fast import encoder_for
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     dtype = token_dtype(tok.get_vocab_size())
-    previous = tok.encode_special_tokens
-    tok.encode_special_tokens = True
-    try:
-        for batch in _batches(texts, batch_size):
-            ids: list[int] = []
-            lengths = np.empty(len(batch), dtype=np.int64)
-            for i, doc in enumerate(_encode_batch(tok, batch)):
-                ids.extend(doc)
-                ids.append(eos)
-                lengths[i] = len(doc) + 1
-            yield np.asarray(ids, dtype=dtype), lengths
-    finally:
-        tok.encode_special_tokens = previous
+    fast = encoder_for(tok)
+    for batch in _batches(texts, batch_size):
+        if fast is not None:
+            ids, lengths = fast.encode(batch, eos)
+            yield ids.astype(dtype, copy=False), lengths
+            continue
+        docs = encode_with_tokenizers(tok, batch)
+        lengths = np.fromiter((len(doc) + 1 for doc in docs), dtype=np.int64, count=len(docs))
+        ids = np.fromiter((i for doc in docs for i in (*doc, eos)), dtype=dtype, count=int(lengths.sum()))
+        yield ids, lengths
 
 
 def encode_documents(tok: Tokenizer, texts: Iterable[str], eos: int, batch_size: int = 1024) -> np.ndarray:

@@ -5,17 +5,21 @@
    on the held-out Chinese and English text next to tiktoken's cl100k_base and o200k_base and
    GPT-2, built offline from packaged copies of their files (see lmforge.tokenize.report).
 2. Encoding speed. The built-in corpora, repeated --repeat times, are written as record shards
-   of --shard-size documents. Both sides start from those Parquet shards and end with token ids
+   of --shard-size documents. Every side starts from those Parquet shards and ends with token ids
    on disk, using the same trained tokenizer and --num-proc processes:
-   - lmforge: `encode_shards` with the local process-pool executor (flat .tok files + indexes);
+   - lmforge: `encode_shards` with the local process-pool executor (flat .tok files + indexes),
+     encoding with lmforge's compiled byte-level BPE (`lmforge.tokenize.fast`);
+   - lmforge-hf: the same, with the compiled BPE turned off (LMFORGE_FAST_BPE=0), so tokenizers'
+     `encode_batch_fast` encodes: what the shard writer alone is worth;
    - datasets: `Dataset.from_parquet(columns=["text"])` then `.map(batched=True, num_proc=N)` with
      transformers' fast tokenizer loaded from the same directory, appending EOS as lmforge does,
      written to datasets' Arrow cache.
-   Both sides must produce the same number of tokens. Each side runs --runs times into a fresh
-   directory and the best time counts. CPU seconds (this process plus its reaped workers) are
-   shown beside wall time: on a machine shared with other jobs, wall time swings by 2x or more
-   between runs while CPU seconds stay put, so a speedup that CPU seconds do not back is noise. tokenizers' own threads are turned off on both sides
-   (TOKENIZERS_PARALLELISM=false, inherited by every worker), so each side uses exactly N cores.
+   Every side must produce the same ids, document for document (checked; the run fails if not).
+   Each side runs --runs times into a fresh directory and the best time counts. CPU seconds (this
+   process plus its reaped workers) are shown beside wall time: on a machine shared with other
+   jobs, wall time swings by 2x or more between runs while CPU seconds stay put. tokenizers' own
+   threads are turned off on every side (TOKENIZERS_PARALLELISM=false, inherited by every worker),
+   so each side uses exactly N cores. `speedup` is datasets' wall time over lmforge's.
 
 Last line: `speedup <x> zh_tokens_per_char <lmforge> cl100k_zh_tokens_per_char <x>` (`nan` when
 cl100k_base cannot be built here, with the reason logged).
@@ -40,11 +44,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # before tokenizers is imported, so workers inherit it
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 log = logging.getLogger("tokenize_bench")
+SIDES = ("lmforge", "lmforge-hf", "datasets")
 
 
 def cpu_seconds() -> float:
@@ -96,18 +103,20 @@ def fertility_table(tokenizers: dict[str, Path]) -> tuple[float, float]:
     return zh[next(iter(tokenizers))], zh.get("cl100k_base", math.nan)
 
 
-def run_lmforge(stage: Path, tok: Path, out: Path, num_proc: int) -> tuple[float, int]:
+def run_lmforge(stage: Path, tok: Path, out: Path, num_proc: int, compiled: bool) -> tuple[float, np.ndarray]:
     from lmforge.pipeline.executors import LocalExecutor
-    from lmforge.tokenize.shards import encode_shards
+    from lmforge.tokenize.shards import encode_shards, iter_token_shards
 
+    os.environ["LMFORGE_FAST_BPE"] = "1" if compiled else "0"  # spawned workers inherit it
     t0 = time.perf_counter()
-    manifest = encode_shards(stage, tok, out, LocalExecutor(num_proc))
-    return time.perf_counter() - t0, manifest["tokens"]
+    encode_shards(stage, tok, out, LocalExecutor(num_proc))
+    seconds = time.perf_counter() - t0
+    os.environ.pop("LMFORGE_FAST_BPE")
+    return seconds, np.concatenate([tokens for _, tokens, _ in iter_token_shards(out)]).astype(np.int64)
 
 
-def run_datasets(stage: Path, tok_dir: Path, cache: Path, num_proc: int) -> tuple[float, int]:
+def run_datasets(stage: Path, tok_dir: Path, cache: Path, num_proc: int) -> tuple[float, np.ndarray]:
     import datasets
-    import numpy as np
     from transformers import AutoTokenizer
 
     files = sorted(str(p) for p in stage.glob("shard-*.parquet"))
@@ -122,9 +131,8 @@ def run_datasets(stage: Path, tok_dir: Path, cache: Path, num_proc: int) -> tupl
     ds = datasets.Dataset.from_parquet(files, columns=["text"], cache_dir=str(cache))
     out = ds.map(encode, batched=True, num_proc=num_proc, remove_columns=["text"])
     seconds = time.perf_counter() - t0
-    lengths = out.with_format("arrow")["input_ids"]
-    tokens = int(np.sum(lengths.combine_chunks().value_lengths().to_numpy()))
-    return seconds, tokens
+    ids = out.with_format("arrow")["input_ids"].combine_chunks().flatten().to_numpy().astype(np.int64)
+    return seconds, ids
 
 
 def main() -> None:
@@ -158,29 +166,34 @@ def main() -> None:
                  f"{docs:,}", f"{chars:,}", len(list(stage.glob("*.parquet"))), args.num_proc)
         results: dict[str, tuple[float, int]] = {}
         cpu: dict[str, float] = {}
+        reference: np.ndarray | None = None
         for run in range(args.runs):
-            for side in ("lmforge", "datasets"):
+            for side in SIDES:
                 out = root / f"{side}-{run}"
                 cpu0 = cpu_seconds()
-                if side == "lmforge":
-                    seconds, tokens = run_lmforge(stage, root / "tok", out, args.num_proc)
+                if side == "datasets":
+                    seconds, ids = run_datasets(stage, root / "tok", out, args.num_proc)
                 else:
-                    seconds, tokens = run_datasets(stage, root / "tok", out, args.num_proc)
+                    seconds, ids = run_lmforge(stage, root / "tok", out, args.num_proc, compiled=side == "lmforge")
                 used = cpu_seconds() - cpu0
                 shutil.rmtree(out, ignore_errors=True)
-                log.info("  run %d %-8s %.2f s (%.2f cpu s), %s tokens", run + 1, side, seconds, used, f"{tokens:,}")
+                if reference is None:
+                    reference = ids
+                elif not np.array_equal(ids, reference):
+                    raise SystemExit(f"{side} produced other ids than {SIDES[0]} ({ids.size:,} vs {reference.size:,})")
+                log.info("  run %d %-10s %.2f s (%.2f cpu s), %s tokens", run + 1, side, seconds, used, f"{ids.size:,}")
                 if side not in results or seconds < results[side][0]:
-                    results[side] = (seconds, tokens)
+                    results[side] = (seconds, ids.size)
                 cpu[side] = min(cpu.get(side, math.inf), used)
-        if results["lmforge"][1] != results["datasets"][1]:
-            raise SystemExit(f"token counts differ: {results}")
 
-    head = f"{'side':<10} {'num_proc':>8} {'tokens':>12} {'seconds':>8} {'tokens/s':>12} {'cpu s':>8}"
+    head = (f"{'side':<10} {'num_proc':>8} {'tokens':>12} {'seconds':>8} {'tokens/s':>12} {'cpu s':>8} "
+            f"{'vs datasets':>11}")
     lines = [head, "-" * len(head)]
     for side, (seconds, tokens) in results.items():
         lines.append(f"{side:<10} {args.num_proc:>8} {tokens:>12,} {seconds:>8.2f} {tokens / seconds:>12,.0f}"
-                     f" {cpu[side]:>8.2f}")
-    log.info("encoding speed (best of %d runs; cpu s: least over runs):\n%s", args.runs, "\n".join(lines))
+                     f" {cpu[side]:>8.2f} {results['datasets'][0] / seconds:>10.2f}x")
+    log.info("encoding speed (best of %d runs; cpu s: least over runs; identical ids on every side):\n%s",
+             args.runs, "\n".join(lines))
     log.info("cpu-time ratio datasets/lmforge: %.2f", cpu["datasets"] / cpu["lmforge"])
     speedup = results["datasets"][0] / results["lmforge"][0]
     if math.isnan(zh_cl100k):
