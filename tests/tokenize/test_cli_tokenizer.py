@@ -34,6 +34,8 @@ def test_train_inspect_and_encode(tmp_path, records):
 
     table = _ok("inspect", str(tok), str(uni), "--no-compare", "--limit-chars", "3000")
     assert "tok/char" in table and str(uni) in table and "longest" in table
+    assert f"{uni}: shard encoding uses tokenizers (model is Unigram, not BPE)" in table
+    assert f"{tok}: shard encoding uses " in table
 
     encoded = _ok("encode", str(run), "--tokenizer", str(tok), "--workers", "1")
     assert "90 documents" in encoded

@@ -119,18 +119,19 @@ def test_merges_in_the_old_string_format_and_duplicate_merges(tok):
     assert_same(_variant(tok, old_format), EDGES[:25] + [MIXED])
 
 
-@pytest.mark.parametrize("edit", [
-    lambda s: s.update(normalizer={"type": "NFKC"}),
-    lambda s: s["pre_tokenizer"]["pretokenizers"][1].update(add_prefix_space=True),
-    lambda s: s["model"].update(dropout=0.1),
-    lambda s: s["model"].update(ignore_merges=True),
-    lambda s: s["added_tokens"].append({"id": 5, "content": "数据", "single_word": False, "lstrip": False,
-                                        "rstrip": False, "normalized": False, "special": False}),
-    lambda s: s.update(pre_tokenizer={"type": "Whitespace"}),
+@pytest.mark.parametrize(("edit", "reason"), [
+    (lambda s: s.update(normalizer={"type": "NFKC"}), "normalizer"),
+    (lambda s: s["pre_tokenizer"]["pretokenizers"][1].update(add_prefix_space=True), "add_prefix_space=False"),
+    (lambda s: s["model"].update(dropout=0.1), "dropout"),
+    (lambda s: s["model"].update(ignore_merges=True), "ignore_merges"),
+    (lambda s: s["added_tokens"].append({"id": 5, "content": "数据", "single_word": False, "lstrip": False,
+                                         "rstrip": False, "normalized": False, "special": False}), "non-special"),
+    (lambda s: s.update(pre_tokenizer={"type": "Whitespace"}), "pre-tokenizer"),
 ], ids=["normalizer", "prefix-space", "dropout", "ignore-merges", "plain-added-token", "other-pre-tokenizer"])
-def test_layouts_it_cannot_reproduce_fall_back_to_tokenizers(tok, edit):
+def test_layouts_it_cannot_reproduce_fall_back_to_tokenizers(tok, edit, reason):
     other = _variant(tok, edit)
-    assert fast.encoder_for(other) is None
+    encoder, why = fast.status(other)
+    assert encoder is None and why.startswith("tokenizers (") and reason in why
     docs = [MIXED, "数据 and 数据", "Hello world 123"]
     if json.loads(other.to_str())["model"].get("dropout"):
         return  # random merges: two encodings differ, so only the refusal is checked
@@ -140,7 +141,15 @@ def test_layouts_it_cannot_reproduce_fall_back_to_tokenizers(tok, edit):
 
 def test_unigram_falls_back(texts, tmp_path):
     uni = load_tokenizer(train_tokenizer(texts, TokenizerConfig(kind="unigram", vocab_size=800), tmp_path))
-    assert fast.encoder_for(uni) is None
+    assert fast.status(uni) == (None, "tokenizers (model is Unigram, not BPE)")
+
+
+def test_without_the_built_extension_tokenizers_encodes(tok, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lmforge.tokenize._fastbpe", None)  # as if no C compiler was there
+    assert fast._build(tok)[0] is None
+    assert encode_documents(tok, [MIXED], 0).tolist() == [*encode_with_tokenizers(tok, [MIXED])[0], 0]
 
 
 def test_switched_off_by_environment(tok, monkeypatch):
@@ -153,7 +162,7 @@ def test_a_unicode_table_that_disagrees_with_tokenizers_is_refused(tok, monkeypa
     table[ord("e")] = 4  # a table that classes a letter as a space: words then split where tokenizers merges
     monkeypatch.setattr(fast, "class_table", lambda: bytes(table))
     with caplog.at_level(logging.WARNING, logger="lmforge.tokenize.fast"):
-        assert fast._build(tok) is None
+        assert fast._build(tok)[0] is None
     assert "disagrees with tokenizers" in caplog.text
 
 

@@ -75,6 +75,8 @@ def inspect_command(
     from rich.table import Table
 
     from lmforge.cli.console import out
+    from lmforge.tokenize.bpe import load_tokenizer
+    from lmforge.tokenize.fast import status as encoding_status
     from lmforge.tokenize.report import builtin_texts, fertility, lmforge_encoder, reference_encoders
     from lmforge.tokenize.shards import iter_source_texts
 
@@ -103,6 +105,8 @@ def inspect_command(
                       f"{r.tokens_per_word:.3f}", f"{100 * r.fallback / max(1, r.tokens):.2f}",
                       f"{100 * r.unknown / max(1, r.tokens):.2f}")
     out.print(table)
+    for path in tokenizers:
+        out.print(f"{path}: shard encoding uses {encoding_status(load_tokenizer(path))[1]}")
     for name, why in missing.items():
         out.print(f"{name}: unavailable, {why}")
     longest = Table(title="longest tokens")

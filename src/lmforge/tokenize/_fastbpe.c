@@ -112,6 +112,21 @@ static int scratch_reserve(Scratch *s, Py_ssize_t n) {
     return 0;
 }
 
+static void scratch_free(Scratch *s) {
+    free(s->bytes);
+    free(s->ids);
+    free(s->prev);
+    free(s->next);
+    free(s->alive);
+    free(s->heap);
+    memset(s, 0, sizeof(*s));
+}
+
+/* After a huge piece (a 10 MB line), give the memory back instead of holding it for the process's life. */
+static void scratch_trim(Scratch *s) {
+    if (s->cap > (1 << 20) || s->heap_cap > (1 << 20)) scratch_free(s);
+}
+
 static int heap_push(Scratch *s, Py_ssize_t *size, uint64_t order, uint32_t new_id) {
     if (*size == s->heap_cap) {
         Py_ssize_t cap = s->heap_cap ? s->heap_cap * 2 : 256;
@@ -344,6 +359,7 @@ static PyObject *Encoder_encode_batch(Encoder *enc, PyObject *args) {
     PyObject *ids = PyBytes_FromStringAndSize((const char *)out.data, out.len * (Py_ssize_t)sizeof(uint32_t));
     if (ids) result = Py_BuildValue("(NOO)", ids, lengths, skipped);
 done:
+    scratch_trim(&enc->scratch);
     free(out.data);
     Py_XDECREF(lengths);
     Py_XDECREF(skipped);
@@ -395,14 +411,8 @@ done:
 }
 
 static void Encoder_dealloc(Encoder *enc) {
-    Scratch *s = &enc->scratch;
     free(enc->slots);
-    free(s->bytes);
-    free(s->ids);
-    free(s->prev);
-    free(s->next);
-    free(s->alive);
-    free(s->heap);
+    scratch_free(&enc->scratch);
     Py_TYPE(enc)->tp_free((PyObject *)enc);
 }
 

@@ -19,6 +19,7 @@ second). A probe text is then encoded both ways and the encoder is refused if an
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -183,41 +184,44 @@ def _agrees(tok: Tokenizer, fast: FastEncoder) -> bool:
 
 def encoder_for(tok: Tokenizer) -> FastEncoder | None:
     """The compiled encoder for `tok`, or None (the caller then uses tokenizers itself)."""
+    return status(tok)[0]
+
+
+def status(tok: Tokenizer) -> tuple[FastEncoder | None, str]:
+    """(the compiled encoder or None, which encoder shard encoding uses and why), built once per tokenizer."""
     if not enabled():
-        return None
+        return None, "tokenizers (LMFORGE_FAST_BPE=0)"
     key = id(tok)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key][1]
-    fast = _build(tok)
-    _CACHE[key] = (tok, fast)  # holding `tok` keeps its id from being reused by another object
+    result = _build(tok)
+    _CACHE[key] = (tok, result)  # holding `tok` keeps its id from being reused by another object
     if len(_CACHE) > 4:
         _CACHE.popitem(last=False)
-    return fast
+    if result[0] is None:
+        logger.info("encoding with %s", result[1])
+    return result
 
 
-def _build(tok: Tokenizer) -> FastEncoder | None:
+def _build(tok: Tokenizer) -> tuple[FastEncoder | None, str]:
     try:
-        from lmforge.tokenize import _fastbpe
+        _fastbpe = importlib.import_module("lmforge.tokenize._fastbpe")
     except ImportError:
-        logger.info("compiled BPE not built (no C compiler at install time?); encoding with tokenizers")
-        return None
+        return None, "tokenizers (lmforge's compiled BPE was not built: no C compiler at install time?)"
     if not hasattr(tok, "to_str"):
-        return None  # not a tokenizers.Tokenizer
+        return None, "the tokenizer object given (not a tokenizers.Tokenizer)"
     spec = json.loads(tok.to_str())
     problem = _layout_problem(spec)
     tables = None if problem else _tables(spec["model"])
     if problem or tables is None:
-        logger.info("encoding with tokenizers: %s", problem or "a byte or merged token is missing from the vocab")
-        return None
+        return None, f"tokenizers ({problem or 'a byte or merged token is missing from the vocab'})"
     pre = spec["pre_tokenizer"]
     split_digits = pre.get("type") == "Sequence" and len(pre["pretokenizers"]) == 2
     encoder = _fastbpe.Encoder(class_table(), tables[0], tables[1], split_digits)
     fast = FastEncoder(tok, encoder)
     if not _agrees(tok, fast):
-        logger.warning(
-            "compiled BPE disagrees with tokenizers on the probe text; encoding with tokenizers "
-            "(please report this with your tokenizers version and tokenizer.json)"
-        )
-        return None
-    return fast
+        logger.warning("compiled BPE disagrees with tokenizers on the probe text; please report this with your "
+                       "tokenizers version and tokenizer.json")
+        return None, "tokenizers (the compiled BPE disagreed with it on the probe text)"
+    return fast, "lmforge's compiled byte-level BPE (ids equal to tokenizers', checked on a probe text)"
