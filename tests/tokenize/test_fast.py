@@ -152,6 +152,16 @@ def test_without_the_built_extension_tokenizers_encodes(tok, monkeypatch):
     assert encode_documents(tok, [MIXED], 0).tolist() == [*encode_with_tokenizers(tok, [MIXED])[0], 0]
 
 
+def test_a_tokenizer_changed_after_its_first_encode_is_checked_again(tokenizer_dir):
+    from tokenizers import normalizers
+
+    changed = load_tokenizer(tokenizer_dir)
+    assert fast.encoder_for(changed) is not None
+    changed.normalizer = normalizers.Lowercase()
+    assert fast.encoder_for(changed) is None
+    assert encode_documents(changed, ["ABC Def"], 0).tolist() == [*encode_with_tokenizers(changed, ["abc def"])[0], 0]
+
+
 def test_switched_off_by_environment(tok, monkeypatch):
     monkeypatch.setenv("LMFORGE_FAST_BPE", "0")
     assert fast.encoder_for(tok) is None
@@ -217,3 +227,13 @@ def test_eos_and_dtype_through_encode_documents(tok):
     assert arr.dtype == np.uint16
     assert arr.tolist() == [*tok.encode("a").ids, eos, *tok.encode("数据").ids, eos, eos]
 
+
+
+def test_bad_arguments_are_refused_with_a_clear_error(tok):
+    encoder = fast.encoder_for(tok).encoder
+    with pytest.raises(ValueError, match=r"eos must be a token id in \[0, 2\*\*32\) \(got -1\)"):
+        encoder.encode_batch(["a"], -1)
+    with pytest.raises(TypeError, match="texts\\[1\\] is NoneType, not str"):
+        encoder.encode_batch(["a", None], 0)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        type(encoder).__new__(type(encoder)).encode_batch(["a"], 0)

@@ -318,6 +318,14 @@ static PyObject *Encoder_encode_batch(Encoder *enc, PyObject *args) {
     PyObject *texts;
     long long eos;
     if (!PyArg_ParseTuple(args, "OL", &texts, &eos)) return NULL;
+    if (!enc->slots) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder was not initialised");
+        return NULL;
+    }
+    if (eos < 0 || eos > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "eos must be a token id in [0, 2**32) (got %lld)", eos);
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(texts, "texts must be a sequence of str");
     if (!seq) return NULL;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);

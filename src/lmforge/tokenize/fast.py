@@ -42,7 +42,7 @@ _DIGIT_SPLIT = {"type": "Split", "pattern": {"Regex": r"\p{Nd}"}, "behavior": "I
 # same ones follows the same Unicode version.
 _MARKERS = "\U00030000\u0870\U0001e030\U00031350\U0002ebf0\u1c89\U000105c0\U000323b0"
 TABLE_SIZE = 0x40000  # nothing above is a letter, number or space in Unicode up to 17.0
-_CACHE: OrderedDict[int, tuple[Tokenizer, Any]] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple[Tokenizer, Any]] = OrderedDict()
 
 
 def enabled() -> bool:
@@ -191,7 +191,9 @@ def status(tok: Tokenizer) -> tuple[FastEncoder | None, str]:
     """(the compiled encoder or None, which encoder shard encoding uses and why), built once per tokenizer."""
     if not enabled():
         return None, "tokenizers (LMFORGE_FAST_BPE=0)"
-    key = id(tok)
+    # A tokenizer given another normalizer, pre-tokenizer or added tokens gets a new check.
+    key = (id(tok), repr(getattr(tok, "normalizer", None)), repr(getattr(tok, "pre_tokenizer", None)),
+           tok.get_vocab_size(with_added_tokens=True) if hasattr(tok, "to_str") else 0)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key][1]
