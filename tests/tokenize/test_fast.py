@@ -43,9 +43,10 @@ def assert_same(tok, texts: list[str], eos: int = 0) -> None:
     encoder = fast.encoder_for(tok)
     assert encoder is not None
     ids, lengths = encoder.encode(texts, eos)
-    assert ids.dtype == np.uint32 and lengths.tolist() == [len(d) + 1 for d in encode_with_tokenizers(tok, texts)]
+    expected = encode_with_tokenizers(tok, texts)
+    assert ids.dtype == np.uint32 and lengths.tolist() == [len(d) + 1 for d in expected]
     got = np.split(ids, np.cumsum(lengths)[:-1]) if len(texts) else []
-    for text, mine, theirs in zip(texts, got, encode_with_tokenizers(tok, texts), strict=True):
+    for text, mine, theirs in zip(texts, got, expected, strict=True):
         assert mine.tolist() == [*theirs, eos], f"ids differ for {text[:60]!r}"
 
 
