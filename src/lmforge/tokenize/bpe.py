@@ -78,6 +78,15 @@ _WORDISH = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 
 
+def byte_level_chars() -> list[str]:
+    """GPT-2's byte-level alphabet, indexed by byte: printable bytes stand for themselves, the rest
+    move above 255, so every byte-level token is spelled in visible characters."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = (b for b in range(256) if b not in keep)
+    chars = {b: chr(b) for b in keep} | {b: chr(256 + n) for n, b in enumerate(moved)}
+    return [chars[b] for b in range(256)]
+
+
 class TokenizerConfig(StrictModel):
     """How to learn the vocabulary; saved next to the tokenizer so a run can be reproduced."""
 

@@ -90,19 +90,6 @@ def _onig_split(pattern: str, text: str) -> list[tuple[str, tuple[int, int]]]:
     return pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True).pre_tokenize_str(text)
 
 
-def _byte_chars() -> list[str]:
-    """GPT-2's byte-to-character map: printable bytes stand for themselves, the rest move above 255."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
-
-
 def _layout_problem(spec: dict[str, Any]) -> str | None:
     """Why the compiled path cannot reproduce this tokenizer's ids, or None when it can."""
     model = spec.get("model") or {}
@@ -129,9 +116,11 @@ def _layout_problem(spec: dict[str, Any]) -> str | None:
 
 def _tables(model: dict[str, Any]) -> tuple[bytes, bytes] | None:
     """(256 byte ids, merge triples) as uint32 bytes, or None if a byte or merged token is missing."""
+    from lmforge.tokenize.bpe import byte_level_chars
+
     vocab: dict[str, int] = model["vocab"]
     try:
-        byte_ids = np.array([vocab[c] for c in _byte_chars()], dtype=np.uint32)
+        byte_ids = np.array([vocab[c] for c in byte_level_chars()], dtype=np.uint32)
         triples = np.empty((len(model["merges"]), 3), dtype=np.uint32)
         for rank, merge in enumerate(model["merges"]):
             left, right = merge.split(" ") if isinstance(merge, str) else merge

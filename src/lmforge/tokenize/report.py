@@ -99,21 +99,9 @@ def _partial(b: bytes | None) -> bool:
         return True
 
 
-def _byte_level_table() -> dict[str, int]:
-    """GPT-2's printable stand-in character for each byte, inverted: how byte-level tokens are spelled."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, n = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
-
-
 def lmforge_encoder(path: str | Path, name: str | None = None) -> Encoder:
     """Wrap a tokenizer directory (lmforge's or any `tokenizers` JSON) for the report."""
-    from lmforge.tokenize.bpe import load_tokenizer
+    from lmforge.tokenize.bpe import byte_level_chars, load_tokenizer
     from lmforge.tokenize.encode import clean_text
 
     tok = load_tokenizer(path)
@@ -125,7 +113,8 @@ def lmforge_encoder(path: str | Path, name: str | None = None) -> Encoder:
     pieces: list[bytes | None] = [None] * size
     fallback = np.zeros(size, dtype=bool)
     unknown = np.zeros(size, dtype=bool)
-    table = _byte_level_table() if '"ByteLevel"' in decoder else None
+    # How byte-level tokens are spelled, inverted: each stand-in character back to its byte.
+    table = {c: b for b, c in enumerate(byte_level_chars())} if '"ByteLevel"' in decoder else None
     byte_piece = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
     unk = (spec.get("model") or {}).get("unk_token")
     for token, i in vocab.items():
