@@ -7,6 +7,7 @@ Last line: `overhead <lmforge seconds / warcio seconds - 1>` (negative means lmf
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import io
 import sys
@@ -70,6 +71,7 @@ def best_of(fn, path: Path, runs: int = 3) -> tuple[float, tuple[int, int]]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.warc.gz"
         n = build_warc(path)

@@ -13,6 +13,7 @@ Last line: `f1 <lmforge F1> speedup <lmforge pages/s / trafilatura pages/s>`.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import gzip
 import json
@@ -88,9 +89,12 @@ def timed(extract: Callable[[str], str], pages: dict[str, str]) -> tuple[dict[st
     return outputs, len(pages) / best
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_DIR,
+                        help="pages and ground truth in the article-extraction layout (default: %(default)s)")
+    directory = parser.parse_args(argv).directory
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    directory = Path(argv[1]) if len(argv) > 1 else DEFAULT_DIR
     if hasattr(os, "sched_setaffinity"):  # one core, as the goal is stated
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import trafilatura
@@ -120,4 +124,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()

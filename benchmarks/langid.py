@@ -18,6 +18,7 @@ Last line: `accuracy <lmforge zh-vs-en accuracy on lines >= 20 chars> lines_per_
 
 from __future__ import annotations
 
+import argparse
 import logging
 import random
 import time
@@ -106,6 +107,7 @@ def measure(detect: Detector, sample: list[tuple[str, str]], short: list[tuple[s
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sample = labelled_lines(PER_LANGUAGE, docs=2000)
     counts = {(lang, size): 0 for lang in ("zh", "en") for size in ("short", "long")}

@@ -86,25 +86,50 @@ def extract_html(html: str, config: ExtractConfig | None = None) -> tuple[str, s
 
 
 def _extract(html: str, config: ExtractConfig) -> tuple[str, str | None, str]:
-    """(body text, title, method) without the title line."""
+    """(body text, title, method) without the title line.
+
+    method is "lexbor", "trafilatura", or "fallback_unavailable" when the fallback was wanted but
+    trafilatura cannot be imported (the stage counts those, so a broken install never passes silently).
+    """
     from lmforge.clean.extract_dom import extract_dom
 
     result = extract_dom(html, markdown=config.markdown)
     text, method = result.text, "lexbor"
     if config.fallback == "trafilatura" and len(text) < config.fallback_below_chars:
-        other = _trafilatura(html, config.markdown)
-        if len(other) > len(text):
-            text, method = other, "trafilatura"
+        trafilatura = _trafilatura_module()
+        if trafilatura is None:
+            method = "fallback_unavailable"
+        else:
+            other = _trafilatura(trafilatura, html, config.markdown)
+            if len(other) > len(text):
+                text, method = other, "trafilatura"
     return text.strip(), result.title, method
 
 
-def _trafilatura(html: str, markdown: bool) -> str:
+_TRAFILATURA: list = []  # [module or None] once the import has been tried in this process
+
+
+def _trafilatura_module():
+    """trafilatura, or None with one warning per process when it cannot be imported.
+
+    The import fails not only when trafilatura is absent but also when a dependency it needs at
+    import time is (lxml >= 6 moved `lxml.html.clean` into the separate lxml_html_clean package).
+    """
+    if not _TRAFILATURA:
+        try:
+            import trafilatura
+        except ImportError as exc:
+            log.warning("extract: the trafilatura fallback is unavailable (%s); pages our extractor finds "
+                        "(almost) empty stay empty. Install it with: pip install 'lmforge[clean]'", exc)
+            trafilatura = None
+        else:
+            logging.getLogger("trafilatura").setLevel(logging.ERROR)
+        _TRAFILATURA.append(trafilatura)
+    return _TRAFILATURA[0]
+
+
+def _trafilatura(trafilatura, html: str, markdown: bool) -> str:
     """Trafilatura with the settings that score best on the benchmark (precision, no comments)."""
-    try:
-        import trafilatura
-    except ImportError:  # the fallback is optional; without it our own result stands
-        return ""
-    logging.getLogger("trafilatura").setLevel(logging.ERROR)
     text = trafilatura.extract(
         html, favor_precision=True, include_comments=False, output_format="markdown" if markdown else "txt"
     )
@@ -230,6 +255,8 @@ class Extract(Stage):
             record.meta.setdefault(self.name, {})["error"] = f"{type(exc).__name__}: {exc}"[:200]
             return "extract_error"
         record.meta[self.name] = {"title": title, "method": method, "chars_in": len(html)}
+        if method == "fallback_unavailable":
+            self.count("fallback_unavailable")
         if len(text) < cfg.min_chars:
             return "extract_empty"
         record.text = _with_title(text, title, cfg)
