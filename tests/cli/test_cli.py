@@ -13,7 +13,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_version_and_help(capsys):
+def test_version_and_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # help is laid out for a window (typer's own console): give it a wide one
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"lmforge {__version__}"
     assert main(["run", "--help"]) == 0

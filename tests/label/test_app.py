@@ -11,6 +11,8 @@ from lmforge.label.app import create_app, segments
 from lmforge.label.session import Item, Session, load_items
 from lmforge.label.store import AnswerStore, answers_to_examples
 
+BASE = "http://127.0.0.1:8765"  # the app answers to its own host names only (DNS rebinding)
+
 
 def test_answers_and_undos_are_replayed_from_the_log(tmp_path):
     path = tmp_path / "answers.jsonl"
@@ -83,7 +85,7 @@ def session(tmp_path):
 def client(session):
     from fastapi.testclient import TestClient
 
-    return TestClient(create_app(session))
+    return TestClient(create_app(session), base_url=BASE)
 
 
 def test_next_item_is_the_one_the_online_model_is_least_sure_about(session):
@@ -122,7 +124,7 @@ def test_item_text_is_escaped(tmp_path):
 
     items = [Item("x", "<script>alert(1)</script>很好 & 坏"), Item("y", "二")]
     session = Session(items, ["neg", "pos"], AnswerStore(tmp_path / "a.jsonl"), strategy="order")
-    page = TestClient(create_app(session)).get("/item/x").text
+    page = TestClient(create_app(session), base_url=BASE).get("/item/x").text
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;很好 &amp; 坏" in page
 
 
@@ -131,7 +133,7 @@ def test_ner_answers_are_checked(tmp_path):
 
     items = [Item("s", "江泽民在北京", prediction=[[0, 3, "PER"]], score=0.3), Item("t", "上海", score=0.9)]
     session = Session(items, ["PER", "LOC"], AnswerStore(tmp_path / "a.jsonl"), kind="ner")
-    client = TestClient(create_app(session))
+    client = TestClient(create_app(session), base_url=BASE)
     assert client.get("/", follow_redirects=False).headers["location"] == "/item/s"  # least sure first
     page = client.get("/item/s").text
     assert 'data-label="PER"' in page and ">江泽民<sup>PER</sup></mark>" in page
@@ -157,15 +159,19 @@ def test_an_access_key_guards_every_route(session):
     from lmforge.errors import ConfigError
     from lmforge.label.app import serve
 
-    c = TestClient(create_app(session, access_key="s3cret"))
+    c = TestClient(create_app(session, access_key="s3cret"), base_url=BASE)
     assert c.get("/item/r0").status_code == 401
     assert c.post("/api/answer", json={"item": "r0", "label": "pos"}).status_code == 401
     res = c.get("/item/r0?key=s3cret", follow_redirects=False)
     assert res.status_code == 303 and res.headers["location"] == "/item/r0"
     assert c.get("/item/r0").status_code == 200  # the cookie carries the key now
     assert c.post("/api/answer", json={"item": "r0", "label": "pos"}).json()["saved"]
-    fresh = TestClient(create_app(session, access_key="s3cret"))
+    fresh = TestClient(create_app(session, access_key="s3cret"), base_url=BASE)
     assert fresh.get("/api/state", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert fresh.get("/api/state", headers={"Authorization": "Bearer wrong"}).status_code == 401
     with pytest.raises(ConfigError, match="access key"):
         serve(session, host="0.0.0.0", port=0)
+    with pytest.raises(ConfigError, match=r"max_body_bytes: .*greater than or equal to 1024 \(got 10\)"):
+        serve(session, max_body_bytes=10)
+    with pytest.raises(ConfigError, match=r"allowed_hosts: 'http://x' is not a host name"):
+        serve(session, allowed_hosts=["http://x"])

@@ -3,7 +3,9 @@ import json
 from lmforge.cli.main import main
 from lmforge.finetune.builtin_tasks import load_task
 from lmforge.finetune.data import TaskData
+from lmforge.label.guard import LabelServerConfig
 from lmforge.label.labelstudio import write_tasks
+from lmforge.label.session import MAX_COMMENT_CHARS
 from lmforge.label.store import AnswerStore
 
 
@@ -15,14 +17,17 @@ def _reviews_file(tmp_path, n=60, with_labels=True):
     return path, rows
 
 
-def test_help_lists_the_commands_with_examples(capsys):
+def test_help_lists_the_commands_with_examples(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # help is laid out for a window (typer's own console): give it a wide one
     assert main(["label", "--help"]) == 0
     text = capsys.readouterr().out
     for command in ("serve", "answers", "split", "export-ls", "import-ls", "weak", "agreement", "issues"):
         assert command in text
     assert "lmforge label serve reviews.jsonl --labels neg,pos" in text
     assert main(["label", "serve", "--help"]) == 0
-    assert "127.0.0.1" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "127.0.0.1" in text and "--allow-host" in text
+    assert f"default: {LabelServerConfig().max_body_bytes}" in text and f"default: {MAX_COMMENT_CHARS}" in text
 
 
 def test_split_with_folds(tmp_path, capsys):

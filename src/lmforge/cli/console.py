@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
@@ -19,8 +19,54 @@ from rich.progress import (
 
 from lmforge import progress
 
-console = Console(stderr=True)
-out = Console()
+# Where output goes to a pipe, a file or a test's capture there is no window to fit.
+UNWRAPPED_WIDTH = 200
+
+
+class CliConsole(Console):
+    """rich's Console, except off a terminal: lines are never wrapped, and tables get a fixed width.
+
+    rich otherwise wraps at COLUMNS, or at the width of whichever standard stream is a terminal, even
+    when stdout is a file: a line a script greps for ("leaking pairs across splits: 0") then breaks at
+    a place that depends on the window the command happened to be started from. On a terminal nothing
+    changes; a width set in code (`console.width = 160`) still wins. "Terminal" means the stream is a
+    tty, whatever FORCE_COLOR says: forcing colours gives a pipe no window.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if kwargs.get("width") is None:
+            self._width = None  # rich read COLUMNS into it; on a terminal `size` still reads COLUMNS
+
+    def _to_tty(self) -> bool:
+        isatty = getattr(self.file, "isatty", None)
+        try:
+            return bool(isatty and isatty())
+        except ValueError:  # closed (the end of a pytest run)
+            return False
+
+    @property
+    def soft_wrap(self) -> bool:
+        return self._soft_wrap or not self._to_tty()
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = value
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self._to_tty():
+            return ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = CliConsole(stderr=True)
+out = CliConsole()
 
 
 class _RichHandle(progress.TaskHandle):
@@ -64,12 +110,14 @@ def rich_progress() -> Iterator[None]:
 
 
 def setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=debug, rich_tracebacks=debug)],
-        force=True,
-    )
+    """rich's columns on a terminal; elsewhere one plain line per record, which rich would wrap and pad."""
+    if console._to_tty():
+        handler: logging.Handler = RichHandler(console=console, show_path=debug, rich_tracebacks=debug)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(console.file)
+        where = " (%(filename)s:%(lineno)d)" if debug else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-8s %(message)s{where}", datefmt="[%X]"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
     for noisy in ("urllib3", "filelock", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

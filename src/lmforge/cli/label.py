@@ -55,8 +55,8 @@ def _table(title: str, columns: list[str], rows: list[list[object]]):
 def serve_command(
     dataset: str = typer.Argument(..., help="Items to label: JSONL/CSV (text, optional id, prediction, score), "
                                             "Label Studio tasks .json, or builtin:NAME."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Answer log (JSONL) [default: DATASET.answers.jsonl]."),
-    labels: str | None = typer.Option(None, help="Comma-separated classes or entity types [default: from the "
+    out: Path | None = typer.Option(None, "--out", "-o", help="Answer log (JSONL) \\[default: DATASET.answers.jsonl]."),
+    labels: str | None = typer.Option(None, help="Comma-separated classes or entity types \\[default: from the "
                                                  "built-in task or the predictions]."),
     kind: str = KIND,
     strategy: str = typer.Option("entropy", help="Next item by: entropy, margin, least_confidence, diversity, "
@@ -65,14 +65,20 @@ def serve_command(
     port: int = typer.Option(8765, min=0, max=65535),
     key: str | None = typer.Option(None, "--key", envvar="LMFORGE_LABEL_KEY",
                                    help="Access key: open the app with ?key=KEY (kept in a cookie)."),
-    annotator: str | None = typer.Option(None, help="Name saved with each answer [default: the login name]."),
+    allow_host: str | None = typer.Option(None, "--allow-host", help="Comma-separated extra host names the app "
+                                                                     "answers to (e.g. a reverse proxy's)."),
+    max_body: int | None = typer.Option(None, "--max-body", help="Largest request body in bytes; larger ones get "
+                                                                   "413 \\[default: 1048576]."),
+    max_comment: int | None = typer.Option(None, "--max-comment", help="Longest comment in characters "
+                                                                       "\\[default: 2000]."),
+    annotator: str | None = typer.Option(None, help="Name saved with each answer \\[default: the login name]."),
     text_field: str = typer.Option("text", help="Field holding the text."),
 ) -> None:
     """Open a labelling web app at http://HOST:PORT (one item at a time, keyboard shortcuts, undo)."""
     from lmforge.cli.console import console
     from lmforge.errors import ConfigError
     from lmforge.label.app import serve
-    from lmforge.label.session import Session, load_items
+    from lmforge.label.session import MAX_COMMENT_CHARS, Session, load_items
     from lmforge.label.store import AnswerStore
 
     items = load_items(dataset, kind, text_field)
@@ -82,11 +88,13 @@ def serve_command(
     log_path = out or (Path(f"label-{dataset.split(':', 1)[1]}.answers.jsonl") if dataset.startswith("builtin:")
                        else Path(dataset).with_suffix(".answers.jsonl"))
     session = Session(items, names, AnswerStore(log_path), kind=kind, strategy=strategy,
-                      annotator=annotator or _login(), name=dataset if dataset.startswith("builtin:") else Path(dataset).name)
+                      annotator=annotator or _login(),
+                      max_comment_chars=MAX_COMMENT_CHARS if max_comment is None else max_comment,
+                      name=dataset if dataset.startswith("builtin:") else Path(dataset).name)
     query = "?key=<your key>" if key else ""
     console.print(f"labelling {len(items):,} items ({len(session.store.current()):,} done) at http://{host}:{port}/{query} ; "
                   f"answers go to {log_path}. Ctrl+C stops.", highlight=False)
-    serve(session, host, port, key)
+    serve(session, host, port, key, allowed_hosts=_labels(allow_host) or [], max_body_bytes=max_body)
 
 
 def _login() -> str:
@@ -133,7 +141,7 @@ def answers_command(
 def split_command(
     source: str = typer.Argument(..., help="Labelled file, saved dataset directory, or builtin:NAME."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the dataset to."),
-    kind: str | None = typer.Option(None, help="classification, ner or instruction [default: from the source, "
+    kind: str | None = typer.Option(None, help="classification, ner or instruction \\[default: from the source, "
                                                "else classification]."),
     val: float = typer.Option(0.1, help="Validation fraction."),
     test: float = typer.Option(0.1, help="Test fraction."),
@@ -221,7 +229,7 @@ def export_ls_command(
 def import_ls_command(
     export: Path = typer.Argument(..., help="Label Studio JSON export (Export → JSON)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the dataset to."),
-    kind: str | None = typer.Option(None, help="classification or ner [default: from the annotations]."),
+    kind: str | None = typer.Option(None, help="classification or ner \\[default: from the annotations]."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl, csv or hf."),
     seed: int = typer.Option(0, help="Seed of the split."),
 ) -> None:

@@ -10,7 +10,7 @@
 - `classifier`: the small TF-IDF + logistic regression text classifier the other parts train.
 - `active`: which items to label next (entropy, margin, diversity) and learning curves.
 - `quality`: agreement between annotators (Cohen's and Fleiss' kappa), disagreements, label noise.
-- `store`, `session`, `app`: the local annotation web app behind `lmforge label serve`.
+- `store`, `session`, `guard`, `app`: the local annotation web app behind `lmforge label serve`.
 
 Nothing here imports heavy packages at module level; scikit-learn, FastAPI and `datasets` are
 imported where they are used (`pip install 'lmforge[label]'`).

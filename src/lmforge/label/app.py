@@ -6,7 +6,8 @@ Ctrl+Z undoes, s skips, c goes to the comment box. Every answer is in the append
 (`store.AnswerStore`, fsynced) before the request returns, so killing the server loses nothing,
 and undo works across restarts. Binds 127.0.0.1 unless told otherwise; with an access key
 (required off loopback) every request must carry it: `?key=` once in the URL (it is then kept in
-an HttpOnly cookie) or `Authorization: Bearer <key>`.
+an HttpOnly cookie) or `Authorization: Bearer <key>`. `guard.Guard` also refuses other Host names
+(DNS rebinding), state changes sent from other origins, and oversize bodies, key or no key.
 
 Routes: `GET /` (redirect to the next item), `GET /item/{id}`, `POST /api/answer`,
 `POST /api/undo`, `POST /api/skip`, `GET /api/state`, `GET /healthz`, `/static/*`.
@@ -15,11 +16,13 @@ Routes: `GET /` (redirect to the next item), `GET /item/{id}`, `POST /api/answer
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from lmforge.errors import UserError
+from lmforge.label.guard import Guard, LabelServerConfig, is_loopback
 from lmforge.label.session import Item, Session
 
 log = logging.getLogger(__name__)
@@ -48,36 +51,11 @@ def _url(item: Item | None) -> str:
     return "/done" if item is None else f"/item/{quote(item.id, safe='')}"
 
 
-KEY_COOKIE = "lmforge_label_key"
+def create_app(session: Session, access_key: str | None = None, config: LabelServerConfig | None = None):
+    """The FastAPI app over one labelling session, behind `guard.Guard` (Host, origin, body size, access key).
 
-
-def _add_key_check(app: Any, key: str) -> None:
-    """Refuse every request without the access key; a correct ?key= sets the cookie and drops it from the URL."""
-    import hmac
-
-    from fastapi import Request
-    from fastapi.responses import PlainTextResponse, RedirectResponse
-
-    def ok(given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), key.encode())
-
-    @app.middleware("http")
-    async def _check(request: Request, call_next):
-        if ok(request.query_params.get("key")):
-            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
-            target = request.url.path + ("?" + "&".join(f"{k}={quote(v)}" for k, v in rest) if rest else "")
-            response = RedirectResponse(target, status_code=303)
-            response.set_cookie(KEY_COOKIE, key, httponly=True, samesite="strict")
-            return response
-        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
-        if ok(request.cookies.get(KEY_COOKIE)) or ok(bearer):
-            return await call_next(request)
-        return PlainTextResponse("401: this labelling server needs its access key: open it with ?key=<key>",
-                                 status_code=401)
-
-
-def create_app(session: Session, access_key: str | None = None):
-    """The FastAPI app over one labelling session (every request needs `access_key` when one is set)."""
+    `config` says where it is served (default 127.0.0.1:8765), which decides the Host names it answers to.
+    """
     from fastapi import Body, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
     from fastapi.staticfiles import StaticFiles
@@ -86,8 +64,7 @@ def create_app(session: Session, access_key: str | None = None):
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
     app = FastAPI(title="lmforge label", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    if access_key:
-        _add_key_check(app, access_key)
+    app.add_middleware(Guard, config=config or LabelServerConfig(), access_key=access_key)
     colours = {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(session.labels)}
 
     def fail(exc: UserError) -> HTTPException:
@@ -121,7 +98,8 @@ def create_app(session: Session, access_key: str | None = None):
                   "answer": {k: answer.get(k) for k in ("label", "spans", "comment")} if answer else None}
         return env.get_template("item.html").render(
             item=item, state=session.state(), suggestion=suggestion, answer=answer, colours=colours,
-            segments=segments(item.text, spans) if session.kind == "ner" else None, config=config)
+            segments=segments(item.text, spans) if session.kind == "ner" else None, config=config,
+            max_comment=session.max_comment_chars)
 
     @app.post("/api/answer")
     def answer(payload: dict[str, Any] = Body(...)) -> JSONResponse:
@@ -157,18 +135,17 @@ def create_app(session: Session, access_key: str | None = None):
     return app
 
 
-def serve(session: Session, host: str = "127.0.0.1", port: int = 8765, access_key: str | None = None) -> None:
+def serve(session: Session, host: str = "127.0.0.1", port: int = 8765, access_key: str | None = None, *,
+          allowed_hosts: Sequence[str] = (), max_body_bytes: int | None = None) -> None:
     """Run the app with uvicorn until interrupted; off loopback an access key is required."""
-    import ipaddress
-
+    from lmforge.config import validate
     from lmforge.errors import ConfigError, require
 
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not access_key:
+    given = {"host": host, "port": port, "allowed_hosts": list(allowed_hosts), "max_body_bytes": max_body_bytes}
+    config = validate(LabelServerConfig, {k: v for k, v in given.items() if v is not None}, where="label serve")
+    if not is_loopback(host) and not access_key:
         raise ConfigError(f"host {host!r} is not loopback: give an access key (--key) to serve labelling beyond "
                           "this machine")
     uvicorn = require("uvicorn", "label")
-    uvicorn.run(create_app(session, access_key), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(session, access_key, config), host=host, port=port, log_level="warning",
+                access_log=False)

@@ -27,6 +27,9 @@ from lmforge.label.store import AnswerStore
 
 log = logging.getLogger(__name__)
 
+# A comment is a note beside a label, and every answer is kept in the log forever: a pasted document is refused.
+MAX_COMMENT_CHARS = 2000
+
 
 @dataclass
 class Item:
@@ -135,7 +138,7 @@ class Session:
 
     def __init__(self, items: Sequence[Item], labels: Sequence[str], store: AnswerStore, *,
                  kind: str = "classification", strategy: str = "entropy", annotator: str = "",
-                 name: str = "", seed: int = 0) -> None:
+                 name: str = "", seed: int = 0, max_comment_chars: int = MAX_COMMENT_CHARS) -> None:
         if kind not in ("classification", "ner"):
             raise ConfigError(f"kind must be classification or ner (got {kind!r})")
         if strategy not in STRATEGIES + ("order",):
@@ -148,6 +151,9 @@ class Session:
         self.by_id = {it.id: i for i, it in enumerate(self.items)}
         self.labels, self.store, self.kind = list(labels), store, kind
         self.strategy, self.annotator, self.name, self.seed = strategy, annotator, name, seed
+        if max_comment_chars < 0:
+            raise ConfigError(f"max_comment_chars must be 0 or more (got {max_comment_chars})")
+        self.max_comment_chars = max_comment_chars
         self.skipped: set[str] = set()
         self._lock = threading.RLock()
         self._model = None
@@ -264,6 +270,10 @@ class Session:
                comment: str = "") -> dict[str, Any]:
         """Validate and save one answer (durably), then forget that the item was skipped."""
         it = self.item(item_id)
+        comment = comment.strip()
+        if len(comment) > self.max_comment_chars:
+            raise InputError(f"the comment is {len(comment):,} characters; at most {self.max_comment_chars:,} "
+                             "are kept (--max-comment)")
         if self.kind == "classification":
             if label not in self.labels:
                 raise InputError(f"label {label!r} is not one of {self.labels}")
@@ -273,7 +283,7 @@ class Session:
             label = None
         suggestion = self.suggestion(it)
         with self._lock:
-            event = self.store.answer(it.id, it.text, label=label, spans=spans, comment=comment.strip(),
+            event = self.store.answer(it.id, it.text, label=label, spans=spans, comment=comment,
                                       suggestion=suggestion, annotator=self.annotator)
             self.skipped.discard(it.id)
             return event
