@@ -19,7 +19,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_tiny_run(run: Path) -> Path:
+def make_tiny_run(run: Path, block_size: int = 128) -> Path:
     """RUN/pretrain/checkpoint + RUN/tokenizer, the layout `lmforge pretrain` leaves."""
     import pydoc_data.topics
 
@@ -32,7 +32,7 @@ def make_tiny_run(run: Path) -> Path:
     texts = list(pydoc_data.topics.topics.values())[:20] + ["你好，世界。今天我们学习语言模型。电话 13812345678。"] * 20
     train_tokenizer(texts, TokenizerConfig(vocab_size=400), run / "tokenizer")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=400, block_size=128, n_layer=2, n_head=2, n_embd=32))
+    model = GPT(GPTConfig(vocab_size=400, block_size=block_size, n_layer=2, n_head=2, n_embd=32))
     save_checkpoint(model, model.config, run / "pretrain" / "checkpoint")
     return run
 

@@ -39,7 +39,7 @@ def generate_command(
 ) -> None:
     from lmforge.cli.console import console
     from lmforge.errors import UserError
-    from lmforge.serve.chat import render_chat
+    from lmforge.serve.chat import ChatEncoder
     from lmforge.serve.generate import generate_batch
     from lmforge.serve.generate import stream as stream_text
     from lmforge.serve.loading import load_generator
@@ -49,7 +49,9 @@ def generate_command(
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             repetition_penalty=repetition_penalty, n=n, stop=[s.encode().decode("unicode_escape")
                                                                              for s in stop], seed=seed)
-    texts = [render_chat([{"role": "user", "content": p}], loaded.chat_template) if chat else p for p in prompts]
+    # With --chat each prompt is a user turn: its special token strings are text, as the server reads them.
+    chat_encoder = ChatEncoder(loaded.tokenizer, loaded.chat_template) if chat else None
+    texts = [chat_encoder.encode([{"role": "user", "content": p}]) if chat_encoder else p for p in prompts]
     if stream:
         if len(prompts) > 1 or n > 1:
             raise UserError("--stream prints one completion: give one prompt and -n 1")

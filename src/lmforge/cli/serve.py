@@ -33,6 +33,7 @@ def serve_command(
     rate_limit: float = typer.Option(0, min=0, help="Requests per minute per key (0: unlimited)."),
     max_tokens: int | None = typer.Option(None, min=1, help="Cap on a request's max_tokens [default: context]."),
     max_request_bytes: int = typer.Option(1 << 20, min=1024, help="Largest request body accepted."),
+    max_choices: int = typer.Option(64, min=1, help="Most completions (prompts x n) one request may ask for."),
     redact_pii: bool = typer.Option(False, "--redact-pii", help="Mask PII in prompts and outputs."),
     backend: str = typer.Option("lmforge", help="lmforge, or vllm (needs vllm and a GPU)."),
     tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: beside the model or its run]."),
@@ -45,11 +46,14 @@ def serve_command(
     from lmforge.serve.http import serve
     from lmforge.serve.protocol import ServeConfig
 
-    keys = list(api_key) + [k for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k.strip()]
+    # An empty --api-key (an unset variable) is kept, so that ServeConfig refuses it; the variable's list may
+    # end in a comma.
+    keys = list(api_key) + [k.strip() for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k.strip()]
     try:
         config = ServeConfig(host=host, port=port, api_keys=keys, model_name=name, backend=backend, slots=slots,
                              rate_limit=rate_limit, max_tokens_limit=max_tokens,
-                             max_request_bytes=max_request_bytes, redact_pii=redact_pii)
+                             max_request_bytes=max_request_bytes, max_choices=max_choices,
+                             redact_pii=redact_pii)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "serve")) from None
     serve(model, config, tokenizer, device)

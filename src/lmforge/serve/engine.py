@@ -26,6 +26,18 @@ from lmforge.serve.sampling import SamplingParams, choose
 
 logger = logging.getLogger(__name__)
 
+PROMPT_LOGPROB_CHUNK = 256  # prompt positions scored per output-layer call: bounds (positions x vocabulary)
+
+
+@dataclass
+class TokenLogprob:
+    """A token's log-probability under the model (log-softmax of the raw logits) and the most likely
+    alternatives at its position, best first."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
 
 @dataclass
 class Event:
@@ -35,6 +47,8 @@ class Event:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length"
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids, when the request asked
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on a sample's first event; the first is None
 
 
 @dataclass
@@ -55,6 +69,18 @@ class _Seq:
     text: IncrementalText
     last: int = 0
     produced: int = 0
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # sent with the first event, then dropped
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """Each row's token's log-probability under logits (N, V) and the row's `top` most likely tokens."""
+    if not tokens:
+        return []
+    lp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+    chosen = lp.gather(1, torch.tensor(tokens, device=lp.device)[:, None])[:, 0].tolist()
+    values, ids = (lp.topk(min(top, lp.size(-1)), dim=-1) if top else (lp[:, :0], lp[:, :0].long()))
+    return [TokenLogprob(t, c, list(zip(i, v, strict=True)))
+            for t, c, i, v in zip(tokens, chosen, ids.tolist(), values.tolist(), strict=True)]
 
 
 def check_fits(prompt_tokens: int, params: SamplingParams, max_len: int) -> None:
@@ -177,19 +203,20 @@ class Engine:
         if not admitted:
             return
         try:
-            first = self._prefill([(slots[0], req.prompt_ids) for req, slots in admitted])
+            first = self._prefill([(slots[0], req.prompt_ids, req.params.prompt_logprobs) for req, slots in admitted])
         except Exception:
             for _, slots in admitted:
                 self._free.extend(slots)
             raise
-        for (req, slots), logits in zip(admitted, first, strict=True):
+        for (req, slots), (logits, prompt_lp) in zip(admitted, first, strict=True):
             for slot in slots[1:]:
                 self.cache.copy_slot(slots[0], slot)
             seqs = []
             for i, slot in enumerate(slots):
                 self.seen[slot].zero_()
                 self.seen[slot, req.prompt_ids] = True
-                seq = _Seq(req, i, slot, req.params.generator(i), IncrementalText(self.tokenizer, req.params.stop))
+                seq = _Seq(req, i, slot, req.params.generator(i), IncrementalText(self.tokenizer, req.params.stop),
+                           prompt_logprobs=prompt_lp)
                 self._running[slot] = seq
                 seqs.append(seq)
             if req.params.max_new_tokens == 0:
@@ -198,34 +225,42 @@ class Engine:
                 continue
             self._advance(slots, logits.expand(len(slots), -1))
 
-    def _prefill(self, prompts: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
-        """Run prompts into their slots; return each one's logits (1, V) for its first new token.
+    def _prefill(self, prompts: list[tuple[int, list[int], int | None]]
+                 ) -> list[tuple[torch.Tensor, list[TokenLogprob | None] | None]]:
+        """Run prompts into their slots; return each one's logits (1, V) for its first new token, and
+        its prompt tokens' log-probabilities where the third item (alternatives wanted) is not None.
 
         Prompts in consecutive slots share one forward pass, right-padded to the longest: the
         padding lands past each row's length, where the row's next tokens overwrite it before
         any query may see it.
         """
-        out: dict[int, torch.Tensor] = {}
-        order = sorted(prompts)
-        runs: list[list[tuple[int, list[int]]]] = []
-        for slot, ids in order:
-            if runs and runs[-1][-1][0] == slot - 1:
-                runs[-1].append((slot, ids))
+        out: dict[int, tuple[torch.Tensor, list[TokenLogprob | None] | None]] = {}
+        order = sorted(prompts, key=lambda p: p[0])
+        runs: list[list[tuple[int, list[int], int | None]]] = []
+        for prompt in order:
+            if runs and runs[-1][-1][0] == prompt[0] - 1:
+                runs[-1].append(prompt)
             else:
-                runs.append([(slot, ids)])
+                runs.append([prompt])
         for run in runs:
-            lo, width = run[0][0], max(len(ids) for _, ids in run)
-            for slot, _ in run:
+            lo, width = run[0][0], max(len(ids) for _, ids, _ in run)
+            for slot, _, _ in run:
                 self.cache.set_length(slot, 0)
-            idx = torch.tensor([ids + [0] * (width - len(ids)) for _, ids in run], dtype=torch.long)  # (B, T)
+            idx = torch.tensor([ids + [0] * (width - len(ids)) for _, ids, _ in run], dtype=torch.long)  # (B, T)
             self.cache.select(slice(lo, lo + len(run)), width)
             x = self.model.features(idx.to(self.device), kv_cache=self.cache)  # (B, T, C)
-            ends = torch.tensor([len(ids) - 1 for _, ids in run], device=x.device)
+            ends = torch.tensor([len(ids) - 1 for _, ids, _ in run], device=x.device)
             logits = self.model.lm_head(x[torch.arange(len(run), device=x.device), ends])  # (B, V)
-            for row, (slot, ids) in enumerate(run):
+            for row, (slot, ids, top) in enumerate(run):
                 self.cache.set_length(slot, len(ids))
-                out[slot] = logits[row : row + 1]
-        return [out[slot] for slot, _ in prompts]
+                prompt_lp = None
+                if top is not None:  # position t predicts token t+1; nothing predicts the first
+                    prompt_lp = [None]
+                    for t in range(0, len(ids) - 1, PROMPT_LOGPROB_CHUNK):  # (chunk, V) at a time, not (T, V)
+                        end = min(t + PROMPT_LOGPROB_CHUNK, len(ids) - 1)
+                        prompt_lp += token_logprobs(self.model.lm_head(x[row, t:end]), ids[t + 1 : end + 1], top)
+                out[slot] = (logits[row : row + 1], prompt_lp)
+        return [out[slot] for slot, _, _ in prompts]
 
     def _advance(self, slots: list[int], logits: torch.Tensor) -> None:
         seqs = [self._running[s] for s in slots]
@@ -233,7 +268,13 @@ class Engine:
         seen = self.seen[slots] if any(p.repetition_penalty != 1.0 for p in params) else None
         picks = choose(logits, params, [s.generator for s in seqs], seen)
         self.seen[slots, picks] = True
-        for seq, token in zip(seqs, picks, strict=True):
+        scored = [r for r, p in enumerate(params) if p.logprobs is not None]
+        reports: dict[int, TokenLogprob] = {}
+        if scored:  # of the raw logits: what the model says, before bias, penalty and temperature
+            lps = token_logprobs(logits[scored], [picks[r] for r in scored], max(params[r].logprobs for r in scored))
+            reports = {r: TokenLogprob(lp.token, lp.logprob, lp.top[: params[r].logprobs])
+                       for r, lp in zip(scored, lps, strict=True)}
+        for row, (seq, token) in enumerate(zip(seqs, picks, strict=True)):
             req = seq.request
             if token in req.stop_ids:
                 self._finish(seq, "stop")
@@ -241,17 +282,24 @@ class Engine:
             seq.produced += 1
             seq.last = token
             delta, stopped = seq.text.add(token)
+            lp = [reports[row]] if row in reports else None
             if stopped:
-                self._finish(seq, "stop", delta, [token])
+                self._finish(seq, "stop", delta, [token], lp)
             elif seq.produced >= req.params.max_new_tokens:
-                self._finish(seq, "length", delta, [token])
+                self._finish(seq, "length", delta, [token], lp)
             else:
-                req.sink(Event(seq.index, delta, [token]))
+                self._send(seq, Event(seq.index, delta, [token], logprobs=lp))
 
-    def _finish(self, seq: _Seq, reason: str, delta: str = "", ids: list[int] | None = None) -> None:
+    def _finish(self, seq: _Seq, reason: str, delta: str = "", ids: list[int] | None = None,
+                logprobs: list[TokenLogprob] | None = None) -> None:
         """Free the slot and send the last text, including what was held back for safety."""
         self._release(seq.slot)
-        seq.request.sink(Event(seq.index, delta + seq.text.flush(), ids or [], reason))
+        self._send(seq, Event(seq.index, delta + seq.text.flush(), ids or [], reason, logprobs=logprobs))
+
+    def _send(self, seq: _Seq, event: Event) -> None:
+        if seq.prompt_logprobs is not None:
+            event.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
+        seq.request.sink(event)
 
     def _release(self, slot: int) -> None:
         self._running.pop(slot, None)

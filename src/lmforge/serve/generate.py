@@ -92,7 +92,7 @@ def generate_tokens(model: Any, prompt_ids: list[int], params: SamplingParams, e
     return generate_batch(model, None, [prompt_ids], params, stops, slots=1)[0][0].token_ids
 
 
-def stream(model: Any, tokenizer: Any, prompt: str, params: SamplingParams,
+def stream(model: Any, tokenizer: Any, prompt: str | list[int], params: SamplingParams,
            stop_ids: list[int] | None = None) -> Iterator[str]:
     """Text pieces of one completion as they are decoded (the CLI's --stream)."""
     engine = Engine(model, tokenizer, slots=1, stop_ids=stop_ids)

@@ -26,6 +26,9 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # texts that end generation (not included in the output)
     seed: int | None = None  # None draws one from the OS: unrepeatable on purpose
     ignore_eos: bool = False  # keep going past the end-of-text token (benchmarks)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (-100..100)
+    logprobs: int | None = None  # report each new token's log-probability and this many alternatives
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (the first has none)
 
     def __post_init__(self) -> None:
         checks = [
@@ -35,6 +38,9 @@ class SamplingParams:
             ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
             ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1 disables)"),
             ("n", self.n >= 1, ">= 1"),
+            ("logprobs", self.logprobs is None or self.logprobs >= 0, ">= 0 or None"),
+            ("prompt_logprobs", self.prompt_logprobs is None or self.prompt_logprobs >= 0, ">= 0 or None"),
+            ("logit_bias", all(-100 <= b <= 100 for b in self.logit_bias.values()), "values in [-100, 100]"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -52,6 +58,20 @@ class SamplingParams:
         """The random stream of sample `sample` (0..n-1) of a request."""
         seed = int.from_bytes(os.urandom(8), "little") >> 1 if self.seed is None else self.seed
         return torch.Generator().manual_seed((seed * 1_000_003 + sample) % (2**63))
+
+
+def apply_logit_bias(logits: torch.Tensor, biases: list[dict[int, float]]) -> torch.Tensor:
+    """Add each row's {token id: bias} to its logits (B, V), as OpenAI's logit_bias does before sampling."""
+    rows, cols, values = [], [], []
+    for row, bias in enumerate(biases):
+        rows += [row] * len(bias)
+        cols += list(bias)
+        values += list(bias.values())
+    if not rows:
+        return logits
+    out = logits.clone()
+    out[rows, cols] += torch.tensor(values, dtype=logits.dtype, device=logits.device)
+    return out
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
@@ -88,7 +108,7 @@ def choose(
     seen: torch.Tensor | None = None,
 ) -> list[int]:
     """Next token per row of logits (B, V); `seen` (B, V) marks tokens for the repetition penalty."""
-    logits = logits.float()
+    logits = apply_logit_bias(logits.float(), [p.logit_bias for p in params])
     if seen is not None and any(p.repetition_penalty != 1.0 for p in params):
         penalty = torch.tensor([p.repetition_penalty for p in params], device=logits.device)[:, None]
         logits = apply_repetition_penalty(logits, seen, penalty)

@@ -37,6 +37,7 @@ def _hf_dir(model: Path, tokenizer: Path | None, tmp: Path) -> tuple[Path, Path 
 
 
 class VLLMBackend:
+    supports_logprobs = False  # logprobs and logit_bias are refused (400) rather than silently dropped
     def __init__(self, source: tuple[str | Path, str | Path | None], slots: int) -> None:
         try:
             import torch
