@@ -1,8 +1,14 @@
 """Limits for the hostile-input tests: run an attack in a child process under hard limits and measure it.
 
 A regression must fail the test, not take the machine down: the child gets an address-space limit
-(RLIMIT_AS) and a wall-clock deadline, and its peak resident memory comes from the kernel's own
-accounting of that child (`os.wait4`), not from sampling.
+(RLIMIT_AS) and a wall-clock deadline.
+
+Peak memory is the child's own high-water mark (VmHWM in /proc/PID/status), read every few
+milliseconds while it runs. The kernel's `ru_maxrss` for a child cannot be used: a forked child
+starts with the parent's pages resident and exec carries that high-water mark over, so a child
+of a 800 MB pytest process reports 800 MB however little it uses. Popen returns only once the
+child has exec'd, so every reading is of the new program. A spike shorter than the polling
+interval could be missed; allocations that matter here take far longer than that.
 """
 
 from __future__ import annotations
@@ -54,6 +60,24 @@ def run_measured(args: list[str], *, timeout: float = 60.0, address_space_mb: in
 
     timer = threading.Timer(timeout, kill)
     timer.start()
+    peak_kb = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        status = f"/proc/{proc.pid}/status"
+        while not done.is_set():
+            try:
+                with open(status, encoding="ascii") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak_kb[0] = max(peak_kb[0], int(line.split()[1]))
+                            break
+            except (OSError, ValueError):
+                pass
+            done.wait(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     out_chunks: dict[str, bytes] = {}
 
     def drain(name: str, stream) -> None:
@@ -65,7 +89,11 @@ def run_measured(args: list[str], *, timeout: float = 60.0, address_space_mb: in
     if stdin is not None:
         proc.stdin.write(stdin.encode())
         proc.stdin.close()
-    _, status, usage = os.wait4(proc.pid, 0)
+    # Reap only after the watcher's last reading: a zombie's status has no VmHWM line any more.
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    done.set()
+    watcher.join()
+    _, status = os.waitpid(proc.pid, 0)
     seconds = time.monotonic() - started
     timer.cancel()
     for r in readers:
@@ -75,7 +103,7 @@ def run_measured(args: list[str], *, timeout: float = 60.0, address_space_mb: in
         returncode=proc.returncode,
         stdout=out_chunks.get("out", b"").decode("utf-8", "replace"),
         stderr=out_chunks.get("err", b"").decode("utf-8", "replace"),
-        peak_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
+        peak_rss_mb=peak_kb[0] / 1024,
         seconds=seconds,
         timed_out=timed_out.is_set(),
     )

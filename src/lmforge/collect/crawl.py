@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 from pydantic import AfterValidator, Field
 
 from lmforge import progress
+from lmforge.collect.bounded import accept_encoding
 from lmforge.collect.crawl_frontier import (
     H_CANONICAL,
     H_DEPTH,
@@ -59,17 +60,36 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _host(value: str) -> str:
+    norm = normalize_url(f"http://{value.strip()}/")
+    if norm is None or norm.count("/") != 3 or "?" in norm or "@" in value:
+        raise ValueError("must be a host name, optionally with :port (no scheme or path)")
+    return urlsplit(norm).netloc
+
+
+_PATTERNS = ("regular expressions searched (re.search) in scheme://host[:port]/path of a normalized URL; "
+             "the query and fragment are not part of it, and no pattern can take the crawl off the allowed hosts")
+
+
 class CrawlConfig(StrictModel):
     seeds: list[Annotated[str, AfterValidator(_http_url)]] = Field(min_length=1)
-    include: list[Annotated[str, AfterValidator(valid_regex)]] = Field(default_factory=list)
-    exclude: list[Annotated[str, AfterValidator(valid_regex)]] = Field(default_factory=list)
+    allowed_hosts: list[Annotated[str, AfterValidator(_host)]] = Field(
+        default_factory=list, description="hosts (host or host:port) the crawl may visit besides the seeds' own")
+    include: list[Annotated[str, AfterValidator(valid_regex)]] = Field(
+        default_factory=list, description="follow only URLs matching one of these: " + _PATTERNS)
+    exclude: list[Annotated[str, AfterValidator(valid_regex)]] = Field(
+        default_factory=list, description="never follow URLs matching one of these: " + _PATTERNS)
     max_depth: int = Field(3, ge=0)
     max_pages: int = Field(1000, ge=1)
     concurrency: int = Field(8, ge=1)
     per_host_concurrency: int = Field(2, ge=1)
     delay: float = Field(1.0, ge=0)
-    timeout: float = Field(30, gt=0)
-    max_bytes: int = Field(5_000_000, gt=0)
+    timeout: float = Field(
+        30, gt=0, description="total seconds one request may take: connecting, headers and the whole body. "
+                              "A server that sends a byte a second is cut off here; each retry has its own "
+                              "deadline, so a page costs at most (retries + 1) x timeout plus the backoff")
+    max_bytes: int = Field(5_000_000, gt=0, description="largest body kept, counted after its "
+                           "Content-Encoding is decoded; reading stops one byte past it (too_large)")
     content_types: list[str] = Field(default_factory=lambda: ["text/html", "text/plain", "application/xhtml+xml"],
                                      min_length=1)
     max_redirects: int = Field(5, ge=0)
@@ -102,26 +122,41 @@ class _Alias:
     target: str
 
 
+class CrawlScope:
+    """Which URLs a crawl may visit: a URL on an allowed host, then passing include and exclude.
+
+    The host check comes first and does not depend on the patterns, and the patterns see only
+    scheme://host/path: `http://other.example/?ref=allowed.example` has the allowed host in its
+    query, and a pattern searched in the whole URL would follow it off the site.
+    """
+
+    def __init__(self, config: CrawlConfig) -> None:
+        self.seeds = [u for u in (normalize_url(s) for s in config.seeds) if u]
+        self.hosts = {urlsplit(u).netloc for u in self.seeds} | set(config.allowed_hosts)
+        self.include = [re.compile(p) for p in config.include]
+        self.exclude = [re.compile(p) for p in config.exclude]
+
+    def allows(self, url: str) -> bool:
+        """`url` is normalized (`normalize_url`), so host and port are in canonical form."""
+        parts = urlsplit(url)
+        if parts.netloc not in self.hosts:
+            return False
+        target = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        if self.include and not any(p.search(target) for p in self.include):
+            return False
+        return not any(p.search(target) for p in self.exclude)
+
+
 class _Crawler:
     def __init__(self, config: CrawlConfig, work_dir: Path) -> None:
         self.cfg = config
         self.frontier = Frontier(work_dir / "frontier.sqlite")
         self.warcs = WarcStore(work_dir / "warc", self.frontier, config.warc_max_bytes, config.user_agent)
-        self.include = [re.compile(p) for p in config.include]
-        self.exclude = [re.compile(p) for p in config.exclude]
-        self.seeds = [u for u in (normalize_url(s) for s in config.seeds) if u]
-        self.seed_netlocs = {urlsplit(u).netloc for u in self.seeds}
+        self.scope = CrawlScope(config)
+        self.seeds = self.scope.seeds
         self.http: PoliteClient | None = None
 
-    # ---------------------------------------------------------------- scope and pages
-
-    def in_scope(self, url: str) -> bool:
-        if self.include:
-            if not any(p.search(url) for p in self.include):
-                return False
-        elif urlsplit(url).netloc not in self.seed_netlocs:
-            return False
-        return not any(p.search(url) for p in self.exclude)
+    # ---------------------------------------------------------------- pages
 
     def analyse(self, url: str, depth: int, body: bytes, content_type: str):
         """Links to queue, the same-host canonical URL, and counts of links not followed."""
@@ -132,7 +167,7 @@ class _Crawler:
         raw_links, raw_canonical = extract_links(html, url)
         canonical = normalize_url(raw_canonical) if raw_canonical else None
         if canonical == url or (canonical and (urlsplit(canonical).netloc != urlsplit(url).netloc
-                                               or not self.in_scope(canonical))):
+                                               or not self.scope.allows(canonical))):
             canonical = None
         keep: list[str] = []
         ignored: Counter[str] = Counter()
@@ -143,7 +178,7 @@ class _Crawler:
                 ignored["bad_url" if http else "bad_scheme"] += 1
             elif norm in keep:
                 continue
-            elif not self.in_scope(norm):
+            elif not self.scope.allows(norm):
                 ignored["out_of_scope"] += 1
             elif depth + 1 > self.cfg.max_depth:
                 ignored["max_depth"] += 1
@@ -171,7 +206,7 @@ class _Crawler:
                 reason = "redirect_loop"
             elif len(chain) > self.cfg.max_redirects:
                 reason = "too_many_redirects"
-            elif not self.in_scope(target):
+            elif not self.scope.allows(target):
                 reason = "redirect_out_of_scope"
             if reason:
                 return Drop(reason, target or current, result.status, error=f"Location: {result.location}"[:200])
@@ -230,7 +265,8 @@ class _Crawler:
         for url, depth in self.frontier.queued():
             pending.setdefault(urlsplit(url).hostname or "", deque()).append((url, depth))
         limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
-        async with httpx.AsyncClient(headers={"User-Agent": cfg.user_agent}, timeout=cfg.timeout,
+        headers = {"User-Agent": cfg.user_agent, "Accept-Encoding": accept_encoding()}  # only what we cap
+        async with httpx.AsyncClient(headers=headers, timeout=cfg.timeout,
                                      limits=limits, follow_redirects=False) as client:
             self.http = PoliteClient(client, cfg, self.frontier)
             await self._dispatch(pending)

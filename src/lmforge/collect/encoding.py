@@ -153,12 +153,16 @@ def decode_bytes(data: bytes, declared: str | None = None) -> tuple[str, str] | 
         return data.decode(codec, errors="replace"), codec
 
 
-def looks_binary(data: bytes) -> bool:
-    """NUL bytes (outside UTF-16/32 BOM'd text) or a high share of control bytes mean not text."""
+def looks_binary(data: bytes, nul_ok: bool = False) -> bool:
+    """NUL bytes (outside UTF-16/32 BOM'd text) or a high share of control bytes mean not text.
+
+    With `nul_ok`, NUL bytes only count as control bytes: a table with one damaged row is still
+    a table, and the reader drops that row alone.
+    """
     sample = data[:8192]
     if not sample or any(sample.startswith(bom) for bom, _ in _BOMS):
         return False
-    if b"\x00" in sample:
+    if b"\x00" in sample and not nul_ok:
         return True
     controls = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13, 27))
     return controls / len(sample) > 0.05

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from lmforge.collect.bounded import BadEncoding, BoundedDecoder, UnsupportedEncoding
 from lmforge.collect.crawl_frontier import Frontier, normalize_url
 
 if TYPE_CHECKING:
@@ -232,13 +233,12 @@ class PoliteClient:
             try:
                 async with pacer.slot() as started:
                     self.requests += 1
-
-                    async def trace(event: str, info: dict, started=started) -> None:
-                        if event.endswith("send_request_headers.started"):
-                            started()
-
-                    async with self.client.stream("GET", url, extensions={"trace": trace}) as resp:
-                        result = await self._read(resp, url, robots)
+                    # the deadline covers the whole request: a server sending a byte a second passes
+                    # every per-read timeout, but not this
+                    result = await asyncio.wait_for(self._request(url, robots, started), cfg.timeout)
+            except asyncio.TimeoutError:
+                drop = Drop("timeout", url, error=f"no complete response within {cfg.timeout:g} s (timeout)")
+                continue
             except httpx.TimeoutException as exc:
                 drop = Drop("timeout", url, error=f"{type(exc).__name__}: {exc}"[:200])
                 continue
@@ -258,6 +258,14 @@ class PoliteClient:
                 wait = max(wait, result.after)
         return drop
 
+    async def _request(self, url: str, robots: bool, started) -> Page | Redirect | Drop | _Retry:
+        async def trace(event: str, info: dict) -> None:
+            if event.endswith("send_request_headers.started"):
+                started()
+
+        async with self.client.stream("GET", url, extensions={"trace": trace}) as resp:
+            return await self._read(resp, url, robots)
+
     async def _read(self, resp, url: str, robots: bool) -> Page | Redirect | Drop | _Retry:
         """Decide on the headers before reading the body, and stop reading at the size cap."""
         status, ctype = resp.status_code, resp.headers.get("content-type", "")
@@ -276,9 +284,17 @@ class PoliteClient:
         cap = ROBOTS_MAX_BYTES if robots else self.cfg.max_bytes
         body = bytearray()
         if 200 <= status < 300:
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) > cap:
+            try:
+                decoder = BoundedDecoder(resp.headers.get("content-encoding", ""), cap)
+            except UnsupportedEncoding as exc:
+                return Drop("bad_content_encoding", url, status, ctype, 0, str(exc)[:200])
+            # raw bytes, decoded here under the cap: httpx would inflate a whole network read at once
+            async for chunk in resp.aiter_raw():
+                try:
+                    body += decoder.feed(chunk)
+                except BadEncoding as exc:
+                    return Drop("bad_content_encoding", url, status, ctype, len(body), str(exc)[:200])
+                if decoder.exceeded:
                     if robots:
                         del body[cap:]
                         break

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from lmforge.collect.files import expand_paths
 from lmforge.collect.html import decode_html
+from lmforge.collect.paths import expand_paths
 from lmforge.config import StrictModel
 from lmforge.errors import require
 from lmforge.records import Record, make_id
@@ -50,7 +50,7 @@ class WarcConfig(StrictModel):
 
 def list_warcs(config: WarcConfig, base_dir: Path) -> list[Path]:
     expanded = expand_paths(config.paths, base_dir, "input.warc.paths", directories=False)
-    return [m for _, matches in expanded for m in matches]
+    return [m for _, listing in expanded for m in listing.files]  # bad links were logged by expand_paths
 
 
 def iter_warc(config: WarcConfig, base_dir: Path, work_dir: Path | None = None) -> Iterator[Record]:
@@ -131,14 +131,16 @@ def _member_end(path: Path, start: int) -> int | None:
         pos = start
         d = zlib.decompressobj(31)
         while not d.eof:
-            chunk = fh.read(1 << 20)
+            chunk = fh.read(1 << 16)
             if not chunk:
                 return None
+            pos += len(chunk)
             try:
-                d.decompress(chunk)
+                while chunk and not d.eof:  # output discarded in bounded pieces: a member may be a bomb
+                    d.decompress(chunk, 1 << 20)
+                    chunk = d.unconsumed_tail
             except zlib.error:
                 return None
-            pos += len(chunk)
         return pos - len(d.unused_data)
 
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 _TOKEN = re.compile(r"[^\W_]+")  # letters and digits; punctuation, spaces and "_" separate words
 _NON_ALNUM = re.compile(r"[\W_]+")
 _HAS_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
-_ROW_PROBLEMS = {"no_text_field", "bad_json", "bad_utf8"}  # one bad row; other reasons condemn the file
+_ROW_PROBLEMS = {"no_text_field", "bad_json", "bad_utf8", "line_too_long", "nul_byte", "bad_csv_row"}  # one bad row; others condemn the file
 _STRUCTURED = {"json", "jsonl", "csv", "tsv", "parquet"}
 
 
