@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gzip
 import json
 import logging
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.collect.api import ApiConfig, iter_api, parse_selector, public_url, select
+from lmforge.collect.bounded import accept_encoding
 from lmforge.config import validate
 from lmforge.errors import ConfigError, InputError
 from lmforge.records import make_id
@@ -138,6 +140,36 @@ def _build_app():
     @app.get("/repeat")
     async def repeat(request: fastapi.Request):
         return {"data": ITEMS[:7]}  # ignores the page parameter
+
+    @app.get("/gzip")
+    async def gzipped(request: fastapi.Request):
+        body = json.dumps({"data": ITEMS[:20]}, ensure_ascii=False).encode()
+        return Response(gzip.compress(body), media_type="application/json", headers={"Content-Encoding": "gzip"})
+
+    @app.get("/big")
+    async def big(request: fastapi.Request):
+        STATE.calls["big"] += 1
+        if arg(request, "page", 1) == 1:
+            return {"data": ITEMS[:10]}
+        body = json.dumps({"data": ITEMS * 4}).encode()  # about 60 kB, sent without a Content-Length
+        return fastapi.responses.StreamingResponse(iter([body[i:i + 4096] for i in range(0, len(body), 4096)]),
+                                                   media_type="application/json")
+
+    @app.get("/badgzip")
+    async def bad_gzip(request: fastapi.Request):
+        STATE.calls["badgzip"] += 1
+        if arg(request, "page", 1) == 1:
+            return {"data": ITEMS[:10]}
+        return Response(b"\x1f\x8b\x08\x00 not really gzip", media_type="application/json",
+                        headers={"Content-Encoding": "gzip"})
+
+    @app.get("/moved")
+    async def moved(request: fastapi.Request):
+        return fastapi.responses.RedirectResponse(f"/page?{request.url.query}", status_code=302)
+
+    @app.get("/loop")
+    async def loop(request: fastapi.Request):
+        return fastapi.responses.RedirectResponse("/loop", status_code=307)
 
     return app
 
@@ -346,3 +378,51 @@ def test_items_without_text_are_quarantined(tmp_path: Path, base_url: str):
     assert len({r.id for r in records}) == 6
     assert [r.id for r in collect(tmp_path, url=base_url + "/mixed", text_field=["$.title", "$.body"])] == \
         [r.id for r in records]
+
+
+# --------------------------------------------------------------------------- bodies and redirects
+
+
+def test_encoded_bodies_are_decoded_and_only_cappable_codings_asked_for(tmp_path: Path, base_url: str):
+    records = collect(tmp_path, url=base_url + "/gzip")
+    assert [r.text for r in records] == [item["text"] for item in ITEMS[:20]]
+    assert records[0].provenance["encoding"] == "utf-8"
+    assert STATE.headers[-1]["accept-encoding"] == accept_encoding()
+    collect(tmp_path, url=base_url + "/gzip", headers={"accept-encoding": "identity"})  # replaced, not doubled
+    assert STATE.headers[-1]["accept-encoding"] == "identity"
+
+
+def test_a_page_over_max_bytes(tmp_path: Path, base_url: str):
+    records = collect(tmp_path, url=base_url + "/big", pagination="page", max_bytes=20_000, retries=2)
+    assert [r.meta.get("drop_reason") for r in records] == [None] * 10 + ["api_too_large"]
+    bad = records[-1]
+    assert bad.meta["bytes_read"] == 20_001  # one byte past the cap, then reading stopped
+    assert "max_bytes=20000" in bad.meta["error"] and bad.url == base_url + "/big?page=2&limit=100"
+    assert bad.text.startswith('{"data": [') and len(bad.text) == 10_000
+    assert STATE.calls["big"] == 2  # the same page would be as large again: not retried
+    with pytest.raises(InputError, match=r"GET .*/page: the response is larger than max_bytes=1000 bytes once "
+                                         r"decoded \(it declares Content-Length: \d+\); raise max_bytes"):
+        collect(tmp_path, url=base_url + "/page", max_bytes=1000)
+
+
+def test_a_body_not_in_its_content_encoding(tmp_path: Path, base_url: str):
+    records = collect(tmp_path, url=base_url + "/badgzip", pagination="page", retries=1)
+    assert [r.meta.get("drop_reason") for r in records] == [None] * 10 + ["api_bad_encoding"]
+    assert STATE.calls["badgzip"] == 3  # page 1, page 2 and its retry
+    with pytest.raises(InputError, match=r"/badgzip failed after 2 attempts: HTTP 200 body: error"):
+        collect(tmp_path, url=base_url + "/badgzip", params={"page": 2}, retries=1)
+
+
+def test_redirects_are_followed_and_bounded(tmp_path: Path, base_url: str):
+    records = collect(tmp_path, url=base_url + "/moved", pagination="page", limit=100)
+    assert [r.text for r in records] == [item["text"] for item in ITEMS]
+    assert records[0].provenance["http_status"] == 200
+    with pytest.raises(InputError, match=r"GET .*/loop: more than 20 redirects"):
+        collect(tmp_path, url=base_url + "/loop")
+
+
+def test_works_where_an_event_loop_is_running(tmp_path: Path, base_url: str):
+    async def inside():
+        return collect(tmp_path, url=base_url + "/page", pagination="page", limit=100)
+
+    assert len(asyncio.run(inside())) == 250

@@ -19,10 +19,19 @@ parameter would otherwise be read until `max_pages`.
 Failures: connection errors, timeouts, 5xx and 429 are retried `retries` times with
 exponential backoff (`backoff`, 2x, 4x, ... seconds; a `Retry-After` in seconds replaces it).
 Any other 4xx, or retries used up, raises `InputError` naming method, URL and status: a
-truncated collection must not pass as a complete one. A body that is not JSON is retried too
-(proxies serve HTML error pages); if it persists on the first page the source is unreadable
-(`InputError`); on a later page the items so far are kept, the body becomes an `api_bad_json`
-quarantine record and collection stops, since the next page cannot be known.
+truncated collection must not pass as a complete one. `timeout` is a total deadline per request
+(connecting, redirects, headers and the whole body), so a server sending a byte a second times
+out like one that sends nothing. A body that is not JSON is retried too (proxies serve HTML error
+pages), and so is one that is not in its declared Content-Encoding; a body over `max_bytes` once
+decoded is not (it would be as large again). If such a body persists on the first page the source
+is unreadable (`InputError`); on a later page the items so far are kept, the body becomes a
+quarantine record (`api_bad_json`, `api_bad_encoding`, `api_too_large`) and collection stops,
+since the next page cannot be known.
+
+Requests are made in `api_http`: bodies are read raw and decoded there under `max_bytes`
+(`collect.bounded`), since httpx would inflate a whole network read at once and 1 MB of gzip can
+be 1 GB of zeros; only the codings that decoder can cap are asked for, and redirects are followed
+without reading their bodies.
 
 Secrets: the auth header's value comes from the environment (`auth_env`) and never reaches
 records, provenance, error messages or this module's logs. Keep secrets out of `url` and
@@ -38,25 +47,24 @@ import json
 import logging
 import os
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from lmforge.collect.api_http import MAX_BAD_BODY, BadPage, Fetcher, Session, public_url
+from lmforge.collect.bounded import accept_encoding
 from lmforge.config import StrictModel
-from lmforge.errors import ConfigError, InputError, require
+from lmforge.errors import ConfigError, require
 from lmforge.records import Record, make_id
 
 log = logging.getLogger(__name__)
 
-_MAX_RETRY_AFTER = 300.0  # seconds; a server asking for longer is treated as down
-_MAX_BAD_BODY = 10_000
 
 # --------------------------------------------------------------------------- selectors
 
@@ -161,7 +169,12 @@ class ApiConfig(StrictModel):
     rate_limit: float | None = Field(5.0, gt=0)  # requests per second at most; None: unlimited
     retries: int = Field(3, ge=0)
     backoff: float = Field(0.5, ge=0)
-    timeout: float = Field(30, gt=0)
+    timeout: float = Field(
+        30, gt=0, description="total seconds one request may take: connecting, redirects, headers and the whole "
+                              "body. A server that sends a byte a second is cut off here; each retry has its own "
+                              "deadline, so a page costs at most (retries + 1) x timeout plus the backoff")
+    max_bytes: int = Field(64_000_000, gt=0, description="largest response body read, counted after its "
+                           "Content-Encoding is decoded; reading stops one byte past it (api_too_large)")
 
     @field_validator("url")
     @classmethod
@@ -196,13 +209,16 @@ def iter_api(config: ApiConfig, base_dir: Path, work_dir: Path) -> Iterator[Reco
     secrets = [s for s in (auth, auth and auth.removeprefix(config.auth_prefix)) if s and len(s) >= 4]
     endpoint = public_url(config.url)
     source = f"api:{endpoint}"
-    headers = {"Accept": "application/json", "User-Agent": f"lmforge/{__version__}", **config.headers}
+    headers = httpx.Headers({"Accept": "application/json", "User-Agent": f"lmforge/{__version__}",
+                             "Accept-Encoding": accept_encoding()})  # only the codings we can cap
+    headers.update(config.headers)  # case-insensitively
     if auth:
         headers[config.auth_header] = auth
     position = _Position(config.url, config.start_page)
     previous_digest, produced = None, 0
-    with httpx.Client(headers=headers, timeout=config.timeout, follow_redirects=True) as client:
-        fetcher = _Fetcher(httpx, client, config, secrets)
+    session = Session(httpx, headers, config.timeout)
+    try:
+        fetcher = Fetcher(httpx, session, config, secrets)
         for page_no in itertools.count(1):
             if config.max_pages is not None and page_no > config.max_pages:
                 log.info("%s: stopping at max_pages=%d", endpoint, config.max_pages)
@@ -216,10 +232,10 @@ def iter_api(config: ApiConfig, base_dir: Path, work_dir: Path) -> Iterator[Reco
                 "endpoint": endpoint,
                 "page": page_no,
             }
-            if data is _BAD_JSON:
-                log.warning("%s: page %d is not JSON; stopping, keeping the %d items before it",
-                            endpoint, page_no, produced)
-                yield _bad_json_record(response, source, prov, fetcher.scrub)
+            if isinstance(data, BadPage):
+                log.warning("%s: page %d: %s; stopping, keeping the %d items before it",
+                            endpoint, page_no, data.problem, produced)
+                yield _bad_page_record(data, source, prov, fetcher.scrub)
                 return
             items = _page_items(data, config.items)
             if not items:
@@ -238,6 +254,8 @@ def iter_api(config: ApiConfig, base_dir: Path, work_dir: Path) -> Iterator[Reco
                     return
             if not position.advance(config, len(items), data, response):
                 return
+    finally:
+        session.close()
 
 
 @dataclass
@@ -304,98 +322,6 @@ def _auth_value(config: ApiConfig) -> str | None:
     return config.auth_prefix + token
 
 
-_SECRET_NAME = re.compile(r"key|token|secret|passw|auth|sig|session|credential", re.IGNORECASE)
-
-
-def public_url(url: str) -> str:
-    """`url` without user info and with secret-looking query values masked, for provenance and messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    query = [(k, "***" if _SECRET_NAME.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), ""))
-
-
-# --------------------------------------------------------------------------- requests
-
-_BAD_JSON = object()
-
-
-class _Fetcher:
-    """One request with rate limiting and retries; knows the secrets so it can keep them out of messages."""
-
-    def __init__(self, httpx, client, config: ApiConfig, secrets: list[str]):
-        self.httpx, self.client, self.config, self.secrets = httpx, client, config, secrets
-        self.interval = 1.0 / config.rate_limit if config.rate_limit else 0.0
-        self.last_response: float | None = None
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _wait_turn(self) -> None:
-        """Wait 1/rate_limit after the previous response (retries included: a retry is a request too).
-
-        Counting from the previous *response* rather than the previous send guarantees the
-        server sees requests at least that far apart, however the network delays one of them.
-        """
-        if self.last_response is not None:
-            remaining = self.last_response + self.interval - time.monotonic()
-            if remaining > 0:
-                time.sleep(remaining)
-
-    def fetch(self, url: str, params: dict | None, first: bool):
-        """(response, parsed JSON) or (response, _BAD_JSON) for a non-JSON body on a later page."""
-        config, method = self.config, self.config.method
-        shown = public_url(url)
-        problem, bad_body, problem_response = "", None, None
-        for attempt in range(config.retries + 1):
-            if attempt:
-                delay = self._delay(attempt, problem_response)
-                log.warning("%s %s: %s; retry %d/%d in %.2f s", method, shown, problem, attempt, config.retries, delay)
-                time.sleep(delay)
-            problem_response = None
-            self._wait_turn()
-            log.debug("%s %s %s", method, shown, self.scrub(json.dumps(params, default=str)) if params else "")
-            try:
-                if method == "POST":
-                    response = self.client.post(url, json=params or {})
-                else:
-                    response = self.client.get(url, params=params)
-            except self.httpx.TransportError as exc:  # connection refused or reset, timeouts, bad protocol
-                problem = f"{type(exc).__name__}: {self.scrub(str(exc))[:200]}"
-                continue
-            finally:
-                self.last_response = time.monotonic()
-            status = response.status_code
-            if status == 429 or status >= 500:
-                problem, problem_response = f"HTTP {status}", response
-                continue
-            if status >= 400:
-                body = self.scrub(response.text).strip()[:200]
-                raise InputError(f"{method} {shown} returned HTTP {status} {response.reason_phrase}"
-                                 + (f": {body}" if body else ""))
-            try:
-                return response, response.json()
-            except ValueError:
-                problem, bad_body = f"HTTP {status} body is not JSON", response
-        if bad_body is not None and problem.endswith("not JSON") and not first:
-            return bad_body, _BAD_JSON
-        raise InputError(f"{method} {shown} failed after {config.retries + 1} attempts: {problem}")
-
-    def _delay(self, attempt: int, response) -> float:
-        backoff = self.config.backoff * 2 ** (attempt - 1)
-        if response is not None:
-            retry_after = response.headers.get("retry-after", "")
-            try:
-                return min(max(float(retry_after), 0.0), _MAX_RETRY_AFTER)
-            except ValueError:
-                pass  # an HTTP date, or nothing: fall back to the backoff
-        return backoff
-
-
 # --------------------------------------------------------------------------- records
 
 
@@ -417,7 +343,7 @@ def _item_record(item: Any, config: ApiConfig, source: str, prov: dict) -> Recor
     if not texts:
         meta.update(drop_reason="api_no_text", drop_stage="input",
                     error=f"no string at {config.text_field!r} in the item")
-        text = json.dumps(item, ensure_ascii=False, default=str)[:_MAX_BAD_BODY]
+        text = json.dumps(item, ensure_ascii=False, default=str)[:MAX_BAD_BODY]
     url, lang = _first(item, config.url_field), _first(item, config.lang_field)
     return Record(
         id=rid,
@@ -434,14 +360,14 @@ def _meta_value(found: list[Any]) -> Any:
     return found[0] if len(found) == 1 else (found or None)
 
 
-def _bad_json_record(response, source: str, prov: dict, scrub) -> Record:
-    page_url = public_url(str(response.url))
+def _bad_page_record(bad: BadPage, source: str, prov: dict, scrub) -> Record:
+    page_url = public_url(str(bad.response.url))
     return Record(
-        id=make_id(source, f"bad_json:{page_url}"),
-        text=scrub(response.text)[:_MAX_BAD_BODY],  # scrub first: a cut could leave half a secret
+        id=make_id(source, f"{bad.reason.removeprefix('api_')}:{page_url}"),
+        text=scrub(bad.response.text)[:MAX_BAD_BODY],  # scrub first: a cut could leave half a secret
         source=source,
         url=page_url,
-        meta={"drop_reason": "api_bad_json", "drop_stage": "input",
-              "error": f"page {prov['page']} of {prov['endpoint']} is not JSON"},
+        meta={"drop_reason": bad.reason, "drop_stage": "input", "bytes_read": bad.bytes_read,
+              "error": scrub(f"page {prov['page']} of {prov['endpoint']}: {bad.problem}")},
         provenance=dict(prov),
     )
