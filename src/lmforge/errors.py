@@ -6,11 +6,18 @@ Bad *data* never raises (it is quarantined with a reason); bad *requests* do, as
 
 from __future__ import annotations
 
+MAX_MESSAGE = 2000  # characters; a message quoting a user's huge value is cut here, whoever built it
+
 
 class UserError(Exception):
     """A mistake the user can fix: bad config, missing file, unreadable input."""
 
     exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE:
+            args = (args[0][: MAX_MESSAGE - 30] + f"... ({len(args[0]) - MAX_MESSAGE + 30:,} more characters)",)
+        super().__init__(*args)
 
 
 class ConfigError(UserError):

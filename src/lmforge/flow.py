@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from lmforge import progress
+from lmforge.config import load_yaml_file
 from lmforge.errors import ConfigError, UserError
 from lmforge.pipeline.executors import ExecutorConfig, make_executor
 from lmforge.pipeline.runner import collect_stats, iter_output, run_pipeline
@@ -46,7 +47,7 @@ def save_config(run_dir: Path, recipe: Recipe) -> None:
     resolved = recipe.resolved()
     path = run_dir / "config.yaml"
     if path.exists():
-        previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        previous = load_yaml_file(path, "run config") or {}
         ignore = {"executor", "name"}
         changed = sorted(k for k in set(previous) | set(resolved)
                          if k not in ignore and previous.get(k) != resolved.get(k))
@@ -74,6 +75,10 @@ def run_recipe(
     on_train_step: Callable[[int, float], None] | None = None,
 ) -> RunResult:
     run_dir, base_dir = Path(run_dir), Path(base_dir)
+    if recipe.pretrain is not None and recipe.tokenizer is not None:
+        from lmforge.train.config import check_model_size
+
+        check_model_size(recipe.pretrain, recipe.tokenizer.vocab_size)  # before hours of data steps
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(run_dir, recipe)
     with _log_to(run_dir / "logs" / "run.log"):

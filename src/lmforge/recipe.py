@@ -12,6 +12,8 @@ pretrain: {preset: tiny, steps: 300}
 generate: {prompts: ["人民", "The "]}
 ```
 Every error names the field (`pipeline[1].length_filter.min_chars`), the value and what is allowed.
+A custom stage (`package.module:Class`) is code: loading the recipe imports its module, unless
+custom stages are turned off (`allow_custom_stages=False`, `lmforge run --no-custom-stages`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.augment.task import AugmentTaskConfig
 from lmforge.collect.source import InputConfig
-from lmforge.config import StrictModel, validate
+from lmforge.config import StrictModel, load_yaml_file, short_repr, validate
 from lmforge.errors import ConfigError
 from lmforge.finetune.config import FinetuneConfig
 from lmforge.pipeline.executors import ExecutorConfig
-from lmforge.pipeline.registry import resolve_stage
+from lmforge.pipeline.registry import is_custom, resolve_stage
 from lmforge.tokenize.bpe import TokenizerConfig
 from lmforge.train.config import PretrainConfig
 
@@ -70,7 +71,9 @@ class Recipe(StrictModel):
             if isinstance(entry, str):
                 value[i] = {entry: {}}
             elif not (isinstance(entry, dict) and len(entry) == 1):
-                raise ValueError(f"entry [{i}] must be a single-key mapping like '- normalize: {{}}', got {entry!r}")
+                raise ValueError(
+                    f"entry [{i}] must be a single-key mapping like '- normalize: {{}}', got {short_repr(entry)}"
+                )
         return value
 
     def stage_specs(self) -> list[tuple[str, dict[str, Any]]]:
@@ -86,38 +89,40 @@ class Recipe(StrictModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _resolve_pipeline(recipe: Recipe, where: str) -> None:
-    """Validate each stage's config with its own model and store the resolved values."""
+def _resolve_pipeline(recipe: Recipe, where: str, allow_custom_stages: bool) -> None:
+    """Validate each stage's config with its own model and store the resolved values.
+
+    Custom stages are refused first, all of them, before any stage module is imported.
+    """
+    if not allow_custom_stages:
+        for i, entry in enumerate(recipe.pipeline):
+            (name, _), = entry.items()
+            if is_custom(name):
+                try:
+                    resolve_stage(name, allow_custom=False)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: pipeline[{i}]: {exc}") from None
     for i, entry in enumerate(recipe.pipeline):
         (name, cfg), = entry.items()
         try:
-            cls = resolve_stage(name)
+            cls = resolve_stage(name, allow_custom=allow_custom_stages)
         except ConfigError as exc:
             raise ConfigError(f"{where}: pipeline[{i}]: {exc}") from None
         model = validate(cls.Config, cfg, where=where, prefix=f"pipeline[{i}].{name}")
         entry[name] = model.model_dump(mode="json")
 
 
-def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
+def parse_recipe(data: Any, where: str = "recipe", allow_custom_stages: bool = True) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a recipe must be a mapping of steps (input, pipeline, ...), got {type(data).__name__}")
     recipe = validate(Recipe, data, where=where)
-    _resolve_pipeline(recipe, where)
+    _resolve_pipeline(recipe, where, allow_custom_stages)
     return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a YAML recipe (safe_load only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: recipe is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
-    return parse_recipe(data, where=str(path))
+def load_recipe(path: str | Path, allow_custom_stages: bool = True) -> Recipe:
+    """Read and validate a YAML recipe through the bounded safe loader (`config.load_yaml_file`).
+
+    With `allow_custom_stages=False` a recipe naming a custom stage is refused before its code loads.
+    """
+    return parse_recipe(load_yaml_file(path, "recipe"), where=str(path), allow_custom_stages=allow_custom_stages)

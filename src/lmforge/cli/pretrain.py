@@ -30,6 +30,10 @@ def pretrain_command(
     device: str | None = typer.Option(None, help="Override pretrain.device: auto, cpu, cuda, cuda:N."),
     init_from: Path | None = typer.Option(None, help="Continue from an lmforge checkpoint or an HF model directory."),
     export_hf: Path | None = typer.Option(None, help="Also export the trained model as a Hugging Face model here."),
+    no_custom_stages: bool = typer.Option(
+        False, "--no-custom-stages",
+        help="Refuse custom 'package.module:Class' stages (they run their module's code) before importing any.",
+    ),
 ) -> None:
     from lmforge.cli.console import rich_progress
     from lmforge.cli.summary import print_run_summary
@@ -37,7 +41,7 @@ def pretrain_command(
     from lmforge.flow import run_recipe
     from lmforge.recipe import load_recipe
 
-    r = load_recipe(recipe)
+    r = load_recipe(recipe, allow_custom_stages=not no_custom_stages)
     if r.pretrain is None:
         raise ConfigError(f"{recipe}: has no 'pretrain' section; `lmforge run` runs data-only recipes")
     updates = {k: v for k, v in {"steps": steps, "device": device,

@@ -6,7 +6,11 @@ Examples:
 
   lmforge run recipes/demo.yaml --out runs/demo --executor ray --workers 2
 
-Re-running the same command on the same --out resumes where it stopped.
+  lmforge run someone-elses.yaml --no-custom-stages
+
+Re-running the same command on the same --out resumes where it stopped. A custom stage
+("package.module:Class") imports and runs that module's code; --no-custom-stages refuses any
+recipe that names one, before anything is imported.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ def run_command(
     executor: str | None = typer.Option(None, help="Override the recipe's executor: local or ray."),
     workers: int | None = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
     ray_address: str | None = typer.Option(None, help="Address of an existing Ray cluster."),
+    no_custom_stages: bool = typer.Option(
+        False, "--no-custom-stages",
+        help="Refuse custom 'package.module:Class' stages (they run their module's code) before importing any.",
+    ),
 ) -> None:
     from lmforge.cli.console import rich_progress
     from lmforge.cli.summary import print_run_summary
@@ -29,7 +37,7 @@ def run_command(
     from lmforge.flow import run_recipe
     from lmforge.recipe import load_recipe
 
-    r = load_recipe(recipe)
+    r = load_recipe(recipe, allow_custom_stages=not no_custom_stages)
     ex = r.executor.model_copy()
     if executor is not None:
         ex.kind = executor

@@ -86,7 +86,10 @@ def _python_docs() -> Iterator[tuple[str, str, dict]]:
 def _python_docstrings() -> Iterator[tuple[str, str, dict]]:
     """Docstring paragraphs of the standard library's modules, classes and functions.
 
-    Read with `ast` from the source files, never imported, so nothing runs.
+    Read with `ast` from the source files, never imported, so nothing runs. The locator is
+    `file:QualifiedName#paragraph` (`difflib.py:SequenceMatcher.__init__#1`): a bare function name
+    would give every class's `__init__` one id. A name defined twice in a file (under `if`/`else`,
+    a property's getter and setter) adds the line of each definition: `@L120`.
     """
     import ast
     import sysconfig
@@ -98,8 +101,9 @@ def _python_docstrings() -> Iterator[tuple[str, str, dict]]:
             continue
         try:
             tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError, OSError):
+        except (SyntaxError, ValueError, OSError, RecursionError):
             continue
+        names = _qualified_names(tree)
         for node in ast.walk(tree):
             if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
@@ -107,10 +111,31 @@ def _python_docstrings() -> Iterator[tuple[str, str, dict]]:
             if not doc:
                 continue
             name = getattr(node, "name", "<module>")
+            where = names.get(id(node), name)
             for i, para in enumerate(re.split(r"\n\s*\n", doc)):
                 if para.startswith((" ", "\t", ">>>")) or len(para) < 200 or "|" in para or "::" in para:
                     continue
-                yield f"{rel}:{name}#{i}", _WRAP.sub(" ", para).strip(), {"module": rel, "object": name}
+                yield f"{rel}:{where}#{i}", _WRAP.sub(" ", para).strip(), {"module": rel, "object": name}
+
+
+def _qualified_names(tree) -> dict[int, str]:
+    """id(def node) -> its qualified name in the module, with `@L<line>` where that name repeats."""
+    import ast
+    from collections import Counter
+
+    found: list[tuple[object, str]] = [(tree, "<module>")]
+    todo = [(tree, "")]
+    while todo:
+        parent, prefix = todo.pop()
+        for node in ast.iter_child_nodes(parent):
+            if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                qual = prefix + node.name
+                found.append((node, qual))
+                todo.append((node, qual + ("." if isinstance(node, ast.ClassDef) else ".<locals>.")))
+            elif isinstance(node, ast.stmt | ast.excepthandler | ast.match_case):
+                todo.append((node, prefix))  # if/try/with blocks: same scope (expressions hold no defs)
+    repeats = Counter(qual for _, qual in found)
+    return {id(node): qual if repeats[qual] == 1 else f"{qual}@L{node.lineno}" for node, qual in found}
 
 
 _SOURCES = {

@@ -19,10 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lmforge.config import DataclassConfig
+from lmforge.config import DataclassConfig, short_repr
 from lmforge.errors import ConfigError
 from lmforge.models.cpu_kernels import Linear  # nn.Linear on oneDNN for float32 CPU matmuls
 from lmforge.models.presets import BERT_PRESETS  # torch-free, so recipes validate preset names
+from lmforge.models.sizes import SizePart, check_fits
 
 # The sizes of Google's "well-read students" checkpoints (Turc et al. 2019) and BERT-base.
 
@@ -47,16 +48,16 @@ class BertConfig(DataclassConfig):
         for name in ("vocab_size", "max_position", "n_layer", "n_head", "n_embd", "intermediate", "type_vocab_size"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer (got {value!r})")
+                raise ConfigError(f"model.{name} must be a positive integer (got {short_repr(value)})")
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"model.{name} must be in [0, 1) (got {value!r})")
+                raise ConfigError(f"model.{name} must be in [0, 1) (got {short_repr(value)})")
         if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, int | float) \
                 or not self.layer_norm_eps > 0:
-            raise ConfigError(f"model.layer_norm_eps must be a positive number (got {self.layer_norm_eps!r})")
+            raise ConfigError(f"model.layer_norm_eps must be a positive number (got {short_repr(self.layer_norm_eps)})")
         if not _is_int(self.pad_id) or not 0 <= self.pad_id < self.vocab_size:
-            raise ConfigError(f"model.pad_id must be a token id in [0, {self.vocab_size}) (got {self.pad_id!r})")
+            raise ConfigError(f"model.pad_id must be a token id in [0, {self.vocab_size}) (got {short_repr(self.pad_id)})")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
@@ -65,6 +66,23 @@ class BertConfig(DataclassConfig):
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def size_parts(self) -> list[SizePart]:
+        """What `BertForPretraining(self)` allocates, part by part, computed without allocating."""
+        C, V, I = self.n_embd, self.vocab_size, self.intermediate  # noqa: E741 - the docstring's letters
+        layer = 3 * C * C + 3 * C + C * C + C + C * I + I + I * C + C + 4 * C  # qkv, out, ffn, two LayerNorms
+        return [
+            SizePart("word embeddings", V * C, ("vocab_size", "n_embd")),
+            SizePart("positions", self.max_position * C, ("max_position", "n_embd")),
+            SizePart("token types", self.type_vocab_size * C, ("type_vocab_size", "n_embd")),
+            SizePart("layers", self.n_layer * layer, ("n_layer", "n_embd", "intermediate")),
+            # embedding LayerNorm; MLM transform, its LayerNorm and decoder bias (weight tied); pooler; NSP
+            SizePart("heads", 2 * C + C * C + C + 2 * C + V + C * C + C + 2 * C + 2, ("n_embd", "vocab_size")),
+        ]
+
+    def derived_fields(self) -> tuple[str, ...]:
+        """Fields whose value follows from the others (so a size error blames the one really set)."""
+        return ("intermediate",) if self.intermediate == 4 * self.n_embd else ()
 
 
 def _is_int(value: Any) -> bool:
@@ -139,6 +157,8 @@ class BertForPretraining(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
+        if torch.get_default_device().type != "meta":  # a meta model allocates nothing
+            check_fits(config)
         self.config = config
         # Recompute each layer's activations in backward instead of storing them: less memory for
         # longer sequences or bigger batches at about one extra forward pass of compute.

@@ -27,11 +27,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lmforge.config import DataclassConfig
+from lmforge.config import DataclassConfig, short_repr
 from lmforge.errors import ConfigError
 from lmforge.models import cpu_kernels
 from lmforge.models.cpu_kernels import Linear
 from lmforge.models.presets import PRESETS  # torch-free, so recipes can validate preset names
+from lmforge.models.sizes import SizePart, check_fits
 
 # gelu_tanh is GPT-2's own tanh approximation, kept so GPT-2 checkpoints import exactly.
 _CHOICES = {
@@ -65,21 +66,21 @@ class GPTConfig(DataclassConfig):
             value = getattr(self, name)
             bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
             if bad and not (value is None and name in optional):
-                raise ConfigError(f"model.{name} must be a positive integer (got {value!r})")
+                raise ConfigError(f"model.{name} must be a positive integer (got {short_repr(value)})")
         for name in ("norm_eps", "rope_theta"):
             value = getattr(self, name)
             bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
             if bad and not (value is None and name in optional):
-                raise ConfigError(f"model.{name} must be a positive number (got {value!r})")
+                raise ConfigError(f"model.{name} must be a positive number (got {short_repr(value)})")
         for name in ("bias", "tie_embeddings", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"model.{name} must be true or false (got {getattr(self, name)!r})")
+                raise ConfigError(f"model.{name} must be true or false (got {short_repr(getattr(self, name))})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1) (got {self.dropout!r})")
+            raise ConfigError(f"model.dropout must be in [0, 1) (got {short_repr(self.dropout)})")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(
-                    f"model.{name} must be one of {list(allowed)} (got {getattr(self, name)!r})"
+                    f"model.{name} must be one of {list(allowed)} (got {short_repr(getattr(self, name))})"
                 )
         if self.n_embd % self.n_head:
             raise ConfigError(
@@ -104,6 +105,24 @@ class GPTConfig(DataclassConfig):
     @property
     def mlp_hidden_size(self) -> int:
         return self.mlp_hidden if self.mlp_hidden is not None else default_mlp_hidden(self.n_embd, self.mlp)
+
+    def size_parts(self) -> list[SizePart]:
+        """What `GPT(self)` allocates, part by part, computed without allocating (see models.sizes)."""
+        C, V, T, H = self.n_embd, self.vocab_size, self.block_size, self.mlp_hidden_size
+        b = int(self.bias)
+        norm = C * (1 + (b if self.norm == "layernorm" else 0))
+        attn = 3 * C * C + 3 * C * b + C * C + C * b + (2 * self.head_dim if self.qk_norm else 0)
+        mlp = C * H * (2 if self.mlp == "swiglu" else 1) + H * (2 if self.mlp == "swiglu" else 1) * b + H * C + C * b
+        parts = [
+            SizePart("embeddings", V * C * (1 if self.tie_embeddings else 2), ("vocab_size", "n_embd")),
+            SizePart("layers", self.n_layer * (2 * norm + attn + mlp), ("n_layer", "n_embd", "mlp_hidden")),
+            SizePart("final norm", norm, ("n_embd",)),
+        ]
+        if self.pos == "learned":
+            parts.append(SizePart("positions", T * C, ("block_size", "n_embd")))
+        else:  # cos and sin tables, (T, D/2) each, rebuilt from the config on load
+            parts.append(SizePart("rotary tables", T * self.head_dim, ("block_size", "n_embd"), stored=False))
+        return parts
 
 
 def default_mlp_hidden(n_embd: int, mlp: str) -> int:
@@ -289,6 +308,8 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
+        if torch.get_default_device().type != "meta":  # a meta model allocates nothing
+            check_fits(config)
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(

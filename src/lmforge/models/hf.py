@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 
+from lmforge.config import short_repr, shorten
 from lmforge.errors import ConfigError, InputError, require
 from lmforge.models.gpt import GPT, GPTConfig, default_mlp_hidden
+from lmforge.models.sizes import check_against_weights
 from lmforge.records import temp_sibling
 from lmforge.tokenize.bpe import copy_tokenizer_files
 
@@ -48,6 +50,14 @@ _SINGLE = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 _PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 _GPT2_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+# lmforge's GPTConfig field -> the config.json key it comes from, so size errors name the user's key
+HF_FIELDS = {
+    "gpt2": {"n_layer": "n_layer", "n_embd": "n_embd", "mlp_hidden": "n_inner", "block_size": "n_positions",
+             "n_head": "n_head"},
+    "llama": {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "mlp_hidden": "intermediate_size",
+              "block_size": "max_position_embeddings", "n_head": "num_attention_heads"},
+}
+HF_FIELDS["qwen3"] = HF_FIELDS["llama"]
 
 
 def hf_family(config: GPTConfig) -> str:
@@ -248,40 +258,53 @@ def export_gpt_hf(model: GPT, tokenizer_dir: str | Path | None, out_dir: str | P
 # --------------------------------------------------------------------------- import
 
 
+MAX_JSON_BYTES = 64 * 1024 * 1024  # config.json and the shard index; the largest real index is a few MB
+
+
 def read_hf_json(file: Path) -> dict[str, Any]:
     if not file.is_file():
         raise InputError(f"no Hugging Face model at {file.parent}: {file.name} is missing")
     try:
+        if file.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{file} is too large ({file.stat().st_size:,} bytes) for a model's JSON file")
         raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{file} is unreadable: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, huge ints
+        raise InputError(f"{file} is unreadable: {shorten(str(exc), 200)}") from None
     if not isinstance(raw, dict):
         raise InputError(f"{file} is not a JSON object")
     return raw
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of an HF model directory (one file or a sharded index); pickles refused."""
+    if (path / _SINGLE).is_file():
+        return [path / _SINGLE]
+    if (path / _INDEX).is_file():
+        weight_map = read_hf_json(path / _INDEX).get("weight_map", {})
+        names = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or not n.endswith(".safetensors")]
+        if bad or not names:
+            raise InputError(f"{path / _INDEX}: weight_map must name .safetensors files in {path} "
+                             f"(got {short_repr(bad[0]) if bad else 'none'})")
+        return [path / name for name in names]
+    pickled = [name for name in _PICKLED if (path / name).exists()]
+    found = f" (found {', '.join(pickled)})" if pickled else ""
+    raise InputError(
+        f"no {_SINGLE} in {path}{found}: lmforge loads safetensors only, since pickled weights can run "
+        "code; convert with `model.save_pretrained(dir)` in transformers"
+    )
 
 
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of an HF model directory (one safetensors file or a sharded index); no pickles."""
     from safetensors.torch import load_file
 
-    if (path / _SINGLE).is_file():
-        files = [path / _SINGLE]
-    elif (path / _INDEX).is_file():
-        index = read_hf_json(path / _INDEX)
-        files = [path / name for name in sorted(set(index.get("weight_map", {}).values()))]
-    else:
-        pickled = [name for name in _PICKLED if (path / name).exists()]
-        found = f" (found {', '.join(pickled)})" if pickled else ""
-        raise InputError(
-            f"no {_SINGLE} in {path}{found}: lmforge loads safetensors only, since pickled weights can run "
-            "code; convert with `model.save_pretrained(dir)` in transformers"
-        )
     tensors: dict[str, torch.Tensor] = {}
-    for file in files:
+    for file in weight_files(path):
         try:
             tensors.update(load_file(str(file)))
         except Exception as exc:  # safetensors raises its own error type for corrupt headers
-            raise InputError(f"cannot read {file}: {exc}") from None
+            raise InputError(f"cannot read {file}: {shorten(str(exc))}") from None
     return tensors
 
 
@@ -409,6 +432,10 @@ def import_gpt_hf(path: str | Path) -> GPT:
     file = path / "config.json"
     raw = read_hf_json(file)
     if raw.get("model_type") in ARCHITECTURES:  # read weights only for a model we can build
+        # Sized from config.json and the safetensors headers before any tensor is read or allocated;
+        # the config is built again with the weights (a GPT-2's all-zero biases make it bias-free).
+        sized, family = _config_from_hf(raw, {}, file)
+        check_against_weights(sized, weight_files(path), where=str(file), field_names=HF_FIELDS[family])
         hf = _with_prefix(read_hf_weights(path), raw["model_type"])
     else:
         hf = {}

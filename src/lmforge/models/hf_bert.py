@@ -19,9 +19,13 @@ import torch
 
 from lmforge.errors import ConfigError, InputError, require
 from lmforge.models.bert import BertConfig, BertForPretraining
-from lmforge.models.hf import read_hf_json, read_hf_weights, save_hf_dir
+from lmforge.models.hf import read_hf_json, read_hf_weights, save_hf_dir, weight_files
+from lmforge.models.sizes import check_against_weights
 
 logger = logging.getLogger(__name__)
+# BertConfig field -> the config.json key it comes from, so size errors name the user's key
+HF_FIELDS = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "intermediate": "intermediate_size",
+             "max_position": "max_position_embeddings", "n_head": "num_attention_heads"}
 
 
 def _name_map(n_layer: int) -> dict[str, str]:
@@ -149,6 +153,7 @@ def import_bert_hf(path: str | Path) -> BertForPretraining:
     """Load a HF BERT directory into lmforge's model; heads the checkpoint lacks keep their fresh init."""
     path = Path(path)
     config = _read_config(path)
+    check_against_weights(config, weight_files(path), where=str(path / "config.json"), field_names=HF_FIELDS)
     hf = _read_weights(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # heads missing from the checkpoint get the same init every time

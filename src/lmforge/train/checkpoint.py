@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from lmforge.config import shorten
 from lmforge.errors import ConfigError, InputError
+from lmforge.models.sizes import check_against_weights
 from lmforge.records import temp_sibling
 
 logger = logging.getLogger(__name__)
@@ -80,37 +82,52 @@ def save_checkpoint(model: torch.nn.Module, config: Any, out_dir: str | Path, ex
     return out
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a model's config.json is a few hundred bytes
+
+
 def read_checkpoint_config(ckpt_dir: str | Path) -> tuple[Any, dict]:
     """The model config (GPTConfig, BertConfig, ...) and the `extra` dict stored with it."""
-    path = Path(ckpt_dir) / CONFIG
+    _, config, extra = _read_config(Path(ckpt_dir))
+    return config, extra
+
+
+def _read_config(ckpt: Path) -> tuple[str, Any, dict]:
+    path = ckpt / CONFIG
     if not path.is_file():
-        raise InputError(f"no checkpoint at {Path(ckpt_dir)}: {CONFIG} is missing")
+        raise InputError(f"no checkpoint at {ckpt}: {CONFIG} is missing")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(f"checkpoint config {path} is too large ({path.stat().st_size:,} bytes)")
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"checkpoint config {path} is unreadable: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, huge ints
+        raise InputError(f"checkpoint config {path} is unreadable: {shorten(str(exc), 200)}") from None
     model_type = meta.pop("model_type", None) if isinstance(meta, dict) else None
     if model_type not in MODEL_CLASSES:
         raise InputError(f"{path} is not an lmforge checkpoint (model_type must be one of {sorted(MODEL_CLASSES)})")
     extra = meta.pop("extra", {})
     try:
-        return model_class(model_type).config_class.from_dict(meta), extra
+        return model_type, model_class(model_type).config_class.from_dict(meta), extra
     except (ConfigError, TypeError) as exc:
         raise InputError(f"checkpoint config {path} is invalid: {exc}") from None
 
 
 def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model from its config and load the weights; returned in eval mode."""
+    """Rebuild the model from its config and load the weights; returned in eval mode.
+
+    The config is checked against the weights file's header and the memory available before the
+    model is built, so a config.json claiming a million layers costs nothing.
+    """
     ckpt = Path(ckpt_dir)
-    config, _ = read_checkpoint_config(ckpt)
+    model_type, config, _ = _read_config(ckpt)
     weights = ckpt / WEIGHTS
     if not weights.is_file():
         raise InputError(f"no checkpoint weights at {weights}")
-    model = model_class(json.loads((ckpt / CONFIG).read_text(encoding="utf-8"))["model_type"])(config)
+    check_against_weights(config, [weights], where=str(ckpt / CONFIG))
+    model = model_class(model_type)(config)
     try:
         load_model(model, str(weights), strict=True)
     except Exception as exc:  # safetensors raises its own error type for corrupt headers
         raise InputError(
-            f"checkpoint weights {weights} are corrupt or do not match config.json: {exc}"
+            f"checkpoint weights {weights} are corrupt or do not match config.json: {shorten(str(exc))}"
         ) from None
     return model.to(resolve_device(device)).eval()

@@ -101,3 +101,43 @@ class PretrainConfig(TrainConfig):
         if value not in PRESETS and value not in BERT_PRESETS:
             raise ValueError(f"must be one of {sorted(PRESETS) + sorted(BERT_PRESETS)}")
         return value
+
+
+def model_config(cfg: PretrainConfig, vocab_size: int, pad_id: int | None = None) -> Any:
+    """The GPTConfig or BertConfig a fresh pretraining run builds: the preset, then `model` overrides.
+
+    The context length defaults to cover `seq_len`. Imports torch (through the model files).
+    """
+    overrides = dict(cfg.model)
+    if cfg.arch == "gpt":
+        from lmforge.models.gpt import config_from_preset
+
+        overrides.setdefault("block_size", max(PRESETS[cfg.preset]["block_size"], cfg.seq_len))
+        return config_from_preset(cfg.preset, vocab_size, **overrides)
+    from lmforge.models.bert import bert_config_from_preset
+
+    overrides.setdefault("max_position", max(512, cfg.seq_len))
+    if pad_id is not None:
+        overrides.setdefault("pad_id", pad_id)
+    return bert_config_from_preset(cfg.preset, vocab_size, **overrides)
+
+
+def check_model_size(cfg: PretrainConfig, vocab_size: int) -> None:
+    """Refuse, before any data step runs, a recipe whose model could not even be allocated here.
+
+    `vocab_size` is the tokenizer's target size, an upper bound of the vocabulary it will learn.
+    A model continued from `init_from` is checked when it is loaded instead.
+    """
+    import dataclasses
+
+    from lmforge.errors import ConfigError
+    from lmforge.models.sizes import check_fits
+
+    if cfg.init_from:
+        return
+    try:
+        config = model_config(cfg, vocab_size)
+    except ConfigError as exc:
+        raise ConfigError(f"pretrain: {exc}") from None
+    names = {f.name: f"pretrain.model.{f.name}" for f in dataclasses.fields(config)}
+    check_fits(config, prefix="", field_names={**names, "vocab_size": "tokenizer.vocab_size"})
