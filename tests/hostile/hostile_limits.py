@@ -14,6 +14,7 @@ interval could be missed; allocations that matter here take far longer than that
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -117,3 +118,17 @@ def run_python(code: str, **kw) -> Measured:
 def run_cli(*cli_args: str, **kw) -> Measured:
     """`python -m lmforge.cli.main ...` under the limits of `run_measured`."""
     return run_measured([sys.executable, "-m", "lmforge.cli.main", *cli_args], **kw)
+
+
+def run_json(code: str, *, timeout: float = 90.0, address_space_mb: int | None = 6000) -> tuple[object, float, float]:
+    """Run `code`, which prints one JSON line last, under the limits: (that JSON, peak RSS MB, seconds).
+
+    The child must finish on its own and exit 0; anything else fails the calling test with the child's stderr.
+    """
+    m = run_python(code, timeout=timeout, address_space_mb=address_space_mb)
+    print(f"peak {m.peak_rss_mb:.0f} MB, {m.seconds:.1f} s, rc {m.returncode}")
+    if m.timed_out:
+        raise AssertionError(f"the child was still running after {timeout} s")
+    if m.returncode != 0:
+        raise AssertionError(f"the child exited {m.returncode}: {m.stderr[-2000:]}")
+    return json.loads(m.stdout.strip().splitlines()[-1]), m.peak_rss_mb, m.seconds

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from hostile_limits import run_python
+from hostile_limits import run_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collect"))
 import crawl_site as cs  # noqa: E402
@@ -57,20 +57,10 @@ def test_the_bomb_builder_makes_valid_gzip():
     assert len(out) == 3 * _BLOCK + 2 and out[:3] == b"<ab" and out[-2:] == b"b>"
 
 
-# The child reports its own high-water mark: `ru_maxrss` of a forked child also counts the pages it
-# shared with this (pytest) process before exec, so it reads high whenever the test process is big.
-_PEAK = "\nimport re as _re\nprint('VmHWM', _re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1])\n"
-
-
 def run_child(code: str, timeout: float = 90) -> tuple[object, float]:
     """Run `code` (which prints one JSON line) under the limits; returns (that JSON, the child's peak RSS MB)."""
-    measured = run_python(code + _PEAK, timeout=timeout, address_space_mb=SPACE_MB)
-    lines = measured.stdout.strip().splitlines()
-    peak = int(lines[-1].split()[1]) / 1024 if lines and lines[-1].startswith("VmHWM") else float("nan")
-    print(f"peak {peak:.0f} MB, {measured.seconds:.1f} s, rc {measured.returncode}")
-    assert not measured.timed_out, f"the child was still running after {timeout} s"
-    assert measured.returncode == 0, measured.stderr[-2000:]
-    return json.loads(lines[-2]), peak
+    out, peak, _ = run_json(code, timeout=timeout, address_space_mb=SPACE_MB)
+    return out, peak
 
 
 def collect_in_child(tmp_path: Path, **config) -> tuple[list[list], float]:

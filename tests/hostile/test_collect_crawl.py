@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostile_limits import run_python
+from hostile_limits import run_json
 
 from lmforge.collect.crawl import CrawlConfig, crawl, iter_crawl
 
@@ -28,22 +28,6 @@ def drip(seconds: int = 90) -> Iterator[bytes]:
         yield b"x"
 
 
-# The child reports its own high-water mark: `ru_maxrss` of a forked child also counts the pages it
-# shared with this (pytest) process before exec, so it reads high whenever the test process is big.
-_PEAK = "\nimport re as _re\nprint('VmHWM', _re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1])\n"
-
-
-def run_child(code: str, timeout: float = 90) -> tuple[object, float, float]:
-    """Run `code` (which prints one JSON line) under the limits: (that JSON, the child's peak RSS MB, seconds)."""
-    measured = run_python(code + _PEAK, timeout=timeout, address_space_mb=6000)
-    lines = measured.stdout.strip().splitlines()
-    peak = int(lines[-1].split()[1]) / 1024 if lines and lines[-1].startswith("VmHWM") else float("nan")
-    print(f"peak {peak:.0f} MB, {measured.seconds:.1f} s, rc {measured.returncode}")
-    assert not measured.timed_out, f"the child was still running after {timeout} s"
-    assert measured.returncode == 0, measured.stderr[-2000:]
-    return json.loads(lines[-2]), peak, measured.seconds
-
-
 def crawl_in_child(config: dict, work: Path, timeout: float = 60) -> tuple[dict, list, float]:
     code = (
         "import json\n"
@@ -56,7 +40,7 @@ def crawl_in_child(config: dict, work: Path, timeout: float = 60) -> tuple[dict,
         "recs = [[r.url, r.drop_reason, r.meta.get('error')] for r in iter_crawl(cfg, work, work)]\n"
         "print(json.dumps([asdict(summary), recs]))\n"
     )
-    (summary, records), _, seconds = run_child(code, timeout)
+    (summary, records), _, seconds = run_json(code, timeout=timeout)
     return summary, records, seconds
 
 

@@ -7,27 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from hostile_limits import run_python
+from hostile_limits import run_json
 
 from lmforge.collect.files import FilesConfig, iter_files
 
 MB = 1 << 20
-
-
-# The child reports its own high-water mark: `ru_maxrss` of a forked child also counts the pages it
-# shared with this (pytest) process before exec, so it reads high whenever the test process is big.
-_PEAK = "\nimport re as _re\nprint('VmHWM', _re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1])\n"
-
-
-def run_child(code: str, timeout: float = 90) -> tuple[object, float, float]:
-    """Run `code` (which prints one JSON line) under the limits: (that JSON, the child's peak RSS MB, seconds)."""
-    measured = run_python(code + _PEAK, timeout=timeout, address_space_mb=6000)
-    lines = measured.stdout.strip().splitlines()
-    peak = int(lines[-1].split()[1]) / 1024 if lines and lines[-1].startswith("VmHWM") else float("nan")
-    print(f"peak {peak:.0f} MB, {measured.seconds:.1f} s, rc {measured.returncode}")
-    assert not measured.timed_out, f"the child was still running after {timeout} s"
-    assert measured.returncode == 0, measured.stderr[-2000:]
-    return json.loads(lines[-2]), peak, measured.seconds
 
 
 def collect(tmp_path: Path, **cfg) -> list:
@@ -55,7 +39,7 @@ def test_a_200_mb_jsonl_line_is_quarantined_in_bounded_memory(tmp_path, text_fie
         f"recs = iter_files(config, Path({str(tmp_path)!r}))\n"
         "print(json.dumps([[r.text[:40], r.drop_reason, r.meta] for r in recs]))\n"
     )
-    records, peak, _ = run_child(code)
+    records, peak, _ = run_json(code)
     (d / "lines.jsonl").unlink()  # 200 MB: do not leave it in pytest's kept temp folders
     assert [(t, r) for t, r, _ in records if r is None] == [("before the long line", None),
                                                            ("after the long line", None)]

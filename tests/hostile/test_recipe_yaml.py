@@ -18,10 +18,14 @@ from lmforge.errors import ConfigError
 from lmforge.recipe import Recipe
 
 LOAD = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, re, sys, time
     from lmforge.errors import UserError
     from lmforge.recipe import load_recipe
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def high_water_kb():  # this process's own peak (ru_maxrss would include the parent's pages)
+        return int(re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read())[1])
+
+    before = high_water_kb()
     t0 = time.perf_counter()
     try:
         load_recipe(sys.argv[1])
@@ -29,7 +33,7 @@ LOAD = textwrap.dedent("""
     except UserError as exc:
         error = str(exc)
     seconds = time.perf_counter() - t0
-    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grew = (high_water_kb() - before) / 1024
     print(json.dumps({"seconds": seconds, "rss_growth_mb": grew, "error": error}))
 """)
 
@@ -162,3 +166,13 @@ def test_every_user_error_message_is_capped():
     """Whatever built it, a user error quoting a huge value stays a readable line."""
     message = str(ConfigError("pipeline[0]: bad value " + "x" * 1_000_000))
     assert len(message) <= 2000 and message.startswith("pipeline[0]: bad value x") and "more characters" in message
+
+
+def test_markup_in_an_error_is_printed_as_text(tmp_path):
+    """An error quoting the user's text (`[/bold]` here) is text to the console, not rich markup to render."""
+    path = tmp_path / "markup.yaml"
+    path.write_text('input: {builtin: {}}\n"[/bold] [red]x": 1\n', encoding="utf-8")
+    m = run_cli("run", str(path), "--out", str(tmp_path / "run"), timeout=60)
+    lines = [line for line in m.stderr.splitlines() if line.strip()]
+    assert m.returncode == 2 and len(lines) == 1, m.stderr[-2000:]
+    assert "[/bold] [red]x" in lines[0]

@@ -162,6 +162,9 @@ def _load(path: Path, device: str) -> tuple[str, Any, Any]:
         return "lmforge", model, tokenizer
     import transformers
 
+    from lmforge.models.sizes import check_hf_dir
+
+    check_hf_dir(path)
     try:
         config = AutoConfig.from_pretrained(str(path))
         kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"

@@ -79,6 +79,9 @@ class MaskedLM:
             else:
                 from transformers import AutoModelForMaskedLM
 
+                from lmforge.models.sizes import check_hf_dir
+
+                check_hf_dir(path)
                 self.model = AutoModelForMaskedLM.from_pretrained(str(path)).to(device).eval()
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot load masked LM {path}: {exc}") from None

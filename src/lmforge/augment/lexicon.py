@@ -214,6 +214,9 @@ def load_embedding(model: str | Path, tokenizer: str | Path | None = None):
     else:
         from transformers import AutoModel
 
+        from lmforge.models.sizes import check_hf_dir
+
+        check_hf_dir(path)
         matrix = AutoModel.from_pretrained(str(path)).get_input_embeddings().weight.detach().numpy()
         tok_dir = Path(tokenizer) if tokenizer else path
     return matrix, AutoTokenizer.from_pretrained(str(tok_dir))

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import typer
 
+from lmforge.cli.run import NO_CUSTOM_STAGES
+
 
 def augment_command(
     recipe: Path = typer.Argument(..., help="YAML recipe with an `augment:` section."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: runs/RECIPE-NAME)."),
     preview: int = typer.Option(3, min=0, help="Print this many augmented examples next to their originals."),
     seed: int | None = typer.Option(None, help="Override augment.seed."),
+    no_custom_stages: bool = NO_CUSTOM_STAGES,
 ) -> None:
     from lmforge.augment.task import run_augment
     from lmforge.cli.console import console
@@ -33,7 +36,7 @@ def augment_command(
     from lmforge.errors import ConfigError
     from lmforge.recipe import load_recipe
 
-    r = load_recipe(recipe)
+    r = load_recipe(recipe, allow_custom_stages=not no_custom_stages)
     if r.augment is None:
         raise ConfigError(f"{recipe}: needs an 'augment:' section (pipeline recipes with augmentation stages "
                           "run with `lmforge run`)")

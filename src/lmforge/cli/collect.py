@@ -32,8 +32,7 @@ SHARD = typer.Option(500, "--shard-size", min=1, help="Records per output shard.
 
 
 def _options(pairs: list[str] | None) -> dict[str, Any]:
-    import yaml
-
+    from lmforge.config import parse_yaml
     from lmforge.errors import ConfigError
 
     opts: dict[str, Any] = {}
@@ -42,8 +41,8 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         try:
-            opts[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
+            opts[key.strip()] = parse_yaml(value, where=f"--set {key.strip()}")
+        except ConfigError:  # not a YAML value: the text itself
             opts[key.strip()] = value
     return opts
 

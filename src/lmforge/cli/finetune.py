@@ -18,12 +18,15 @@ from pathlib import Path
 
 import typer
 
+from lmforge.cli.run import NO_CUSTOM_STAGES
+
 
 def finetune_command(
     recipe: Path = typer.Argument(..., help="YAML recipe with a `finetune:` section."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory [default: runs/<recipe name>]."),
     source: str | None = typer.Option(None, "--from", help="Override finetune.model.from (checkpoint or HF dir)."),
     epochs: float | None = typer.Option(None, min=0.01, help="Override finetune.epochs."),
+    no_custom_stages: bool = NO_CUSTOM_STAGES,
 ) -> None:
     from lmforge.cli.console import console, rich_progress
     from lmforge.errors import ConfigError
@@ -32,7 +35,7 @@ def finetune_command(
     from lmforge.finetune.run import compare_scratch, finetune, search
     from lmforge.recipe import load_recipe
 
-    r = load_recipe(recipe)
+    r = load_recipe(recipe, allow_custom_stages=not no_custom_stages)
     if r.finetune is None:
         raise ConfigError(f"{recipe}: needs a 'finetune:' section")
     section = r.finetune.model_dump(by_alias=True)

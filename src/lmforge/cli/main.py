@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from lmforge import __version__
 from lmforge.cli import (
@@ -86,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if _state["debug"]:
             raise
-        console.print(f"[red]error:[/] {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
+        console.print(f"[red]error:[/] {type(exc).__name__}: {escape(str(exc))} (re-run with --debug for the traceback)",
                       highlight=False, soft_wrap=True)
         return 1
 

@@ -19,6 +19,11 @@ from pathlib import Path
 
 import typer
 
+NO_CUSTOM_STAGES = typer.Option(
+    False, "--no-custom-stages",
+    help="Refuse custom 'package.module:Class' stages (they run their module's code) before importing any.",
+)
+
 
 def run_command(
     recipe: Path = typer.Argument(..., help="YAML recipe file."),
@@ -26,10 +31,7 @@ def run_command(
     executor: str | None = typer.Option(None, help="Override the recipe's executor: local or ray."),
     workers: int | None = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
     ray_address: str | None = typer.Option(None, help="Address of an existing Ray cluster."),
-    no_custom_stages: bool = typer.Option(
-        False, "--no-custom-stages",
-        help="Refuse custom 'package.module:Class' stages (they run their module's code) before importing any.",
-    ),
+    no_custom_stages: bool = NO_CUSTOM_STAGES,
 ) -> None:
     from lmforge.cli.console import rich_progress
     from lmforge.cli.summary import print_run_summary

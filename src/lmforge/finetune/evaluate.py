@@ -66,6 +66,9 @@ def evaluate_lm(model_path: str | Path, data: str, tokenizer: str | Path | None,
     if is_hf_dir(path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from lmforge.models.sizes import check_hf_dir
+
+        check_hf_dir(path)
         model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
         tok = AutoTokenizer.from_pretrained(str(tokenizer or path))
     else:

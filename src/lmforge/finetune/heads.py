@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.errors import InputError, UserError
+from lmforge.models.sizes import check_against_weights, check_hf_dir
 from lmforge.records import temp_sibling
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def build_task_model(kind: str, source: str | Path | None, labels: list[str], dr
         if kind != "instruction":
             kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                       "label2id": {label: i for i, label in enumerate(labels)}}
+        check_hf_dir(source)
         try:
             if fresh:
                 return auto.from_config(transformers.AutoConfig.from_pretrained(str(source), **kwargs)).train(), True
@@ -196,7 +198,9 @@ def load_task_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise InputError(f"{p} has no {HEAD_FILE}: not an lmforge fine-tuned model")
     info = json.loads((p / HEAD_FILE).read_text(encoding="utf-8"))
     cls = model_class(info["backbone_type"])
-    backbone = cls(cls.config_class.from_dict(info["backbone"]))
+    config = cls.config_class.from_dict(info["backbone"])
+    check_against_weights(config, [p / "model.safetensors"], where=str(p / HEAD_FILE))  # before allocating
+    backbone = cls(config)
     head = {"SequenceClassifier": SequenceClassifier, "TokenTagger": TokenTagger,
             "CausalLMAdapter": CausalLMAdapter}[info["head"]]
     if head is CausalLMAdapter:
@@ -232,6 +236,7 @@ def load_saved_model(model_dir: str | Path, kind: str | None = None) -> tuple[nn
                             "classification or causal LM model")
     import transformers
 
+    check_hf_dir(p)
     model = getattr(transformers, HF_AUTO[kind]).from_pretrained(str(p)).eval()
     labels = [] if kind == "instruction" else [model.config.id2label[i] for i in range(len(model.config.id2label))]
     return model, kind, labels

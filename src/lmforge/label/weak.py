@@ -172,17 +172,14 @@ BUILTIN_LF_SETS = {"zh_sentiment": "zh_sentiment_lfs.yaml"}
 
 def load_weak_config(source: str | Path) -> WeakConfig:
     """A WeakConfig from a YAML file, or a built-in set by name (`zh_sentiment`)."""
-    import yaml
+    from lmforge.config import load_yaml_file
 
     path = Path(__file__).parent / "data" / BUILTIN_LF_SETS[str(source)] if str(source) in BUILTIN_LF_SETS \
         else Path(source)
     if not path.is_file():
         raise InputError(f"labelling functions not found: {source} (a YAML file, or one of "
                          f"{', '.join(BUILTIN_LF_SETS)})")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})") from None
+    data = load_yaml_file(path, "labelling functions")
     return validate(WeakConfig, data, where=str(path))
 
 

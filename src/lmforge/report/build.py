@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lmforge.config import load_yaml_file
 from lmforge.records import read_json
 from lmforge.report import data, plots
 from lmforge.report.html import Details, Figure, Section, Table, Text
@@ -44,7 +43,7 @@ class Run:
     @classmethod
     def open(cls, run_dir: Path) -> Run:
         config_path = run_dir / "config.yaml"
-        config = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}) if config_path.is_file() else {}
+        config = (load_yaml_file(config_path, "run config") or {}) if config_path.is_file() else {}
         stats = data.load_stats(run_dir)
         return cls(run_dir, config if isinstance(config, dict) else {}, stats, data.output_dir(run_dir, stats))
 

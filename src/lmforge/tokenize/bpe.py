@@ -91,7 +91,7 @@ class TokenizerConfig(StrictModel):
     """How to learn the vocabulary; saved next to the tokenizer so a run can be reproduced."""
 
     kind: Literal["byte_bpe", "unigram", "wordpiece"] = "byte_bpe"
-    vocab_size: int = 4096
+    vocab_size: int = Field(default=4096, le=1 << 20, description="target vocabulary, special tokens included")
     min_frequency: int = Field(default=2, ge=1)
     special_tokens: list[str] | None = Field(
         default=None, description="None: the kind's defaults; an unknown-token and chat tokens are added as needed"

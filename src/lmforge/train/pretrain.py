@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from lmforge.errors import ConfigError, InputError, UserError
-from lmforge.models.presets import PRESETS
 from lmforge.train.checkpoint import CONFIG, load_checkpoint
-from lmforge.train.config import PretrainConfig
+from lmforge.train.config import PretrainConfig, model_config
 from lmforge.train.objectives import CausalLM, EvalWindows, TokenWindows
 from lmforge.train.optim import lr_at
 from lmforge.train.trainer import Trainer, TrainResult
@@ -75,21 +74,16 @@ def build_model(cfg: PretrainConfig, vocab_size: int, pad_id: int | None = None)
         if found < vocab_size:
             raise ConfigError(f"pretrain.init_from: the model has {found} token ids but the tokenizer has {vocab_size}")
         return model
-    overrides = dict(cfg.model)
+    config = model_config(cfg, vocab_size, pad_id)
     if cfg.arch == "gpt":
-        from lmforge.models.gpt import GPT, config_from_preset
+        from lmforge.models.gpt import GPT
 
-        overrides.setdefault("block_size", max(PRESETS[cfg.preset]["block_size"], cfg.seq_len))
-        gcfg = config_from_preset(cfg.preset, vocab_size, **overrides)
-        if gcfg.block_size < cfg.seq_len:
-            raise ConfigError(f"model.block_size ({gcfg.block_size}) must be at least seq_len ({cfg.seq_len})")
-        return GPT(gcfg)
-    from lmforge.models.bert import BertForPretraining, bert_config_from_preset
+        if config.block_size < cfg.seq_len:
+            raise ConfigError(f"model.block_size ({config.block_size}) must be at least seq_len ({cfg.seq_len})")
+        return GPT(config)
+    from lmforge.models.bert import BertForPretraining
 
-    overrides.setdefault("max_position", max(512, cfg.seq_len))
-    if pad_id is not None:
-        overrides.setdefault("pad_id", pad_id)
-    return BertForPretraining(bert_config_from_preset(cfg.preset, vocab_size, **overrides))
+    return BertForPretraining(config)
 
 
 def _check_tokens(name: str, tokens: Any, needed: int, vocab_size: int) -> None:
