@@ -10,15 +10,19 @@ head on the [CLS] pooler (seeded alike) and train for --epochs with batch --batc
 with linear warmup and cosine decay to 0, gradient clipping at 1.0, float32, dynamic padding
 (each batch padded to its longest text, truncated at --seq-len tokens).
 
-- lmforge: `lmforge.finetune.run.finetune` (validation only before and after training).
+- lmforge: `lmforge.finetune.run.finetune` (validation only before and after training), at its
+  default `precision: auto`: bf16 autocast on CPUs with native bfloat16 (AVX-512 BF16 or AMX), float32
+  elsewhere; where that is bf16, also in float32 ("lmforge fp32").
 - transformers: `Trainer` + `TrainingArguments` (eval_strategy "no", no checkpoints, no
-  reporting, dataloader in-process) + `DataCollatorWithPadding`, the standard recipe.
+  reporting, dataloader in-process) + `DataCollatorWithPadding`, the standard recipe, at its
+  default float32; on CPUs with native bfloat16 also with `bf16=True` ("transformers bf16").
 
-Speed is training examples per second over the optimizer steps (lmforge: its trainer's step time;
+Each side runs in a fresh process of its own. Speed is training examples per second over the optimizer steps (lmforge: its trainer's step time;
 transformers: `train_samples_per_second` from `Trainer.train`). Accuracy and macro-F1 are measured
 on the same test split by the same code (lmforge.evaluate) from each side's final model.
 
-Last line: `speedup <x> acc_lmforge <x> acc_hf <x>`.
+Last line: `speedup <x> acc_lmforge <x> acc_hf <x> speedup_same_precision <x>`: each side at its default
+precision, then lmforge against transformers at lmforge's precision.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def prepare(work: Path, args) -> tuple:
     return data, tok_dir, ckpt, hf_dir
 
 
-def run_lmforge(data, tok_dir: Path, ckpt: Path, work: Path, args) -> dict:
+def run_lmforge(data, tok_dir: Path, ckpt: Path, work: Path, args, precision: str = "auto") -> dict:
     from lmforge.finetune.config import FinetuneConfig
     from lmforge.finetune.run import finetune
 
@@ -67,14 +71,14 @@ def run_lmforge(data, tok_dir: Path, ckpt: Path, work: Path, args) -> dict:
         "model": {"from": str(ckpt), "tokenizer": str(tok_dir), "dropout": 0.1},
         "epochs": args.epochs, "batch_size": args.batch, "seq_len": args.seq_len, "lr": args.lr, "min_lr": 0.0,
         "warmup_steps": args.warmup, "weight_decay": 0.01, "betas": [0.9, 0.999], "grad_clip": 1.0,
-        "eval_every": 0, "early_stopping": 0, "tensorboard": False, "precision": "fp32", "device": "cpu",
+        "eval_every": 0, "early_stopping": 0, "tensorboard": False, "precision": precision, "device": "cpu",
         "seed": args.seed,
     })
-    result = finetune(cfg, work / "lmforge-run", data=data)
+    result = finetune(cfg, work / f"lmforge-run-{precision}", data=data)
     return {"examples_per_s": result.examples_per_second, "steps": result.steps, **result.test}
 
 
-def run_transformers(data, hf_dir: Path, work: Path, args) -> dict:
+def run_transformers(data, hf_dir: Path, work: Path, args, bf16: bool = False) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
@@ -105,7 +109,7 @@ def run_transformers(data, hf_dir: Path, work: Path, args) -> dict:
         output_dir=str(work / "hf-run"), per_device_train_batch_size=args.batch, per_device_eval_batch_size=64,
         num_train_epochs=args.epochs, learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=args.warmup,
         weight_decay=0.01, max_grad_norm=1.0, eval_strategy="no", save_strategy="no", report_to=[],
-        logging_steps=50, use_cpu=True, dataloader_num_workers=0, seed=args.seed, disable_tqdm=True)
+        logging_steps=50, use_cpu=True, dataloader_num_workers=0, seed=args.seed, disable_tqdm=True, bf16=bf16)
     trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=DataCollatorWithPadding(tok))
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the table below has the figures
     metrics = trainer.train().metrics
@@ -113,6 +117,16 @@ def run_transformers(data, hf_dir: Path, work: Path, args) -> dict:
     gold = list(test["labels"])
     scores = classification_metrics(gold, np.argmax(pred.predictions, -1).tolist(), labels)
     return {"examples_per_s": metrics["train_samples_per_second"], "steps": trainer.state.global_step, **scores}
+
+
+def isolated(fn, *args):
+    """fn(*args) in a fresh process: no side inherits the other's warm caches (oneDNN builds a kernel for
+    each new matrix shape, and dynamic padding makes many), allocator state or threads."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def main() -> None:
@@ -131,7 +145,11 @@ def main() -> None:
     for noisy in ("lmforge", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import datasets
+    import torch
     import transformers
+
+    from lmforge import sysinfo
+    from lmforge.models import cpu_kernels
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -141,18 +159,27 @@ def main() -> None:
         data, tok_dir, ckpt, hf_dir = prepare(work, args)
         log.info("zh_sentiment: %d train / %d test reviews; %s from the same random weights",
                  len(data.train), len(data.test), args.preset)
-        t0 = time.perf_counter()
-        ours = run_lmforge(data, tok_dir, ckpt, work, args)
-        log.info("lmforge done in %.0f s", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        theirs = run_transformers(data, hf_dir, work, args)
-        log.info("transformers done in %.0f s", time.perf_counter() - t0)
+        sides = {"lmforge": (run_lmforge, (data, tok_dir, ckpt, work, args)),
+                 "transformers": (run_transformers, (data, hf_dir, work, args))}
+        if cpu_kernels.NATIVE_BF16:  # lmforge's default is bf16 here: compare like with like as well
+            sides["lmforge fp32"] = (run_lmforge, (data, tok_dir, ckpt, work, args, "fp32"))
+            sides["transformers bf16"] = (run_transformers, (data, hf_dir, work, args, True))
+        results = {}
+        for name, (fn, fn_args) in sides.items():
+            t0 = time.perf_counter()
+            results[name] = isolated(fn, *fn_args)
+            log.info("%s done in %.0f s", name, time.perf_counter() - t0)
 
-    print(f"{'side':<14}{'steps':>7}{'examples/s':>12}{'accuracy':>10}{'macro-F1':>10}")
-    for name, r in (("lmforge", ours), ("transformers", theirs)):
-        print(f"{name:<14}{r['steps']:>7}{r['examples_per_s']:>12.1f}{r['accuracy']:>10.4f}{r['f1_macro']:>10.4f}")
+    print(f"CPU: {sysinfo.cpu_summary()}; {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'side':<19}{'steps':>7}{'examples/s':>12}{'accuracy':>10}{'macro-F1':>10}")
+    for name, r in results.items():
+        print(f"{name:<19}{r['steps']:>7}{r['examples_per_s']:>12.1f}{r['accuracy']:>10.4f}{r['f1_macro']:>10.4f}")
+    ours, theirs = results["lmforge"], results["transformers"]
+    same = results["transformers bf16" if cpu_kernels.NATIVE_BF16 else "transformers"]
+    print(f"lmforge's default precision here: {'bf16' if cpu_kernels.NATIVE_BF16 else 'fp32'}; transformers': fp32")
     print(f"speedup {ours['examples_per_s'] / theirs['examples_per_s']:.2f} "
-          f"acc_lmforge {ours['accuracy']:.4f} acc_hf {theirs['accuracy']:.4f}")
+          f"acc_lmforge {ours['accuracy']:.4f} acc_hf {theirs['accuracy']:.4f} "
+          f"speedup_same_precision {ours['examples_per_s'] / same['examples_per_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ a seeded generator. Both sides see exactly those batches in that order.
 
 Same start, same optimizer: the lmforge model is built with --seed and its weights are copied
 into the Llama model (lmforge.models.hf.hf_state_dict, the export mapping), so both begin from
-identical weights. Both use torch.optim.AdamW with the same hyperparameters, decay on hidden
+identical weights. Both use torch.optim.AdamW's fused kernel (lmforge's trainer and the HF
+Trainer's default, `adamw_torch_fused`) with the same hyperparameters, decay on hidden
 matrices only (lmforge's rule), gradient clipping at 1.0 and the same warmup. AdamW and
 clipping are element-wise or global, so splitting lmforge's fused q/k/v and gate/up matrices
 into Llama's separate ones does not change the arithmetic: losses should agree to float32 noise.
@@ -20,9 +21,13 @@ into Llama's separate ones does not change the arithmetic: losses should agree t
 Each side:
 - lmforge: `run_lmforge`, lmforge's own Trainer (what `lmforge pretrain` runs: token-normalized
   loss, fused output layer + loss on CPU, clipping, AdamW), a step timed from one step's end to
-  the next, so the trainer's own bookkeeping counts against it.
+  the next, so the trainer's own bookkeeping counts against it. It runs with its default
+  `precision: auto`, which is bf16 autocast on CPUs with native bfloat16 (AVX-512 BF16 or AMX) and
+  float32 elsewhere; where that is bf16, lmforge also runs in float32 ("lmforge fp32").
 - transformers: a plain loop, model(input_ids=x, labels=y, shift_labels=y).loss with
-  attn_implementation="sdpa" and use_cache=False (the recommended training settings).
+  attn_implementation="sdpa" and use_cache=False (the recommended training settings), in
+  float32 (transformers' default); on CPUs with native bfloat16 also under bf16 autocast
+  ("transformers bf16", what `bf16=True` gives in its Trainer), for a same-precision comparison.
 Both use all cores the process may run on (torch.set_num_threads). The first --warmup steps are
 not timed; tokens/s is timed tokens over the summed time of the timed steps (the median step
 time is shown as well, since a busy machine slows single steps). After training, each model's
@@ -31,8 +36,9 @@ training never draws from) is shown as "val loss". With --compile, lmforge runs 
 under torch.compile (inductor, C++ on CPU); its compile time (first step less a median step,
 with an empty inductor cache) is reported separately.
 
-Last line: `speedup <lmforge tokens/s / transformers tokens/s> loss_ratio <lmforge loss / transformers loss>`,
-losses being the mean training loss of the last 10 steps.
+Last line: `speedup <lmforge tokens/s / transformers tokens/s> loss_ratio <lmforge loss / transformers loss>
+speedup_same_precision <x>`, each side at its default precision for the first two (losses being the mean
+training loss of the last 10 steps), and lmforge over transformers at lmforge's precision for the third.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 import torch.nn as nn
+
+from lmforge import sysinfo
+from lmforge.models import cpu_kernels
 
 log = logging.getLogger("train_cpu_bench")
 
@@ -109,10 +118,10 @@ def adamw(model: nn.Module, args) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in keep]
     rest = [p for p in model.parameters() if p.dim() < 2 or id(p) in keep]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
-def train_loop(name: str, model: nn.Module, loss_fn, batches, held_out, args) -> Run:
+def train_loop(name: str, model: nn.Module, loss_fn, batches, held_out, args, bf16: bool = False) -> Run:
     """The one loop both sides share: warmup lr, forward, backward, clip, step; then a held-out loss."""
     opt = adamw(model, args)
     model.train()
@@ -121,7 +130,8 @@ def train_loop(name: str, model: nn.Module, loss_fn, batches, held_out, args) ->
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / args.lr_warmup)
         t0 = time.perf_counter()
-        loss = loss_fn(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -131,7 +141,7 @@ def train_loop(name: str, model: nn.Module, loss_fn, batches, held_out, args) ->
         if step % 20 == 0:
             log.info("%s step %d loss %.4f %.3f s", name, step, losses[-1], seconds[-1])
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         val = float(np.mean([loss_fn(x, y).item() for x, y in held_out]))
     params = sum(p.numel() for p in model.parameters())
     return Run(name, params, seconds[args.warmup :], losses, val, seconds[0])
@@ -161,7 +171,7 @@ class PreDrawn:
         return {"input_ids": x, "labels": y}
 
 
-def run_lmforge(batches, held_out, args, compile: bool = False) -> Run:
+def run_lmforge(batches, held_out, args, compile: bool = False, precision: str = "auto") -> Run:
     """lmforge's side: lmforge's Trainer (the loop `lmforge pretrain` runs) on lmforge's GPT."""
     from lmforge.train.config import PretrainConfig
     from lmforge.train.objectives import CausalLM
@@ -171,7 +181,7 @@ def run_lmforge(batches, held_out, args, compile: bool = False) -> Run:
     cfg = PretrainConfig(
         seq_len=args.seq, batch_size=args.batch, steps=args.steps, lr=args.lr, min_lr=args.lr,
         schedule="constant", warmup_steps=args.lr_warmup, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0,
-        precision="fp32", compile=compile, eval_every=0, log_every=args.steps, tensorboard=False,
+        precision=precision, compile=compile, eval_every=0, log_every=args.steps, tensorboard=False,
         device="cpu", seed=args.seed,
     )
     marks: list[float] = []
@@ -189,14 +199,14 @@ def run_lmforge(batches, held_out, args, compile: bool = False) -> Run:
         trainer.fit()
     seconds = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)]
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=trainer.amp_dtype, enabled=trainer.amp):
         val = float(np.mean([model(x, y, return_logits=False)[1].item() for x, y in held_out]))
     params = sum(p.numel() for p in model.parameters())
-    name = "lmforge+compile" if compile else "lmforge"
+    name = ("lmforge+compile" if compile else "lmforge") + (" fp32" if precision == "fp32" else "")
     return Run(name, params, seconds[args.warmup :], losses, val, seconds[0], compiled=compile)
 
 
-def run_transformers(batches, held_out, args) -> Run:
+def run_transformers(batches, held_out, args, bf16: bool = False) -> Run:
     """transformers' side: LlamaForCausalLM of the same shape, starting from lmforge's initial weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -226,7 +236,7 @@ def run_transformers(batches, held_out, args) -> Run:
     def loss_fn(x, y):
         return model(input_ids=x, labels=y, shift_labels=y).loss
 
-    return train_loop("transformers", model, loss_fn, batches, held_out, args)
+    return train_loop("transformers" + (" bf16" if bf16 else ""), model, loss_fn, batches, held_out, args, bf16)
 
 
 # --------------------------------------------------------------------------- main
@@ -264,35 +274,45 @@ def main() -> None:
         cut = int(len(tokens) * 0.95)  # the last 5% of the stream is held out for the validation loss
         batches = make_batches(tokens[:cut], args.steps, args.batch, args.seq, args.seed)
         held_out = make_batches(tokens[cut:], args.eval_batches, args.batch, args.seq, args.seed + 1)
-        runs = [run_lmforge(batches, held_out, args), run_transformers(batches, held_out, args)]
+        native_bf16 = cpu_kernels.NATIVE_BF16
+        runs = [run_lmforge(batches, held_out, args)]
+        if native_bf16:  # lmforge's default was bf16: show float32 against float32 as well
+            runs.append(run_lmforge(batches, held_out, args, precision="fp32"))
+        runs.append(run_transformers(batches, held_out, args))
+        if native_bf16:
+            runs.append(run_transformers(batches, held_out, args, bf16=True))
         if args.compile:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(work, "inductor")  # a cold compile
             runs.insert(1, run_lmforge(batches, held_out, args, compile=True))
 
     tokens_per_step = args.batch * args.seq
     print(
+        f"CPU: {sysinfo.cpu_summary()}; {args.threads} threads, torch {torch.__version__}\n"
         f"shape: {args.layers} layers, {args.dim} dim, {args.heads} heads, vocab {args.vocab}, "
-        f"seq {args.seq}, batch {args.batch}, float32, {args.threads} threads, torch {torch.__version__}; "
-        f"{args.steps} steps, first {args.warmup} untimed"
+        f"seq {args.seq}, batch {args.batch}; {args.steps} steps, first {args.warmup} untimed"
     )
     print(
-        f"{'model':<17}{'params':>10}{'tokens/s':>10}{'median-step tok/s':>19}{'final loss':>12}"
+        f"{'model':<22}{'params':>10}{'tokens/s':>10}{'median-step tok/s':>19}{'final loss':>12}"
         f"{'val loss':>10}{'compile s':>11}"
     )
-    rates = {}
+    rates, finals = {}, {}
     for run in runs:
         rate = tokens_per_step * len(run.step_seconds) / sum(run.step_seconds)
         median = tokens_per_step / statistics.median(run.step_seconds)
-        rates[run.name] = rate
+        rates[run.name], finals[run.name] = rate, run.final_loss
         # compile time: the first step (forward and backward graphs compiled) less an ordinary step
         shown = f"{run.first_step_seconds - statistics.median(run.step_seconds):.1f}" if run.compiled else "-"
         print(
-            f"{run.name:<17}{run.params:>10}{rate:>10.0f}{median:>19.0f}{run.final_loss:>12.4f}"
+            f"{run.name:<22}{run.params:>10}{rate:>10.0f}{median:>19.0f}{run.final_loss:>12.4f}"
             f"{run.val_loss:>10.4f}{shown:>11}"
         )
-    ours, theirs = runs[0], runs[-1]
+    precision = "bf16" if cpu_kernels.NATIVE_BF16 else "fp32"
+    same = "transformers bf16" if precision == "bf16" else "transformers"
+    print(f"lmforge's default precision here: {precision}; transformers' default: fp32")
     print(
-        f"speedup {rates['lmforge'] / rates['transformers']:.3f} loss_ratio {ours.final_loss / theirs.final_loss:.4f}"
+        f"speedup {rates['lmforge'] / rates['transformers']:.3f} "
+        f"loss_ratio {finals['lmforge'] / finals['transformers']:.4f} "
+        f"speedup_same_precision {rates['lmforge'] / rates[same]:.3f}"
     )
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.errors import InputError, UserError
+from lmforge.models.cpu_kernels import Dropout
 from lmforge.models.sizes import check_against_weights, check_hf_dir
 from lmforge.records import temp_sibling
 
@@ -49,7 +50,7 @@ class SequenceClassifier(nn.Module):
             raise UserError(f"finetune.model.pool must be cls (encoders), mean or last (got {pool!r})")
         self.pool = pool
         width = backbone.config.n_embd
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.head = nn.Linear(width, n_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -73,7 +74,7 @@ class TokenTagger(nn.Module):
     def __init__(self, backbone: nn.Module, n_labels: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.backbone = backbone
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.head = nn.Linear(backbone.config.n_embd, n_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)

@@ -21,7 +21,8 @@ from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import DataclassConfig, short_repr
 from lmforge.errors import ConfigError
-from lmforge.models.cpu_kernels import Linear  # nn.Linear on oneDNN for float32 CPU matmuls
+from lmforge.models import cpu_kernels
+from lmforge.models.cpu_kernels import Dropout, Linear  # faster CPU matmuls and dropout masks
 from lmforge.models.presets import BERT_PRESETS  # torch-free, so recipes validate preset names
 from lmforge.models.sizes import SizePart, check_fits
 
@@ -108,7 +109,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_position, config.n_embd)
         self.token_type = nn.Embedding(config.type_vocab_size, config.n_embd)
         self.ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         T = input_ids.size(1)
@@ -130,7 +131,7 @@ class EncoderLayer(nn.Module):
         self.fc = Linear(config.n_embd, config.intermediate)
         self.fc_out = Linear(config.intermediate, config.n_embd)
         self.ln_ffn = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.size()
@@ -140,7 +141,7 @@ class EncoderLayer(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         dropout = self.attn_dropout if self.training else 0.0
         # mask (B, 1, 1, T): True where the key is a real token; every query sees every real key.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, D)
+        y = cpu_kernels.attention(q, k, v, mask, dropout_p=dropout)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         x = self.ln_attn(x + self.drop(self.attn_out(y)))
         # F.gelu defaults to the exact erf form, which is what HF's "gelu" means.

@@ -1,22 +1,27 @@
-"""Faster float32 matmuls and a fused output-layer loss for training on CPUs.
+"""Faster matmuls, a fused output-layer loss, and cheaper dropout masks for training on CPUs.
 
 Why this file exists: PyTorch sends float32 `nn.Linear` on CPU to MKL, and MKL picks its
 AVX2 code path on AMD processors even when they have AVX-512. oneDNN, which ships inside the
-same PyTorch wheel, uses AVX-512 there; on a 2-core AMD EPYC (Zen) it runs our layer shapes
-at about 2x the GFLOP/s of MKL for the forward and input-gradient matmuls. The arithmetic is
-the same IEEE float32 multiply-add (only the summation order differs), so losses match to
-float32 rounding.
+same PyTorch wheel, uses AVX-512 there. How much that buys depends on the CPU: about 2x MKL's
+GFLOP/s for our layer shapes on the CPU these kernels were first tuned on, 1.05-1.1x on a Zen 4
+EPYC (whose AVX-512 units are 256 bits wide). The arithmetic is the same IEEE float32
+multiply-add (only the summation order differs), so losses match to float32 rounding.
 
 The output layer plus cross-entropy is the largest single cost of a small model: the (N, V)
 logits are written, read by log-softmax, written again, and read again by the backward pass.
 `linear_cross_entropy` walks the rows in chunks instead, and computes each chunk's gradient
 right away (softmax minus one-hot) while the chunk is still in cache, as Liger-Kernel does on
-GPUs. The FLOPs are the same as the unfused version; the memory traffic is much lower.
+GPUs. The FLOPs are the same as the unfused version; the memory traffic is much lower. Under
+bfloat16 autocast on a CPU with native bfloat16 (AVX-512 BF16 or AMX, where bf16 matmuls run at
+twice the float32 rate: the trainer's `precision: auto` picks bf16 there) the same kernel takes
+bfloat16 operands, as autocast would, and keeps the softmax in float32.
 
-Both are used only where they help and are exact: float32 CPU tensors, no autocast, plain
-tensors (not DTensor or other subclasses), x86-64 with oneDNN. Everything else goes through
-`F.linear` / `F.cross_entropy`. Both are `torch.library` custom ops, so `torch.compile`
-treats them as opaque calls instead of trying to trace oneDNN.
+These are used only where they help and are exact: float32 CPU tensors (or bf16 autocast with
+native bf16), plain tensors (not DTensor or other subclasses), x86-64 with oneDNN. Everything
+else goes through `F.linear` / `F.cross_entropy`. Both are `torch.library` custom ops, so
+`torch.compile` treats them as opaque calls instead of trying to trace oneDNN.
+
+`dropout` and `attention` (below) draw dropout masks four elements per random draw.
 
 Shape letters: N rows (batch x time), K input features, M output features, V vocabulary.
 """
@@ -28,22 +33,39 @@ import platform
 import torch
 import torch.nn.functional as F
 
+from lmforge import sysinfo
+
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 ENABLED = _X86 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+# bfloat16 dot products in hardware (AVX-512 BF16, AMX): bf16 matmuls at twice the float32 rate.
+# Elsewhere oneDNN emulates bfloat16, slower than float32, so bf16 is only chosen where this holds.
+NATIVE_BF16 = ENABLED and sysinfo.native_bf16()
 
 
 def use_onednn(*tensors: torch.Tensor | None) -> bool:
     """True when every tensor is a plain float32 CPU tensor and autocast is off."""
     if not ENABLED or torch.is_autocast_enabled("cpu"):
         return False
+    return _plain_cpu(tensors, (torch.float32,))
+
+
+def _plain_cpu(tensors, dtypes) -> bool:
     for t in tensors:
         if t is None:
             continue
-        if t.device.type != "cpu" or t.dtype != torch.float32:
+        if t.device.type != "cpu" or t.dtype not in dtypes:
             return False
         if type(t) not in (torch.Tensor, torch.nn.Parameter):  # DTensor, fake or meta-like subclasses
             return False
     return True
+
+
+def autocast_bf16(*tensors: torch.Tensor | None) -> bool:
+    """True under CPU bfloat16 autocast on a CPU with native bfloat16, for plain CPU tensors."""
+    return (NATIVE_BF16 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and _plain_cpu(tensors, (torch.float32, torch.bfloat16)))
 
 
 def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,6 +154,7 @@ def _lce_forward(
     ignore_index: int,
     mean: bool,
     with_grad: bool,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loss (summed, or averaged over non-ignored targets) and, if asked, its gradients
     with respect to x and weight, one chunk of rows at a time."""
@@ -145,12 +168,18 @@ def _lce_forward(
     # Accumulated transposed, (K, V): that operand order runs fastest and the output needs no copy.
     grad_wt = x.new_zeros((x.size(1), weight.size(0))) if with_grad else x.new_empty(0)
     step = _chunk_rows(weight.size(0))
+    # With bf16 the matmuls take bfloat16 operands (as autocast would) and the softmax stays float32.
+    wm = weight.to(torch.bfloat16) if bf16 else weight  # (V, K)
     for start in range(0, n, step):
         xc, yc = x[start : start + step], targets[start : start + step]  # (c, K), (c,)
         rows = torch.arange(len(yc))
         valid = yc != ignore_index
         safe = torch.where(valid, yc, 0)
-        logits = _mm(xc, weight)  # (c, V)
+        if bf16:
+            xc = xc.to(torch.bfloat16)
+            logits = _mm(xc, wm).float()  # (c, V)
+        else:
+            logits = _mm(xc, wm)  # (c, V)
         picked = logits[rows, safe]  # (c,) the target's logit
         # log-sum-exp by hand, in place, so exp runs once and serves the gradient as well
         top = logits.amax(dim=-1)  # (c,)
@@ -161,14 +190,16 @@ def _lce_forward(
             weight_row = valid * scale  # ignored rows contribute nothing
             probs = e.mul_((weight_row / total)[:, None])  # softmax, scaled
             probs[rows, safe] -= weight_row  # minus the (scaled) one-hot of the target
-            grad_x[start : start + step] = _mm(probs, weight.t())  # (c, V) @ (V, K)
+            if bf16:
+                probs = probs.to(torch.bfloat16)
+            grad_x[start : start + step] = _mm(probs, wm.t())  # (c, V) @ (V, K)
             grad_wt += _mm(xc.t(), probs.t())  # (K, c) @ (c, V)
     grad_w = grad_wt.t().contiguous() if with_grad else weight.new_empty(0)  # (V, K)
     return loss * scale, grad_x, grad_w
 
 
 @_lce_forward.register_fake
-def _(x, weight, targets, ignore_index, mean, with_grad):
+def _(x, weight, targets, ignore_index, mean, with_grad, bf16=False):
     grad_x = torch.empty_like(x) if with_grad else x.new_empty(0)
     grad_w = torch.empty_like(weight) if with_grad else weight.new_empty(0)
     return x.new_empty(()), grad_x, grad_w
@@ -178,15 +209,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """The gradients are computed in the forward pass; backward only scales them by grad_output."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, ignore_index, mean, with_grad):
-        loss, grad_x, grad_w = _lce_forward(x, weight, targets, ignore_index, mean, with_grad)
+    def forward(ctx, x, weight, targets, ignore_index, mean, with_grad, bf16):
+        loss, grad_x, grad_w = _lce_forward(x, weight, targets, ignore_index, mean, with_grad, bf16)
         ctx.save_for_backward(grad_x, grad_w)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -200,13 +231,14 @@ def linear_cross_entropy(
 
     x (N, K), weight (V, K), targets (N,); `reduction` is "mean" (over non-ignored targets) or "sum".
     """
-    if not use_onednn(x, weight):
+    bf16 = autocast_bf16(x, weight)
+    if not bf16 and not use_onednn(x, weight):
         logits = F.linear(x, weight).float()  # (N, V)
         return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
     # Inside Function.forward grad mode is off, so decide here whether gradients are wanted.
     with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     mean = reduction == "mean"
-    return _LinearCrossEntropy.apply(x.contiguous(), weight, targets, ignore_index, mean, with_grad)
+    return _LinearCrossEntropy.apply(x.contiguous(), weight, targets, ignore_index, mean, with_grad, bf16)
 
 
 class Linear(torch.nn.Linear):
@@ -214,3 +246,73 @@ class Linear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+# --------------------------------------------------------------------------- dropout and attention
+
+# Dropout masks cost more than the matmuls around them on a CPU: `bernoulli_` draws one random
+# number per element (a fifth of a BERT fine-tuning step on 2 cores). Here each 63-bit draw of torch's
+# generator gives four 16-bit lanes compared with the rate: a quarter of the draws, no float math,
+# and the same generator (seeded, saved in checkpoints). The rate is rounded to a multiple of 1/32768
+# (0.1 -> 0.1000061) and the kept values are scaled by the rounded rate, so the expectation is exact.
+_HALF = 32768
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * keep * scale, and the same for the gradient: one fused kernel each way."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.ops.aten.native_dropout_backward(x, keep, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`F.dropout(x, p, training)`, with the mask drawn as described above for CPU tensors."""
+    if not training or p == 0.0:
+        return x
+    h = round(p * _HALF)  # the rate is h / 32768
+    if x.device.type != "cpu" or not x.is_floating_point() or not 0 < h < _HALF:
+        return F.dropout(x, p, training)
+    n = x.numel()
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # uniform over [0, 2**63)
+    # Little-endian lanes: 0-2 are uniform over [-32768, 32767]; lane 3 (the top, sign bit 0) over
+    # [0, 32767], which doubled (wrapping) is uniform over the even values of [-32768, 32767]. Either
+    # way a lane is below 2h - 32768 with probability h / 32768.
+    lanes = draws.view(torch.int16).view(-1, 4)  # (n / 4, 4)
+    lanes[:, 3].mul_(2)
+    keep = (lanes.view(-1)[:n] >= 2 * h - _HALF).view(x.shape)
+    return _MaskedScale.apply(x, keep, _HALF / (_HALF - h))
+
+
+class Dropout(torch.nn.Dropout):
+    """nn.Dropout drawing its mask with `dropout` (same module, no parameters, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
+    """`F.scaled_dot_product_attention`; with dropout on a CPU, the same math with `dropout`'s mask.
+
+    PyTorch's CPU attention has no fused kernel with dropout: it falls back to exactly these steps
+    (scores, softmax, dropout, weighted sum) with `bernoulli_` for the mask. q (B, H, T, D), k and v
+    (B, H, S, D), mask broadcastable to (B, H, T, S), True where a query may see a key.
+    """
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+    scores = q @ k.transpose(-2, -1) * q.size(-1) ** -0.5  # (B, H, T, S)
+    if is_causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = dropout(torch.softmax(scores, dim=-1), dropout_p)  # (B, H, T, S)
+    return probs.to(v.dtype) @ v  # (B, H, T, D)

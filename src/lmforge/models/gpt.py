@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from lmforge.config import DataclassConfig, short_repr
 from lmforge.errors import ConfigError
 from lmforge.models import cpu_kernels
-from lmforge.models.cpu_kernels import Linear
+from lmforge.models.cpu_kernels import Dropout, Linear
 from lmforge.models.presets import PRESETS  # torch-free, so recipes can validate preset names
 from lmforge.models.sizes import SizePart, check_fits
 
@@ -221,7 +221,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.eps)
             self.k_norm = RMSNorm(config.head_dim, config.eps)
@@ -252,9 +252,9 @@ class CausalSelfAttention(nn.Module):
 
         dropout = self.dropout if self.training else 0.0
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = cpu_kernels.attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = cpu_kernels.attention(q, k, v, mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -268,7 +268,7 @@ class MLP(nn.Module):
         # SwiGLU's gate and up projections are one matmul: rows [gate; up].
         self.c_fc = Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
         self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
@@ -314,7 +314,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
+                drop=Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=make_norm(config),
             )

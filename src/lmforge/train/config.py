@@ -54,7 +54,7 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(default=0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: bf16 on GPUs that have it, else fp32")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: bf16 autocast on GPUs that support it and on CPUs with native bfloat16 (AVX-512 BF16 or AMX), else fp32")
     compile: bool = False
     activation_checkpointing: bool = False
     eval_every: int = Field(default=100, ge=0, description="0 evaluates only before and after")
