@@ -152,6 +152,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="samples (and EDA seeds) per size")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes for throughput (the best counts)")
     args = parser.parse_args()
+    from lmforge.sysinfo import cpu_summary
+
+    print(f"CPU: {cpu_summary()}", flush=True)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # before scikit-learn loads NumPy's BLAS: every fit on one thread
     logging.basicConfig(level=logging.INFO, format="%(message)s")

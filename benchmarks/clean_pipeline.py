@@ -162,6 +162,9 @@ def main() -> None:
     parser.add_argument("--datatrove-defaults", action="store_true",
                         help="run datatrove as shipped (trafilatura dedup on, C4 needs 5 sentences)")
     args = parser.parse_args()
+    from lmforge.sysinfo import cpu_summary
+
+    print(f"CPU: {cpu_summary()}", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)  # it reports every odd page at ERROR
     try:

@@ -72,6 +72,9 @@ def best_of(fn, path: Path, runs: int = 3) -> tuple[float, tuple[int, int]]:
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
+    from lmforge.sysinfo import cpu_summary
+
+    print(f"CPU: {cpu_summary()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.warc.gz"
         n = build_warc(path)

@@ -344,6 +344,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from lmforge.sysinfo import cpu_summary
+
+    print(f"CPU: {cpu_summary()}", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("lmforge").setLevel(logging.WARNING)
     log.info("one core: %s", pin_one_core())

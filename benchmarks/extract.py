@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_DIR,
                         help="pages and ground truth in the article-extraction layout (default: %(default)s)")
     directory = parser.parse_args(argv).directory
+    from lmforge.sysinfo import cpu_summary
+
+    print(f"CPU: {cpu_summary()}", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if hasattr(os, "sched_setaffinity"):  # one core, as the goal is stated
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

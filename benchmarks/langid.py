@@ -108,6 +108,9 @@ def measure(detect: Detector, sample: list[tuple[str, str]], short: list[tuple[s
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
+    from lmforge.sysinfo import cpu_summary
+
+    print(f"CPU: {cpu_summary()}", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sample = labelled_lines(PER_LANGUAGE, docs=2000)
     counts = {(lang, size): 0 for lang in ("zh", "en") for size in ("short", "long")}

@@ -144,6 +144,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="timed runs per side; the best counts")
     parser.add_argument("--no-jieba", action="store_true", help="skip the jieba-trained comparison")
     args = parser.parse_args()
+    from lmforge.sysinfo import cpu_summary
+
+    print(f"CPU: {cpu_summary()}", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("datasets", "transformers", "lmforge", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
