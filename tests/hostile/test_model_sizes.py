@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hostile_limits import run_cli, run_python
+from hostile_limits import run_cli, run_json
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -61,13 +61,33 @@ def _with(src: Path, dest: Path, **changes) -> Path:
     return dest
 
 
-def _assert_refused(m, field: str) -> None:
-    assert not m.timed_out, "ran into the deadline"
-    lines = [line for line in m.stderr.splitlines() if line.strip()]
-    assert m.returncode == 2, (m.returncode, m.stderr[-1500:])
-    assert len(lines) == 1 and field in lines[0] and "bytes" in lines[0], m.stderr[-1500:]
-    assert m.peak_rss_mb < MAX_RSS_MB, m.peak_rss_mb
-    assert m.seconds < 60, m.seconds
+# Every case goes through the real CLI entry point (`lmforge.cli.main.main`), all of them in one child
+# process under the limits, so that torch is imported once rather than twenty times.
+CLI_CASES = textwrap.dedent("""
+    import contextlib, io, json, sys, time
+    from lmforge.cli.main import main
+    results = []
+    for argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        t0 = time.perf_counter()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+        results.append({"code": code, "stderr": err.getvalue(), "seconds": time.perf_counter() - t0})
+    print(json.dumps(results))
+""")
+
+
+def _refused_in_one_child(cases: list[tuple[list[str], str]]) -> None:
+    """Run each (argv, field) through the CLI in one child: each exits 2 with one line naming the field and the
+    bytes, quickly, and the child stays small throughout."""
+    code = CLI_CASES.replace("sys.argv[1]", repr(json.dumps([argv for argv, _ in cases])))
+    results, peak, _ = run_json(code, timeout=300, address_space_mb=LIMIT_MB)
+    for (argv, field), got in zip(cases, results, strict=True):
+        lines = [line for line in got["stderr"].splitlines() if line.strip()]
+        assert got["code"] == 2, (argv, got)
+        assert len(lines) == 1 and field in lines[0] and "bytes" in lines[0], (argv, got["stderr"][-1500:])
+        assert got["seconds"] < 30, (argv, got["seconds"])
+    assert peak < MAX_RSS_MB, peak
 
 
 CHECKPOINT_CASES = [
@@ -81,23 +101,6 @@ CHECKPOINT_CASES = [
     ("bert", {"vocab_size": 10_000_000_000, "pad_id": 0}, "vocab_size"),
     ("bert", {"intermediate": 10**9}, "intermediate"),
 ]
-
-
-@pytest.mark.parametrize("kind,changes,field", CHECKPOINT_CASES,
-                         ids=[f"{k}-{'-'.join(c)}-{list(c.values())[0]}" for k, c, _ in CHECKPOINT_CASES])
-def test_checkpoint_with_absurd_size_is_refused(models, tmp_path, kind, changes, field):
-    ckpt = _with(models[kind], tmp_path / "ckpt", **changes)
-    m = run_cli("export", str(ckpt), "--out", str(tmp_path / "hf"), timeout=120, address_space_mb=LIMIT_MB)
-    _assert_refused(m, field)
-    assert not (tmp_path / "hf").exists()
-
-
-def test_generate_from_an_absurd_checkpoint_is_refused(models, tmp_path):
-    ckpt = _with(models["gpt"], tmp_path / "ckpt", n_layer=1_000_000)
-    m = run_cli("generate", str(ckpt), "hello", timeout=120, address_space_mb=LIMIT_MB)
-    _assert_refused(m, "n_layer")
-
-
 HF_CASES = [
     ("llama", {"num_hidden_layers": 1_000_000}, "num_hidden_layers"),
     ("llama", {"hidden_size": 10_000_000, "head_dim": None}, "hidden_size"),
@@ -108,51 +111,70 @@ HF_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind,changes,field", HF_CASES,
-                         ids=[f"{k}-{'-'.join(c)}-{list(c.values())[0]}" for k, c, _ in HF_CASES])
-def test_hf_directory_with_absurd_size_is_refused(models, tmp_path, kind, changes, field):
-    hf = _with(models[kind], tmp_path / "hf", **changes)
-    m = run_cli("generate", str(hf), "hello", timeout=120, address_space_mb=LIMIT_MB)
-    _assert_refused(m, field)
+def test_checkpoints_and_hf_directories_with_absurd_sizes_are_refused(models, tmp_path):
+    cases = []
+    for i, (kind, changes, field) in enumerate(CHECKPOINT_CASES):
+        ckpt = _with(models[kind], tmp_path / f"ckpt{i}", **changes)
+        cases.append((["export", str(ckpt), "--out", str(tmp_path / f"hf{i}")], field))
+    cases.append((["generate", str(_with(models["gpt"], tmp_path / "gen", n_layer=1_000_000)), "hello"], "n_layer"))
+    for i, (kind, changes, field) in enumerate(HF_CASES):
+        cases.append((["generate", str(_with(models[kind], tmp_path / f"hfdir{i}", **changes)), "hello"], field))
+    _refused_in_one_child(cases)
+    assert not any((tmp_path / f"hf{i}").exists() for i in range(len(CHECKPOINT_CASES)))
+
+
+def test_the_command_itself_exits_2_with_one_line(models, tmp_path):
+    """One case through a real `lmforge` process: the exit status and stderr a shell sees."""
+    ckpt = _with(models["gpt"], tmp_path / "ckpt", n_layer=1_000_000)
+    m = run_cli("export", str(ckpt), "--out", str(tmp_path / "hf"), timeout=120, address_space_mb=LIMIT_MB)
+    lines = [line for line in m.stderr.splitlines() if line.strip()]
+    assert not m.timed_out and m.returncode == 2, (m.returncode, m.stderr[-1500:])
+    assert len(lines) == 1 and "n_layer" in lines[0] and "bytes" in lines[0], m.stderr[-1500:]
+    assert m.peak_rss_mb < MAX_RSS_MB, m.peak_rss_mb
 
 
 IMPORT_BERT = textwrap.dedent("""
-    import sys
+    import json, sys
     from lmforge.errors import UserError
     from lmforge.models.hf_bert import import_bert_hf
-    try:
-        import_bert_hf(sys.argv[1])
-    except UserError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(2)
+    errors = []
+    for path in json.loads(sys.argv[1]):
+        try:
+            import_bert_hf(path)
+            errors.append(None)
+        except UserError as exc:
+            errors.append([exc.exit_code, str(exc)])
+    print(json.dumps(errors))
 """)
 
 
-@pytest.mark.parametrize("changes,field", [({"num_hidden_layers": 1_000_000}, "num_hidden_layers"),
-                                           ({"vocab_size": 10_000_000_000}, "vocab_size")])
-def test_hf_bert_with_absurd_size_is_refused(models, tmp_path, changes, field):
-    hf = _with(models["hf_bert"], tmp_path / "hf", **changes)
-    m = run_python(IMPORT_BERT.replace("sys.argv[1]", repr(str(hf))), timeout=120, address_space_mb=LIMIT_MB)
-    _assert_refused(m, field)
+def test_hf_bert_with_absurd_size_is_refused(models, tmp_path):
+    cases = [({"num_hidden_layers": 1_000_000}, "num_hidden_layers"), ({"vocab_size": 10_000_000_000}, "vocab_size")]
+    paths = [str(_with(models["hf_bert"], tmp_path / f"hf{i}", **changes)) for i, (changes, _) in enumerate(cases)]
+    errors, peak, _ = run_json(IMPORT_BERT.replace("sys.argv[1]", repr(json.dumps(paths))), timeout=120,
+                               address_space_mb=LIMIT_MB)
+    for (_, field), error in zip(cases, errors, strict=True):
+        assert error is not None and error[0] == 2 and field in error[1] and "bytes" in error[1], error
+        assert "\n" not in error[1]
+    assert peak < MAX_RSS_MB, peak
 
 
-@pytest.mark.parametrize("arch,preset,field,value", [
-    ("gpt", "tiny", "n_layer", 1_000_000),
-    ("gpt", "tiny", "n_embd", 10_000_000),
-    ("bert", "bert-tiny", "n_layer", 1_000_000),
-])
-def test_recipe_with_absurd_model_is_refused_before_any_work(corpus_dir, tmp_path, arch, preset, field, value):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(textwrap.dedent(f"""
-        input: {{files: ["{corpus_dir}/*.jsonl*"]}}
-        pipeline: [normalize]
-        tokenizer: {{vocab_size: 300{", kind: wordpiece" if arch == "bert" else ""}}}
-        pretrain: {{arch: {arch}, preset: {preset}, steps: 5, model: {{{field}: {value}}}}}
-    """), encoding="utf-8")
-    out = tmp_path / "run"
-    m = run_cli("pretrain", str(recipe), "--out", str(out), timeout=120, address_space_mb=LIMIT_MB)
-    _assert_refused(m, f"pretrain.model.{field}")
-    assert not (out / "stages").exists(), "the data steps ran before the model size was checked"
+def test_recipes_with_absurd_models_are_refused_before_any_work(corpus_dir, tmp_path):
+    cases = []
+    for i, (arch, preset, field, value) in enumerate([("gpt", "tiny", "n_layer", 1_000_000),
+                                                       ("gpt", "tiny", "n_embd", 10_000_000),
+                                                       ("bert", "bert-tiny", "n_layer", 1_000_000)]):
+        recipe = tmp_path / f"recipe{i}.yaml"
+        recipe.write_text(textwrap.dedent(f"""
+            input: {{files: ["{corpus_dir}/*.jsonl*"]}}
+            pipeline: [normalize]
+            tokenizer: {{vocab_size: 300{", kind: wordpiece" if arch == "bert" else ""}}}
+            pretrain: {{arch: {arch}, preset: {preset}, steps: 5, model: {{{field}: {value}}}}}
+        """), encoding="utf-8")
+        cases.append((["pretrain", str(recipe), "--out", str(tmp_path / f"run{i}")], f"pretrain.model.{field}"))
+    _refused_in_one_child(cases)
+    for i in range(3):
+        assert not (tmp_path / f"run{i}" / "stages").exists(), "the data steps ran before the model size was checked"
 
 
 def test_size_parts_count_every_element(one_torch_thread):
