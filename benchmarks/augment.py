@@ -43,8 +43,9 @@ import time
 
 from lmforge.augment.eda import Eda, EdaConfig
 from lmforge.augment.task import Operation, augment_examples
-from lmforge.finetune.builtin_tasks import load_task
-from lmforge.finetune.data import Example, split
+from lmforge.tasks.builtin import load_task
+from lmforge.tasks.examples import Example
+from lmforge.tasks.splits import split
 
 log = logging.getLogger("augment_bench")
 SIZES = (100, 500, 2000)

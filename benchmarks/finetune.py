@@ -43,9 +43,9 @@ log = logging.getLogger("finetune_bench")
 def prepare(work: Path, args) -> tuple:
     import torch
 
-    from lmforge.finetune.builtin_tasks import load_task
     from lmforge.models.bert import BertForPretraining, bert_config_from_preset
     from lmforge.models.hf_bert import export_bert_hf
+    from lmforge.tasks.builtin import load_task
     from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
     from lmforge.train.checkpoint import save_checkpoint
 

@@ -138,7 +138,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
 
-    from lmforge.finetune.builtin_tasks import load_task
+    from lmforge.tasks.builtin import load_task
 
     t0 = time.perf_counter()
     task = load_task("zh_sentiment")

@@ -28,13 +28,14 @@ def test_quick_demo_killed_mid_run_resumes_without_redoing_steps(tmp_path):
     out = tmp_path / "demo"
     proc = _demo(out, wait=False)
     gpt = out / "pretrain" / "checkpoint" / "model.safetensors"
+    gpt_done = out / "steps" / "pretrain.done"  # the runner's marker: the checkpoint alone may still be rewritten
     deadline = time.monotonic() + 600
-    while not gpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not gpt_done.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert gpt.exists(), "the demo never finished its GPT"
-    os.killpg(proc.pid, signal.SIGKILL)  # somewhere in BERT, augmentation or fine-tuning
+    assert gpt_done.exists(), "the demo never finished its GPT"
+    os.killpg(proc.pid, signal.SIGKILL)  # somewhere in the samples, BERT, augmentation or fine-tuning
     proc.wait()
-    done_before = {p: p.stat().st_mtime_ns for p in [gpt, *(out / "demo").glob("*.done"),
+    done_before = {p: p.stat().st_mtime_ns for p in [gpt, *out.glob("**/steps/*.done"),
                                                      out / "tokenizer" / "tokenizer.json"]}
 
     res = _demo(out)
@@ -64,8 +65,10 @@ def test_quick_demo_killed_mid_run_resumes_without_redoing_steps(tmp_path):
                     "Generated samples"):
         assert section in html
 
-    again = _demo(out)  # everything done: a re-run only reprints the summary
-    assert again.returncode == 0
+    finished = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = _demo(out)  # everything done: a re-run only reprints the summary and changes no file
+    assert again.returncode == 0 and "pretrained vs" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == finished
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import pytest
 
 from lmforge.errors import ConfigError
 from lmforge.flow import run_recipe
-from lmforge.recipe import load_recipe
+from lmforge.flow.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -42,7 +42,10 @@ BASE = "input: {builtin: {}}\n"
         (BASE + "pretrian: {steps: 3}\n", "pretrian: unknown key"),
         (BASE + "pretrain: {steps: many}\n", "pretrain.steps: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
         (BASE + "pretrain: {steps: 0}\n", "pretrain.steps: Input should be greater than 0 (got 0)"),
-        (BASE + "pretrain: {preset: huge}\n", "pretrain.preset: must be one of"),
+        (BASE + "pretrain: {model: {preset: huge}}\n", "pretrain.model.preset: not a gpt preset; allowed: gpt2-124m"),
+        (BASE + "pretrain: {model: {n_layr: 4}}\n",
+         "pretrain.model.n_layr: unknown key for arch gpt; allowed: preset, from, block_size, n_layer, n_head"),
+        (BASE + "pretrain: {preset: tiny, model: {preset: small}}\n", "pretrain: preset and model.preset are both given"),
         (BASE + "tokenizer: {vocab_size: 10}\n", "tokenizer: vocab_size must be at least 256 + 4 special tokens = 260 (got 10)"),
         (BASE + "executor: {kind: slurm}\n", "executor.kind: must be one of 'local' or 'ray' (got 'slurm')"),
         (BASE + "pipeline:\n  - normalise: {}\n", "pipeline[0]: unknown stage 'normalise'; allowed: back_translate, bad_words, boilerplate_lines, c4"),
@@ -51,7 +54,7 @@ BASE = "input: {builtin: {}}\n"
         (BASE + "pipeline:\n  - {normalize: {}, strip_html: {}}\n", "pipeline: entry [0] must be a single-key mapping"),
         ("input: {shard_size: 5}\n", "input: give at least one source of builtin, files, warc, crawl, sql, api, dataset"),
         ("input: {builtin: {corpora: [wikipedia]}}\n", "input.builtin.corpora[0]: must be one of"),
-        ("pipeline: []\n", "a recipe needs an 'input' section (data steps) or a 'finetune' section"),
+        ("pipeline: []\n", "a recipe needs an 'input' section (data steps), or a 'finetune', 'augment', 'label' or 'evaluate' section"),
         ("- just\n- a list\n", "a recipe must be a mapping of steps"),
         ("input: {builtin: {}\n  pipeline: [\n", "invalid YAML at line"),
     ],

@@ -193,12 +193,6 @@ def _batch_records(batch, path, offset: int) -> Iterator[Record]:
         )
 
 
-def count_parquet_rows(path: str | Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 # --------------------------------------------------------------------------- jsonl and text
 
 

@@ -175,15 +175,15 @@ def test_lmforge_fine_tuned_gpt_translates_like_fine_tuning_scores_it(tmp_path):
     from transformers import AutoTokenizer
 
     from lmforge.augment.backtranslate import Translator, TranslatorConfig
-    from lmforge.finetune.heads import CausalLMAdapter, save_task_model
-    from lmforge.finetune.run import generate_responses
     from lmforge.models.gpt import GPT, config_from_preset
+    from lmforge.models.heads import CausalLMAdapter, save_task_model
+    from lmforge.serve.generate import generate_responses
     from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
 
     tok_dir = train_tokenizer(TEXTS * 4, TokenizerConfig(vocab_size=300), tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     model = CausalLMAdapter(GPT(config_from_preset("tiny", len(tok))))
-    save_task_model(model, False, tmp_path / "mt", {"kind": "instruction", "labels": []}, tok)
+    save_task_model(model, tmp_path / "mt", {"kind": "instruction", "labels": []}, tok)
     tr = Translator(tmp_path / "mt", TranslatorConfig(prompt="翻译：{text}", max_new_tokens=5))
     assert tr.kind == "lmforge"
     got = tr.translate(TEXTS[:2], batch_size=2)

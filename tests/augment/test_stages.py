@@ -137,7 +137,7 @@ def test_stage_configs_name_the_field(name, cfg, message):
 
 def test_eda_stage_in_a_recipe_run_matches_in_memory_and_keeps_splits(tmp_path):
     from lmforge.flow import run_recipe
-    from lmforge.recipe import parse_recipe
+    from lmforge.flow.recipe import parse_recipe
     from lmforge.records import read_parquet
 
     data = tmp_path / "labelled.jsonl"

@@ -7,10 +7,12 @@ import pytest
 from lmforge.augment.task import AugmentTaskConfig, augment_task, load_labelled, run_augment
 from lmforge.config import validate
 from lmforge.errors import ConfigError
-from lmforge.finetune.data import Example, make_task, repair_bio
-from lmforge.finetune.loaders import load_examples
+from lmforge.tasks.examples import ClassificationExample, NerExample
+from lmforge.tasks.loaders import load_examples
+from lmforge.tasks.spans import repair_bio
+from lmforge.tasks.splits import make_task
 
-SMALL = make_task("classification", [Example(text=t, label=y) for t, y in [
+SMALL = make_task("classification", [ClassificationExample(text=t, label=y) for t, y in [
     ("这家酒店的房间很干净，服务也很热情，下次还会再来。", "pos"), ("房间太小了，空调的声音很大，晚上根本睡不着。", "neg"),
     ("快递很快，包装完好，书的印刷质量也不错。", "pos"), ("价格偏高，早餐的品种太少，不值这个价钱。", "neg")]],
     val_frac=0, test_frac=0)
@@ -54,7 +56,7 @@ def test_only_train_is_augmented_and_evaluation_splits_are_untouched(tmp_path):
     assert {r["meta"]["augment"]["op"] for r in rows if "meta" in r} >= {"synonym_replacement", "random_swap"}
     task = make_task("classification", load_examples(result.path), seed=1)
     assert (len(task.train), len(task.val), len(task.test)) == (len(data.train), len(data.val), len(data.test))
-    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    stats = result.stats  # the augment step's summary: the runner puts it in RUN/stats.json
     assert stats["operations"]["eda"]["in"] == 60 and stats["source"]["license"] == "MIT"
 
 
@@ -90,8 +92,8 @@ def test_ner_labels_stay_aligned_with_their_entities():
 
 def test_word_tokenized_ner_keeps_tokens_as_words():
     first, second = "Alice met Bob in the old town of Paris yesterday", "the New York office opened a small new branch"
-    train = [Example(tokens=first.split(), tags=["B-PER", "O", "B-PER", "O", "O", "O", "O", "O", "B-LOC", "O"]),
-             Example(tokens=second.split(), tags=["O", "B-LOC", "I-LOC", "O", "O", "O", "O", "O", "O"])]
+    train = [NerExample(tokens=first.split(), tags=["B-PER", "O", "B-PER", "O", "O", "O", "O", "O", "B-LOC", "O"]),
+             NerExample(tokens=second.split(), tags=["O", "B-LOC", "I-LOC", "O", "O", "O", "O", "O", "O"])]
     data = make_task("ner", train * 3, seed=0, val_frac=0, test_frac=0, dedupe=False)
     out, _ = augment_task(data, config({"builtin": "zh_ner"}, {"eda": {"num_aug": 4}}).operations)
     copies = [e for e in out.train if "augmented_from" in e.meta]

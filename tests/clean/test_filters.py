@@ -24,8 +24,8 @@ from lmforge.clean.filters.gopher import (
     GopherRepetitionConfig,
     NgramIndex,
 )
-from lmforge.clean.text import words
 from lmforge.errors import ConfigError
+from lmforge.lang import words
 from lmforge.pipeline.stage import run_chain
 from lmforge.records import Record
 
@@ -161,8 +161,10 @@ def test_duplicate_ngram_character_fraction(lang, n):
 
 def test_repetition_drop_records_the_measured_value():
     record = Record(id="r", text="\n".join(EN[:3] + [EN[0]] * 7))
-    assert rep_only("dup_line_frac").decide(record).reason == "gopher_rep_dup_line_frac"
-    assert record.meta["gopher_repetition"]["value"] == 0.7
+    verdict = rep_only("dup_line_frac").decide(record)
+    assert (verdict.reason, verdict.value) == ("gopher_rep_dup_line_frac", 0.7)
+    assert list(rep_only("dup_line_frac").run([record])) == []  # the stage keeps the value beside the reason
+    assert record.meta["gopher_repetition"]["value"] == 0.7 and record.drop_reason == "gopher_rep_dup_line_frac"
 
 
 def test_empty_text_is_dropped():

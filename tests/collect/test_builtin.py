@@ -37,7 +37,7 @@ def test_corpora_cli_list_and_export(tmp_path, capsys):
 
 
 def test_several_sources_are_read_one_after_the_other(tmp_path):
-    from lmforge.collect.source import InputConfig, iter_input
+    from lmforge.pipeline.input import InputConfig, iter_input
 
     (tmp_path / "notes.txt").write_text("一个本地文件里的文字。", encoding="utf-8")
     cfg = InputConfig.model_validate({"builtin": {"corpora": ["reviews"], "max_docs_per_corpus": 3},

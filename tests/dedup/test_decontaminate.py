@@ -12,8 +12,8 @@ import pytest
 from lmforge.dedup.decontaminate import Decontaminate, gram_hashes, load_index, normalize, word_tokens
 from lmforge.errors import ConfigError
 from lmforge.flow import run_recipe
+from lmforge.flow.recipe import load_recipe
 from lmforge.pipeline import run_chain
-from lmforge.recipe import load_recipe
 from lmforge.records import Record
 
 MITO = "Which of the following best describes the main function of the mitochondria in a eukaryotic cell?"

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmforge.flow import run_recipe
+from lmforge.flow.recipe import load_recipe
 from lmforge.pipeline.executors import ExecutorConfig
-from lmforge.recipe import load_recipe
 
 ray = pytest.importorskip("ray")
 

@@ -11,9 +11,9 @@ import pytest
 from lmforge.dedup.lines import LineDedup, split_units
 from lmforge.errors import ConfigError
 from lmforge.flow import run_recipe
+from lmforge.flow.recipe import load_recipe
 from lmforge.pipeline import run_chain
 from lmforge.pipeline.stage import Summaries
-from lmforge.recipe import load_recipe
 from lmforge.records import Record
 
 SUBSCRIBE = "Subscribe to our newsletter for weekly updates."  # docs 0, 4, 8: one per shard of 4

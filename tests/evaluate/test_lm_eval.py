@@ -14,9 +14,9 @@ def test_exported_gpt_evaluates_with_lm_eval_hf_model(tmp_path):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from lmforge.finetune.builtin_tasks import load_task
     from lmforge.models.gpt import GPT, GPTConfig
     from lmforge.models.hf import export_gpt_hf
+    from lmforge.tasks.builtin import load_task
     from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
 
     data = load_task("zh_sentiment", max_per_class=60)

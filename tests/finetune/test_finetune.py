@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.finetune.builtin_tasks import load_task
 from lmforge.finetune.config import FinetuneConfig
-from lmforge.finetune.heads import load_task_model
-from lmforge.finetune.run import finetune, search
+from lmforge.finetune.run import finetune
+from lmforge.finetune.search import search
+from lmforge.models.heads import load_task_model
+from lmforge.tasks.builtin import load_task
 from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -152,9 +153,9 @@ def test_finetune_and_evaluate_commands_on_a_jsonl_file(sentiment, tokenizer, tm
 
 def test_train_limit_keeps_a_stratified_small_labelled_set_and_pooling_is_checked(tokenizer):
     from lmforge.errors import UserError
-    from lmforge.finetune.heads import SequenceClassifier
-    from lmforge.finetune.run import load_task_data
+    from lmforge.finetune.task_data import load_task_data
     from lmforge.models.gpt import GPT, GPTConfig
+    from lmforge.models.heads import SequenceClassifier
 
     cfg = config("classification", {"builtin": "zh_sentiment", "options": {"max_per_class": 400}, "train_limit": 100},
                  {"tokenizer": str(tokenizer)})
@@ -195,3 +196,30 @@ def test_evaluate_perplexity_of_a_checkpoint_on_text(tmp_path, lmforge_cli):
     assert report["bits_per_byte"] > 0
     missing = lmforge_cli("evaluate", str(ckpt), str(data), "--metrics", "perplexity")
     assert missing.returncode == 2 and "--tokenizer" in missing.stdout + missing.stderr
+
+
+def test_model_says_which_model_and_head_holds_the_task_head_options():
+    """`finetune.model` has pretraining's shape (preset / from / typed overrides); pooling lives in `head`."""
+    from lmforge.config import validate
+    from lmforge.errors import ConfigError
+    from lmforge.models.presets import ModelSpec
+
+    base = {"task": "classification", "data": {"builtin": "zh_sentiment"}}
+    cfg = validate(FinetuneConfig, {**base, "model": {"from": "ckpt"}, "head": {"pool": "mean", "dropout": 0.2}})
+    assert isinstance(cfg.model, ModelSpec) and cfg.model.source == "ckpt" and cfg.model.preset is None
+    assert (cfg.head.pool, cfg.head.dropout) == ("mean", 0.2)
+    old = validate(FinetuneConfig, {**base, "model": {"from": "ckpt", "pool": "mean", "dropout": 0.2}})  # old spelling
+    assert old.model == cfg.model and old.head == cfg.head
+    fresh = validate(FinetuneConfig, {**base, "model": {"arch": "gpt", "n_layer": 1, "pos": "learned"}})
+    assert fresh.model.preset == "tiny" and fresh.model.pretrain_model().overrides() == {"n_layer": 1, "pos": "learned"}
+    assert validate(FinetuneConfig, base).model.preset == "bert-tiny"
+    for model, message in (
+        ({"n_layr": 2}, "finetune.model.n_layr: unknown key for arch bert; allowed: preset, from, tokenizer"),
+        ({"arch": "bert", "pos": "rope"}, "finetune.model.pos: unknown key for arch bert"),
+        ({"from": "ckpt", "n_layer": 2}, "finetune.model.n_layer: architecture overrides apply to a fresh model"),
+        ({"preset": "tiny"}, "finetune.model.preset: not a bert preset; allowed: bert-base"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            validate(FinetuneConfig, {**base, "model": model}, prefix="finetune")
+    with pytest.raises(ConfigError, match=r"finetune\.head\.pool: must be one of"):
+        validate(FinetuneConfig, {**base, "head": {"pool": "max"}}, prefix="finetune")

@@ -11,7 +11,7 @@ import pytest
 from hostile_limits import run_cli
 
 from lmforge.errors import ConfigError
-from lmforge.recipe import load_recipe
+from lmforge.flow.recipe import load_recipe
 
 STAGE_MODULE = '''
 import pathlib, os

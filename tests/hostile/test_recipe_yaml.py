@@ -15,12 +15,12 @@ from hostile_limits import run_cli, run_python
 
 from lmforge.config import validate
 from lmforge.errors import ConfigError
-from lmforge.recipe import Recipe
+from lmforge.flow.recipe import Recipe
 
 LOAD = textwrap.dedent("""
     import json, re, sys, time
     from lmforge.errors import UserError
-    from lmforge.recipe import load_recipe
+    from lmforge.flow.recipe import load_recipe
 
     def high_water_kb():  # this process's own peak (ru_maxrss would include the parent's pages)
         return int(re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read())[1])
@@ -97,7 +97,7 @@ def test_small_anchors_and_merge_keys_still_work(tmp_path):
           - strip_html: *empty
           - length_filter: {<<: {min_chars: 20}, max_chars: 500}
     """), encoding="utf-8")
-    from lmforge.recipe import load_recipe
+    from lmforge.flow.recipe import load_recipe
 
     recipe = load_recipe(path)
     assert [name for name, _ in recipe.stage_specs()] == ["normalize", "strip_html", "length_filter"]
@@ -144,7 +144,7 @@ def test_values_quoted_in_errors_are_capped(place):
     """Config errors quote the offending value; a huge one is cut, in bounded time, never expanded."""
     import time
 
-    from lmforge.recipe import parse_recipe
+    from lmforge.flow.recipe import parse_recipe
 
     data = PLACES[place](_shared_bomb())
     t0 = time.perf_counter()

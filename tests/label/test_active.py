@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from lmforge.errors import ConfigError, InputError
-from lmforge.finetune.builtin_tasks import load_task
 from lmforge.label.active import (
     Curve,
     distances_to,
@@ -16,6 +15,7 @@ from lmforge.label.active import (
     select,
 )
 from lmforge.label.classifier import TextClassifier
+from lmforge.tasks.builtin import load_task
 
 pytest.importorskip("sklearn")
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from lmforge.errors import ConfigError, InputError
-from lmforge.finetune.builtin_tasks import load_task
 from lmforge.label.active import entropy
 from lmforge.label.app import create_app, segments
 from lmforge.label.session import Item, Session, load_items
 from lmforge.label.store import AnswerStore, answers_to_examples
+from lmforge.tasks.builtin import load_task
 
 BASE = "http://127.0.0.1:8765"  # the app answers to its own host names only (DNS rebinding)
 

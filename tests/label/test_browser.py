@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.finetune.builtin_tasks import load_task
+from lmforge.tasks.builtin import load_task
 
 READY_TIMEOUT = 60.0
 

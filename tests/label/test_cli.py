@@ -1,12 +1,12 @@
 import json
 
 from lmforge.cli.main import main
-from lmforge.finetune.builtin_tasks import load_task
-from lmforge.finetune.data import TaskData
 from lmforge.label.guard import LabelServerConfig
 from lmforge.label.labelstudio import write_tasks
 from lmforge.label.session import MAX_COMMENT_CHARS
 from lmforge.label.store import AnswerStore
+from lmforge.tasks.builtin import load_task
+from lmforge.tasks.examples import TaskData
 
 
 def _reviews_file(tmp_path, n=60, with_labels=True):

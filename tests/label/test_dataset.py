@@ -4,11 +4,7 @@ from collections import Counter
 import pytest
 
 from lmforge.errors import ConfigError, InputError
-from lmforge.finetune.builtin_tasks import load_task
-from lmforge.finetune.data import Example, TaskData, spans_to_bio, split
-from lmforge.finetune.loaders import load_csv
 from lmforge.label.dataset import (
-    bio_to_spans,
     build_dataset,
     check_leakage,
     duplicate_groups,
@@ -19,6 +15,11 @@ from lmforge.label.dataset import (
     load_source,
     save_dataset,
 )
+from lmforge.tasks.builtin import load_task
+from lmforge.tasks.examples import ClassificationExample, Example, InstructionExample, TaskData
+from lmforge.tasks.loaders import load_csv
+from lmforge.tasks.spans import bio_to_spans, spans_to_bio
+from lmforge.tasks.splits import split
 
 ZH = "酒店的位置不错，但是房间的隔音太差了，晚上睡不好觉，早餐种类也很少。"
 EN = "The global statement is a declaration which holds for the entire current code block of the program."
@@ -45,8 +46,8 @@ def _with_near_copies(n_groups: int = 60) -> list[Example]:
     base = [e for e in load_task("zh_sentiment", max_per_class=2 * n_groups).train if len(e.text) >= 30][:n_groups]
     out = []
     for i, e in enumerate(base):
-        out.append(Example(text=e.text, label=e.label, meta={"group": i}))
-        out.append(Example(text=e.text + "！！", label=e.label, meta={"group": i}))
+        out.append(ClassificationExample(text=e.text, label=e.label, meta={"group": i}))
+        out.append(ClassificationExample(text=e.text + "！！", label=e.label, meta={"group": i}))
     return out
 
 
@@ -80,9 +81,9 @@ def test_the_builtin_sentiment_splits_hold_near_duplicates_and_build_dataset_rem
 
 
 def test_build_dataset_audits_given_splits_instead_of_redrawing_them(caplog):
-    rows = [Example(text=ZH, label="neg", meta={"split": "train"}), Example(text=ZH + "！", label="neg",
+    rows = [ClassificationExample(text=ZH, label="neg", meta={"split": "train"}), ClassificationExample(text=ZH + "！", label="neg",
                                                                             meta={"split": "test"}),
-            Example(text=EN, label="pos", meta={"split": "train"})]
+            ClassificationExample(text=EN, label="pos", meta={"split": "train"})]
     task = build_dataset(rows)
     assert [len(p) for p in task.splits().values()] == [2, 0, 1]
     assert task.meta["leakage"]["counts"] == {"train/test near": 1}
@@ -151,9 +152,9 @@ def test_save_and_read_back_in_every_format(tmp_path, fmt):
 
 
 def test_instruction_pairs_are_grouped_by_prompt():
-    rows = [Example(prompt=f"给这条评论判断情感：{t}", response=r) for t, r in
+    rows = [InstructionExample(prompt=f"给这条评论判断情感：{t}", response=r) for t, r in
             [(ZH, "负面"), (ZH + "！", "负面"), ("这本书的内容很好，印刷清晰，送货也很快，值得推荐给大家。", "正面")]]
-    rows += [Example(prompt=f"Summarize what `f{i}` does:", response=f"It returns {i} and nothing else at all.")
+    rows += [InstructionExample(prompt=f"Summarize what `f{i}` does:", response=f"It returns {i} and nothing else at all.")
              for i in range(30)]
     task = build_dataset(rows, "instruction", val_frac=0.2, test_frac=0.2)
     assert task.labels == [] and task.meta["leakage"]["ok"]

@@ -4,9 +4,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from lmforge.errors import ConfigError, InputError
-from lmforge.finetune.builtin_tasks import load_task
-from lmforge.finetune.data import Example, spans_to_bio
-from lmforge.finetune.loaders import load_label_studio
 from lmforge.label.labelstudio import (
     example_spans,
     export_tasks,
@@ -16,11 +13,15 @@ from lmforge.label.labelstudio import (
     write_tasks,
 )
 from lmforge.label.session import load_items
+from lmforge.tasks.builtin import load_task
+from lmforge.tasks.examples import ClassificationExample, NerExample
+from lmforge.tasks.loaders import load_label_studio
+from lmforge.tasks.spans import spans_to_bio
 
 
 def _reviews(n=12):
     rows = load_task("zh_sentiment", max_per_class=12).train[:n]
-    return [Example(text=e.text, label=e.label, meta={"id": f"r{i}"}) for i, e in enumerate(rows)]
+    return [ClassificationExample(text=e.text, label=e.label, meta={"id": f"r{i}"}) for i, e in enumerate(rows)]
 
 
 def _ner():
@@ -31,7 +32,7 @@ def _ner():
     out = []
     for i, (text, spans) in enumerate(texts):
         tokens, tags, _ = spans_to_bio(text, spans)
-        out.append(Example(text=text, tokens=tokens, tags=tags, meta={"id": f"s{i}"}))
+        out.append(NerExample(text=text, tokens=tokens, tags=tags, meta={"id": f"s{i}"}))
     return out, [s for _, s in texts]
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from lmforge.errors import InputError
-from lmforge.finetune.builtin_tasks import load_task
 from lmforge.label.quality import agreement_report, cohen_kappa, find_label_issues, fleiss_kappa
+from lmforge.tasks.builtin import load_task
 
 
 def test_cohen_kappa_equals_scikit_learn():

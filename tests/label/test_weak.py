@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from lmforge.errors import ConfigError, InputError
-from lmforge.finetune.builtin_tasks import load_task
 from lmforge.label.weak import (
     ABSTAIN,
     LabelModel,
@@ -18,6 +17,7 @@ from lmforge.label.weak import (
     regex_lf,
     weak_label,
 )
+from lmforge.tasks.builtin import load_task
 
 
 def test_keyword_regex_and_lexicon_functions_vote_or_abstain():

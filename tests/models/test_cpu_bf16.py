@@ -98,10 +98,10 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16_and_trains_as_well
 
     monkeypatch.setattr(cpu_kernels, "NATIVE_BF16", False)
     fp32, trainer = _train(tmp_path, tokens, "auto", "fp32")
-    assert trainer.amp is False
+    assert trainer.rt.amp is False
     monkeypatch.setattr(cpu_kernels, "NATIVE_BF16", True)
     bf16, trainer = _train(tmp_path, tokens, "auto", "bf16")
-    assert trainer.amp is True and trainer.amp_dtype == torch.bfloat16
+    assert trainer.rt.amp is True and trainer.rt.amp_dtype == torch.bfloat16
     assert fp32 != bf16  # really another precision
     first, last = sum(fp32[:5]) / 5, sum(fp32[-10:]) / 10
     assert last < 0.5 * first  # it learned

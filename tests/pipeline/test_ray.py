@@ -6,8 +6,8 @@ import pytest
 
 from lmforge.errors import InputError
 from lmforge.flow import run_recipe
+from lmforge.flow.recipe import load_recipe
 from lmforge.pipeline.executors import ExecutorConfig
-from lmforge.recipe import load_recipe
 
 ray = pytest.importorskip("ray")
 
@@ -33,5 +33,7 @@ def test_ray_task_errors_surface_as_the_original_error(make_recipe, tmp_path, lo
         p.unlink()
     victim = run_dir / "stages" / "00-input" / "shard-00002.parquet"
     victim.write_bytes(b"not parquet")
+    for step in ("pipeline", "report"):  # as if the run had died in the pipeline step
+        (run_dir / "steps" / f"{step}.done").unlink()
     with pytest.raises(InputError, match="shard-00002.parquet"):
         run_recipe(recipe, run_dir, recipe_path.parent, ExecutorConfig(kind="ray"))

@@ -10,8 +10,8 @@ import pytest
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.flow import run_recipe
+from lmforge.flow.recipe import load_recipe
 from lmforge.pipeline.executors import ExecutorConfig
-from lmforge.recipe import load_recipe
 
 
 def run(recipe_path: Path, out: Path, **executor):
@@ -61,14 +61,21 @@ def test_stats_match_records_written(make_recipe, tmp_path):
     assert stats["totals"]["records_out"] == rows
 
 
+def died_in_pipeline(run_dir: Path) -> None:
+    """The runner's markers of a run killed inside the pipeline step: that step and the ones after it unfinished."""
+    for step in ("pipeline", "report"):
+        (run_dir / "steps" / f"{step}.done").unlink()
+
+
 def test_rerun_skips_finished_shards_and_redoes_unmarked(make_recipe, tmp_path, snapshot):
     recipe = make_recipe(shard_size=40)
     first = run(recipe, tmp_path / "run")
     before = snapshot(first.run_dir)
     seg = first.run_dir / "stages" / "01-strip_html+normalize+length_filter"
     mtimes = {p: p.stat().st_mtime_ns for p in seg.glob("shard-*.parquet")}
-    (seg / "shard-00004.done").unlink()  # as if the run died while writing shard 4
+    (seg / "shard-00004.done").unlink()  # as if the run died while writing shard 4:
     (seg / "shard-00004.parquet").write_bytes(b"partial garbage")
+    died_in_pipeline(first.run_dir)
     second = run(recipe, tmp_path / "run")
     assert snapshot(second.run_dir) == before
     changed = [p.name for p, m in mtimes.items() if p.stat().st_mtime_ns != m]
@@ -118,6 +125,7 @@ def test_corrupt_stage_shard_names_it_and_keeps_finished_shards(make_recipe, tmp
     kept = {p.name: p.read_bytes() for p in seg.glob("shard-*")}
     victim = run_dir / "stages" / "00-input" / "shard-00006.parquet"
     victim.write_bytes(victim.read_bytes()[:200])  # truncated shard with its marker still present
+    died_in_pipeline(run_dir)
     with pytest.raises(InputError, match=r"00-input/shard-00006\.parquet"):
         run(recipe, run_dir, workers=1)
     for name, data in kept.items():

@@ -57,8 +57,8 @@ def test_commoncrawl_recipe_runs_on_ray_and_reports(tmp_path):
     import pyarrow.parquet as pq
 
     from lmforge.flow import run_recipe
+    from lmforge.flow.recipe import parse_recipe
     from lmforge.pipeline.runner import iter_output
-    from lmforge.recipe import parse_recipe
 
     (tmp_path / "warc").mkdir()
     urls = write_crawl(tmp_path / "warc" / "crawl-00000.warc.gz")

@@ -35,7 +35,7 @@ def full_run(tmp_path_factory):
     import yaml
 
     from lmforge.flow import run_recipe
-    from lmforge.recipe import parse_recipe
+    from lmforge.flow.recipe import parse_recipe
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

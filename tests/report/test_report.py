@@ -114,7 +114,7 @@ def test_samples_and_configs_are_escaped_text(full_run):
 
 def test_data_only_run_gets_data_sections_and_sampling_is_stated(make_recipe, tmp_path, monkeypatch):
     from lmforge.flow import run_recipe
-    from lmforge.recipe import load_recipe
+    from lmforge.flow.recipe import load_recipe
     from lmforge.report import data
 
     recipe = make_recipe(shard_size=20, stages=["strip_html: {}", "normalize: {}", "length_filter: {min_chars: 10}",
@@ -153,9 +153,9 @@ def test_collect_only_run(tmp_path, corpus_dir):
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     """Two small fine-tunes side by side: sentiment classification (BERT) and NER (GPT backbone)."""
-    from lmforge.finetune.builtin_tasks import load_task
     from lmforge.finetune.config import FinetuneConfig
     from lmforge.finetune.run import finetune
+    from lmforge.tasks.builtin import load_task
     from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
 
     root = tmp_path_factory.mktemp("ft")
@@ -218,7 +218,7 @@ def test_not_a_run_directory(tmp_path):
 
 def test_a_report_failure_never_fails_the_run(make_recipe, tmp_path, monkeypatch, caplog):
     from lmforge.flow import run_recipe
-    from lmforge.recipe import load_recipe
+    from lmforge.flow.recipe import load_recipe
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the `report` extra were not installed
     with caplog.at_level(logging.WARNING, logger="lmforge.report"):

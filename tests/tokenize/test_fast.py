@@ -12,7 +12,8 @@ import pytest
 
 from lmforge.tokenize import fast
 from lmforge.tokenize.bpe import TokenizerConfig, eos_id, load_tokenizer, train_tokenizer
-from lmforge.tokenize.encode import clean_text, encode_documents, encode_with_tokenizers
+from lmforge.tokenize.encode import encode_documents
+from lmforge.tokenize.fast import clean_text, encode_with_tokenizers
 
 from .conftest import CONTROL, MIXED, write_stage
 

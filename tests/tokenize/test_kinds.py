@@ -8,7 +8,8 @@ import re
 import pytest
 
 from lmforge.tokenize.bpe import TokenizerConfig, eos_id, jieba_pieces, load_tokenizer, train_tokenizer
-from lmforge.tokenize.encode import clean_text, encode_documents
+from lmforge.tokenize.encode import encode_documents
+from lmforge.tokenize.fast import clean_text
 
 from .conftest import CONTROL, MIXED
 

@@ -153,3 +153,32 @@ def test_ray_executor_writes_the_same_bytes(stage, tokenizer_dir, tmp_path):
     finally:
         ray.close()
     assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local")
+
+
+def test_wordpiece_shards_keep_word_and_sentence_starts_and_a_document_index(stage, records, texts, tmp_path):
+    """BERT's shards: the same .tok/.idx layout, plus one flag byte per token; documents found by number or position."""
+    from lmforge.tokenize.dataset import TokenDataset
+    from lmforge.tokenize.words import CJK, SENTENCE, WORD
+
+    wp = train_tokenizer(texts, TokenizerConfig(kind="wordpiece", vocab_size=1500), tmp_path / "wp")
+    tok = load_tokenizer(wp)
+    out = tmp_path / "tokens"
+    manifest = encode_shards(stage, wp, out, LocalExecutor(workers=1))
+    assert manifest["documents"] == 300 and sorted(p.name for p in out.glob("*.wrd"))[0] == "shard-00000.wrd"
+    data = TokenDataset(out)
+    assert data.num_documents == 300 and len(data) == manifest["tokens"]
+    eos = eos_id(tok)
+    for number in (0, 69, 70, 299):  # the first and last documents of shards
+        shard, start, stop = data.document(number)
+        tokens, flags = data.shard_tokens(shard)[start:stop], data.flags(shard)[start:stop]
+        assert tokens[-1] == eos and eos not in tokens[:-1].tolist() and flags[-1] == 0
+        assert flags[0] & SENTENCE and flags[0] & WORD  # a document starts with a sentence
+        text = records[number].text
+        zh = bool(flags[0] & CJK)
+        assert zh == (sum("\u4e00" <= c <= "\u9fff" for c in text) > 0.3 * len(text.replace(" ", "")))
+        assert [tok.id_to_token(int(t)) for t in tokens[:3]] == tok.encode(text, add_special_tokens=False).tokens[:3]
+        position = int(data._starts[shard]) + start + (stop - start) // 2
+        assert data.document_at(position) == (number, shard, start, stop)
+    again = encode_shards(stage, wp, tmp_path / "again", LocalExecutor(workers=2))
+    assert again == manifest
+    assert (out / "shard-00001.wrd").read_bytes() == (tmp_path / "again" / "shard-00001.wrd").read_bytes()

@@ -1,6 +1,9 @@
+"""BERT pretraining data from token shards: word flags, sentence pairs, masking, the objective."""
+
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +14,19 @@ from lmforge.collect.builtin import corpus_records
 from lmforge.config import validate
 from lmforge.errors import ConfigError, InputError
 from lmforge.models.bert import BertConfig, BertForPretraining
-from lmforge.tokenize.bpe import TokenizerConfig, load_tokenizer, train_tokenizer
+from lmforge.tokenize.bpe import TokenizerConfig, eos_id, load_tokenizer, train_tokenizer
+from lmforge.tokenize.dataset import TokenDataset
+from lmforge.tokenize.shards import encode_texts
+from lmforge.tokenize.words import CJK, SENTENCE, WORD, iter_encoded_words
 from lmforge.train.mlm import (
     BertPretrainSource,
-    Examples,
     MaskedLM,
     MLMConfig,
-    _tokenize_document,
-    build_examples,
+    ShardPairs,
     eval_source,
     special_ids,
     split_sentences,
+    word_starts,
 )
 from lmforge.train.objectives import IGNORE, BatchSource, Objective
 
@@ -37,28 +42,45 @@ def corpus() -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def tok(corpus, tmp_path_factory):
+def tok_dir(corpus, tmp_path_factory) -> Path:
     """A small WordPiece vocabulary over both languages, as `lmforge tokenizer train` makes it."""
     out = tmp_path_factory.mktemp("wordpiece")
-    return load_tokenizer(train_tokenizer(corpus["zh"] + corpus["en"], TokenizerConfig(kind="wordpiece", vocab_size=2000), out))
+    return train_tokenizer(corpus["zh"] + corpus["en"], TokenizerConfig(kind="wordpiece", vocab_size=2000), out)
 
 
 @pytest.fixture(scope="module")
-def examples(corpus, tok):
-    """Examples per (sentence_task, whole_word, max_seq_len), built once for the module."""
+def tok(tok_dir):
+    return load_tokenizer(tok_dir)
+
+
+@pytest.fixture(scope="module")
+def shards(corpus, tok_dir, tmp_path_factory):
+    """Token shards per (language, split): the corpus split 9:1 by document, encoded once for the module."""
 
     @functools.cache
-    def make(task: str = "nsp", whole_word: str = "auto", max_seq_len: int = 128, lang: str = "both", seed: int = 0):
+    def make(lang: str = "both", split: str = "train") -> TokenDataset:
         texts = corpus["zh"] + corpus["en"] if lang == "both" else corpus[lang]
-        cfg = MLMConfig(sentence_task=task, whole_word=whole_word, max_seq_len=max_seq_len)
-        return build_examples(texts, tok, cfg, seed=seed), cfg
+        texts = [t for i, t in enumerate(texts) if (i % 10 == 0) == (split == "val")]
+        return TokenDataset(encode_texts(texts, tok_dir, tmp_path_factory.mktemp(f"tokens-{lang}-{split}")))
 
     return make
 
 
-def rows_of(ex: Examples, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    s, e = ex.offsets[i], ex.offsets[i + 1]
-    return ex.input_ids[s:e], ex.token_type_ids[s:e], ex.word_ids[s:e]
+@pytest.fixture(scope="module")
+def pairs(shards, tok):
+    """ShardPairs per (sentence_task, whole_word, max_seq_len, language, split, seed)."""
+
+    def make(task: str = "nsp", whole_word: str = "auto", max_seq_len: int = 128, lang: str = "both",
+             split: str = "train", seed: int = 0) -> ShardPairs:
+        cfg = MLMConfig(sentence_task=task, whole_word=whole_word, max_seq_len=max_seq_len)
+        return ShardPairs(shards(lang, split), cfg, special_ids(tok), tok.get_vocab_size(), seed=seed)
+
+    return make
+
+
+def source(pairs, task: str, batch_size: int, seed: int = 0, **kw) -> tuple[BertPretrainSource, MLMConfig]:
+    p = pairs(task, **kw)
+    return BertPretrainSource(p, p.cfg, batch_size, seed), p.cfg
 
 
 # --------------------------------------------------------------------------- config and text
@@ -79,9 +101,8 @@ def test_config_validation():
 def test_sentences_keep_every_character():
     text = "The value 3.14 is pi. See os.path.join for more!\n新年好。你去哪里？“好的！”他说…… Done"
     parts = split_sentences(text)
-    assert parts == ["The value 3.14 is pi.", "See os.path.join for more!", "新年好。", "你去哪里？", "“好的！”",
-                     "他说……", "Done"]
     assert "".join("".join(p.split()) for p in parts) == "".join(text.split())
+    assert parts[:2] == ["The value 3.14 is pi.", "See os.path.join for more!"] and "新年好。" in parts
 
 
 def test_special_ids_need_a_wordpiece_tokenizer(tok, corpus, tmp_path):
@@ -93,47 +114,52 @@ def test_special_ids_need_a_wordpiece_tokenizer(tok, corpus, tmp_path):
         special_ids(bpe)
 
 
-# --------------------------------------------------------------------------- word boundaries
+# --------------------------------------------------------------------------- word boundaries in the shards
+
+
+def encoded(tok, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """One document's tokens and flags as a shard stores them (the trailing EOS cut off)."""
+    [(ids, lengths, flags)] = iter_encoded_words(tok, [text], eos_id(tok), np.dtype("u2"))
+    assert lengths.tolist() == [len(ids)] and ids[-1] == eos_id(tok) and flags[-1] == 0
+    return ids[:-1], flags[:-1]
 
 
 def test_chinese_words_come_from_jieba(tok):
     import jieba
 
     sentence = "中国人民银行今天发布了新的货币政策。"
-    [(ids, starts)] = _tokenize_document(sentence, tok, "auto")
+    ids, flags = encoded(tok, sentence)
     assert len(ids) == len(sentence)  # WordPiece gives every Han character its own token
     expected = np.zeros(len(sentence), dtype=bool)
     expected[np.cumsum([0] + [len(w) for w in jieba.lcut(sentence)])[:-1]] = True
-    assert starts.tolist() == expected.tolist()
-    assert starts.sum() < len(sentence)  # some words span several tokens
-    [(_, off)] = _tokenize_document(sentence, tok, "off")
-    assert off.all()
+    starts = word_starts(flags, "auto")
+    assert starts.tolist() == expected.tolist() == word_starts(flags, "on").tolist()
+    assert starts.sum() < len(sentence) and (flags & CJK).all()  # some words span several tokens
+    assert flags[0] & SENTENCE and not (flags[1:] & SENTENCE).any()
+    assert word_starts(flags, "off").all()
 
 
 def test_english_words_group_wordpiece_continuations(tok):
-    text = "Interpreters tokenize unparenthesized expressions."
-    pieces = tok.encode(text, add_special_tokens=False).tokens
-    assert any(p.startswith("##") for p in pieces)
-    [(_, on)] = _tokenize_document(text, tok, "on")
-    assert on.tolist() == [not p.startswith("##") for p in pieces]
-    [(_, auto)] = _tokenize_document(text, tok, "auto")
-    assert auto.all()  # auto: whole words only in Chinese-heavy text
+    text = "Interpreters tokenize unparenthesized expressions. A second sentence."
+    ids, flags = encoded(tok, text)
+    pieces = [tok.id_to_token(int(i)) for i in ids]
+    assert any(p.startswith("##") for p in pieces) and not (flags & CJK).any()
+    assert word_starts(flags, "on").tolist() == [not p.startswith("##") for p in pieces]
+    assert word_starts(flags, "auto").all()  # auto: whole words only in Chinese-like text
+    assert np.flatnonzero(flags & SENTENCE).tolist() == [0, pieces.index(".") + 1]
+    assert (flags & WORD)[np.flatnonzero(flags & SENTENCE)].all()
 
 
-# --------------------------------------------------------------------------- examples
+# --------------------------------------------------------------------------- pairs from shards
 
 
 @pytest.mark.parametrize("task", ["nsp", "sop", "none"])
-def test_example_layout(examples, task):
-    ex, cfg = examples(task)
-    sp = ex.specials
-    assert len(ex) > 300
-    lengths = ex.lengths()
-    assert lengths.max() <= cfg.max_seq_len and lengths.min() >= (5 if task != "none" else 3)
-    assert (lengths == cfg.max_seq_len).mean() > 0.2  # most examples fill the window ...
-    assert (lengths < cfg.max_seq_len // 2).mean() > 0.05  # ... short ones come from short docs and short_seq_prob
-    for i in range(len(ex)):
-        ids, types, words = rows_of(ex, i)
+def test_example_layout(pairs, task):
+    p = pairs(task)
+    sp, lengths = p.specials, []
+    for i in range(400):
+        ids, types, words, _ = p.example(i)
+        lengths.append(len(ids))
         seps = np.flatnonzero(ids == sp.sep)
         assert ids[0] == sp.cls and ids[-1] == sp.sep
         assert np.array_equal(words < 0, np.isin(ids, sp.all))  # [UNK] included
@@ -144,78 +170,99 @@ def test_example_layout(examples, task):
             assert types.tolist() == [0] * (seps[0] + 1) + [1] * (len(ids) - seps[0] - 1)
         real = words[words >= 0]
         assert real[0] == 0 and np.all(np.diff(real) >= 0) and np.all(np.diff(real) <= 1)
+    lengths = np.array(lengths)
+    assert lengths.max() <= 128 and lengths.min() >= (5 if task != "none" else 3)
+    assert (lengths == 128).mean() > 0.2  # most examples fill the window ...
+    assert (lengths < 64).mean() > 0.03  # ... short ones come from short documents and short_seq_prob
 
 
-def _doc_index(texts, tok) -> str:
-    """Every document's token ids as one string, documents separated, for contiguity checks."""
-    return "|" + "|".join(" " + " ".join(map(str, tok.encode(t, add_special_tokens=False).ids)) + " " for t in texts) + "|"
+def _doc_string(data: TokenDataset, doc: int) -> str:
+    shard, start, stop = data.document(doc)
+    return " " + " ".join(map(str, data.shard_tokens(shard)[start:stop])) + " "
 
 
-def _segments(ex: Examples, i: int) -> tuple[str, str]:
-    ids, _, _ = rows_of(ex, i)
-    sep = int(np.flatnonzero(ids == ex.specials.sep)[0])
-    return " ".join(map(str, ids[1:sep])), " ".join(map(str, ids[sep + 1 : -1]))
+def _ids(segment) -> str:
+    return " " + " ".join(map(str, segment[0])) + " "
 
 
 @pytest.mark.parametrize("task", ["nsp", "sop"])
-def test_sentence_pairs(examples, corpus, tok, task):
-    """Label 0: B continues A in the same document. NSP 1: B is from another document. SOP 1: B precedes A."""
-    ex, cfg = examples(task)
-    labels = ex.next_sentence_label
-    assert 0.42 < labels.mean() < 0.58
-    index = _doc_index(corpus["zh"] + corpus["en"], tok)
-    untruncated = [i for i in range(len(ex)) if ex.lengths()[i] < cfg.max_seq_len]
-    checked = {0: 0, 1: 0}
-    for i in untruncated:
-        a, b = _segments(ex, i)
-        assert f" {a} " in index and f" {b} " in index
-        in_order, reversed_ = f" {a} {b} " in index, f" {b} {a} " in index
-        if labels[i] == 0:
-            assert in_order
-        elif task == "sop":
-            assert reversed_
-        else:
-            checked[1] += not in_order
+def test_sentence_pairs_stay_in_their_document(pairs, task):
+    """Label 0: B continues A in A's document. NSP 1: B is from another document. SOP 1: B precedes A."""
+    p = pairs(task)
+    labels, checked = [], {0: 0, 1: 0}
+    for i in range(600):
+        pair = p.pair(i)
+        labels.append(pair.label)
+        a_doc, b_doc = _doc_string(p.data, pair.a_doc), _doc_string(p.data, pair.b_doc)
+        assert _ids(pair.a) in a_doc and _ids(pair.b) in b_doc  # each segment is a stretch of one document
+        whole = len(pair.a[0]) + len(pair.b[0]) < p.max_tokens  # not trimmed between A and B
+        if pair.label == 1 and task == "nsp":
+            assert pair.b_doc != pair.a_doc  # only an NSP negative leaves A's document
+            checked[1] += 1
             continue
-        checked[labels[i]] += 1
-    assert checked[0] > 50 and checked[1] > 50  # NSP: a random B almost never continues A by chance
+        assert pair.b_doc == pair.a_doc
+        if whole:
+            first, second = (pair.a, pair.b) if pair.label == 0 else (pair.b, pair.a)  # SOP 1: swapped
+            assert _ids((np.concatenate([first[0], second[0]]),)) in a_doc
+            checked[pair.label] += 1
+    assert 0.42 < np.mean(labels) < 0.58
+    assert checked[0] > 40 and checked[1] > 40
 
 
-def test_examples_are_deterministic_and_persist(examples, tmp_path):
-    ex, _ = examples("nsp")
-    again, _ = examples("nsp", seed=0, whole_word="auto", max_seq_len=128, lang="both")
-    other, _ = examples("nsp", seed=1)
-    assert np.array_equal(ex.input_ids, again.input_ids)
-    assert not np.array_equal(ex.next_sentence_label[:200], other.next_sentence_label[:200])
-    loaded = Examples.load(ex.save(tmp_path / "examples.npz"))
-    for name in ("input_ids", "token_type_ids", "word_ids", "offsets", "next_sentence_label"):
-        assert np.array_equal(getattr(loaded, name), getattr(ex, name)), name
-    assert (loaded.vocab_size, loaded.specials) == (ex.vocab_size, ex.specials)
-    with pytest.raises(InputError, match="cannot read MLM examples"):
-        Examples.load(tmp_path / "missing.npz")
+def test_segments_never_hold_a_document_boundary(pairs, tok):
+    p, eos = pairs("nsp", max_seq_len=512), eos_id(tok)
+    for i in range(200):
+        ids, _, _, _ = p.example(i)
+        assert eos not in ids.tolist()
 
 
-def test_nsp_needs_two_documents(tok):
+def test_pairs_are_deterministic_and_the_shards_reproducible(pairs, corpus, tok_dir, tmp_path):
+    p = pairs("nsp")
+    rebuilt = TokenDataset(encode_texts([t for i, t in enumerate(corpus["zh"] + corpus["en"]) if i % 10],
+                                        tok_dir, tmp_path / "again"))
+    for name in ("shard-00000.tok", "shard-00000.idx", "shard-00000.wrd"):
+        assert (rebuilt.path / name).read_bytes() == (p.data.path / name).read_bytes(), name
+    again = ShardPairs(rebuilt, p.cfg, p.specials, p.vocab_size, seed=0)
+    other = pairs("nsp", seed=1)
+    for i in (0, 7, 5000):
+        assert all(np.array_equal(x, y) for x, y in zip(p.example(i)[:3], again.example(i)[:3], strict=True))
+    assert [p.pair(i).a_doc for i in range(20)] != [other.pair(i).a_doc for i in range(20)]
+
+
+def test_nsp_needs_two_documents_and_shards_need_word_flags(tok, tok_dir, tmp_path, corpus):
+    one = TokenDataset(encode_texts(["只有一篇文档。它有两句话。"], tok_dir, tmp_path / "one"))
+    sp, vocab = special_ids(tok), tok.get_vocab_size()
     with pytest.raises(InputError, match="sentence_task 'nsp' needs at least 2 documents"):
-        build_examples(["只有一篇文档。它有两句话。"], tok, MLMConfig(), seed=0)
-    sop = build_examples(["只有一篇文档。它有两句话。"], tok, MLMConfig(sentence_task="sop"), seed=0)
-    assert len(sop) == 1
+        ShardPairs(one, MLMConfig(), sp, vocab, seed=0)
+    sop = ShardPairs(one, MLMConfig(sentence_task="sop"), sp, vocab, seed=0)
+    assert sop.pair(0).a_doc == sop.pair(0).b_doc == 0
+    bpe_dir = train_tokenizer(corpus["en"][:20], TokenizerConfig(vocab_size=300), tmp_path / "bpe")
+    gpt = TokenDataset(encode_texts(corpus["en"][:5], bpe_dir, tmp_path / "gpt"))
+    with pytest.raises(InputError, match=r"shard-00000.wrd does not exist.*WordPiece"):
+        ShardPairs(gpt, MLMConfig(), sp, vocab, seed=0)
 
 
 # --------------------------------------------------------------------------- masking
 
 
-def test_masking_statistics(examples):
-    ex, _ = examples("nsp", whole_word="off")
-    src = BertPretrainSource(ex, MLMConfig(whole_word="off"), batch_size=64, seed=3)
-    sp = ex.specials
+def _originals(src: BertPretrainSource, index: int, shape: tuple[int, int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The unmasked ids of micro-batch `index` (padded) and each row's word ids."""
+    original = np.full(shape, src.pairs.specials.pad)
+    words = []
+    for r in range(shape[0]):
+        ids, _, w, _ = src.pairs.example(index * src.batch_size + r)
+        original[r, : len(ids)] = ids
+        words.append(w)
+    return original, words
+
+
+def test_masks_at_the_expected_rate(pairs):
+    src, _ = source(pairs, "nsp", 64, seed=3, whole_word="off")
+    sp = src.pairs.specials
     n = {"eligible": 0, "selected": 0, "mask": 0, "random": 0, "kept": 0}
     for i in range(4):
         b = src.micro_batch(i)
-        original = np.full(b["input_ids"].shape, sp.pad)
-        for r, row in enumerate(src.rows(i)):
-            ids, _, _ = rows_of(ex, row)
-            original[r, : len(ids)] = ids
+        original, _ = _originals(src, i, tuple(b["input_ids"].shape))
         labels, inputs = b["labels"].numpy(), b["input_ids"].numpy()
         selected = labels != IGNORE
         special = np.isin(original, sp.all)
@@ -236,21 +283,20 @@ def test_masking_statistics(examples):
     assert abs(n["kept"] / n["selected"] - 0.1) < 0.02
 
 
-def test_whole_word_masking_on_chinese(examples):
-    ex, cfg = examples("nsp", whole_word="auto", lang="zh")
-    src = BertPretrainSource(ex, cfg, batch_size=64, seed=0)
+def test_whole_word_masking_on_chinese(pairs):
+    src, _ = source(pairs, "nsp", 64, lang="zh")
     multi, selected_total, eligible_total = 0, 0, 0
     for i in range(3):
         b = src.micro_batch(i)
-        for r, row in enumerate(src.rows(i)):
-            _, _, words = rows_of(ex, row)
-            chosen = (b["labels"][r, : len(words)] != IGNORE).numpy()
-            for w in range(words.max() + 1):
-                inside = chosen[words == w]
+        _, words = _originals(src, i, tuple(b["input_ids"].shape))
+        for r, w_ids in enumerate(words):
+            chosen = (b["labels"][r, : len(w_ids)] != IGNORE).numpy()
+            for w in range(w_ids.max() + 1):
+                inside = chosen[w_ids == w]
                 assert inside.all() or not inside.any()  # a word is masked whole or not at all
                 multi += inside.all() and len(inside) > 1
             selected_total += chosen.sum()
-            eligible_total += (words >= 0).sum()
+            eligible_total += (w_ids >= 0).sum()
     assert multi > 100
     assert abs(selected_total / eligible_total - 0.15) < 0.01
 
@@ -258,10 +304,9 @@ def test_whole_word_masking_on_chinese(examples):
 # --------------------------------------------------------------------------- sources
 
 
-def test_batches_are_a_pure_function_of_seed_and_index(examples, tok, corpus):
-    ex, cfg = examples("nsp")
-    rebuilt = build_examples(corpus["zh"] + corpus["en"], tok, cfg, seed=0)
-    a, b = BertPretrainSource(ex, cfg, 16, seed=7), BertPretrainSource(rebuilt, cfg, 16, seed=7)
+def test_batches_are_a_pure_function_of_seed_and_index(pairs):
+    a, cfg = source(pairs, "nsp", 16, seed=7)
+    b = BertPretrainSource(pairs("nsp"), cfg, 16, seed=7)
     assert isinstance(a, BatchSource)
     late = a.micro_batch(500)  # out of order: no sequential state
     for i in (0, 1, 500):
@@ -271,31 +316,18 @@ def test_batches_are_a_pure_function_of_seed_and_index(examples, tok, corpus):
             assert x[k].dtype == torch.int64 and torch.equal(x[k], y[k]), k
     assert all(torch.equal(late[k], a.micro_batch(500)[k]) for k in late)
     assert not torch.equal(a.micro_batch(0)["labels"], a.micro_batch(1)["labels"])
-    c = BertPretrainSource(ex, cfg, 16, seed=8)
+    c = BertPretrainSource(a.pairs, cfg, 16, seed=8)  # same examples, other masks
     assert not torch.equal(a.micro_batch(0)["input_ids"], c.micro_batch(0)["input_ids"])
+    assert torch.equal(a.micro_batch(0)["token_type_ids"], c.micro_batch(0)["token_type_ids"])
+    none, _ = source(pairs, "none", 4)
+    assert "next_sentence_label" not in none.micro_batch(0)
 
 
-def test_each_epoch_visits_every_example_once(examples):
-    ex, cfg = examples("sop")
-    src = BertPretrainSource(ex, cfg, batch_size=50, seed=0)
-    n = len(src)
-    per_epoch = -(-n // 50)
-    seen = np.concatenate([src.rows(i) for i in range(2 * per_epoch)])
-    assert sorted(seen[:n]) == list(range(n))
-    assert sorted(seen[n : 2 * n]) == list(range(n))
-    assert not np.array_equal(seen[:n], seen[n : 2 * n])  # a new order each epoch
-    assert "next_sentence_label" in src.micro_batch(0)
-    none_ex, none_cfg = examples("none")
-    assert "next_sentence_label" not in BertPretrainSource(none_ex, none_cfg, 4, 0).micro_batch(0)
-
-
-def test_eval_source_covers_examples_in_order(examples):
-    ex, cfg = examples("nsp")
-    ev = eval_source(ex, cfg, batch_size=64)
-    rows = np.concatenate([ev.rows(i) for i in range(ev.num_batches)])
-    assert rows.tolist() == list(range(len(ex)))
-    assert len(ev.rows(ev.num_batches - 1)) == len(ex) - 64 * (ev.num_batches - 1)
-    assert torch.equal(ev.micro_batch(2)["input_ids"], eval_source(ex, cfg, 64).micro_batch(2)["input_ids"])
+def test_eval_source_repeats_the_same_batches(pairs):
+    p = pairs("nsp", split="val")
+    first = eval_source(p, p.cfg, 64, seed=1).micro_batch(2)
+    again = eval_source(pairs("nsp", split="val"), p.cfg, 64, seed=1).micro_batch(2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 # --------------------------------------------------------------------------- objective and training
@@ -306,9 +338,9 @@ def tiny_bert(vocab: int, seed: int = 0) -> BertForPretraining:
     return BertForPretraining(BertConfig(vocab_size=vocab, max_position=128, n_layer=2, n_head=2, n_embd=64))
 
 
-def test_objective_matches_manual_cross_entropy(examples, tok):
-    ex, cfg = examples("nsp")
-    batch = BertPretrainSource(ex, cfg, 8, seed=0).micro_batch(0)
+def test_objective_matches_manual_cross_entropy(pairs, tok):
+    src, cfg = source(pairs, "nsp", 8)
+    batch = src.micro_batch(0)
     model = tiny_bert(tok.get_vocab_size()).eval()
     obj = MaskedLM("nsp")
     assert isinstance(obj, Objective) and obj.terms == ("mlm", "nsp")
@@ -329,12 +361,12 @@ def test_objective_matches_manual_cross_entropy(examples, tok):
         MaskedLM("mlm")
 
 
-def test_a_tiny_bert_learns(examples, tok):
-    """30 AdamW steps on real batches lower the held-out MLM loss well below its log(V) start."""
-    ex, cfg = examples("nsp")
+def test_a_tiny_bert_learns(pairs, tok):
+    """30 AdamW steps on real batches lower the MLM loss on other examples well below its log(V) start."""
+    src, cfg = source(pairs, "nsp", 32)
     model = tiny_bert(tok.get_vocab_size(), seed=1)
-    obj, src = MaskedLM(cfg.sentence_task), BertPretrainSource(ex, cfg, 32, seed=0)
-    held_out = eval_source(ex, cfg, 64, seed=99).micro_batch(0)
+    obj = MaskedLM(cfg.sentence_task)
+    held_out = eval_source(pairs("nsp", seed=99), cfg, 64, seed=99).micro_batch(0)  # other examples and masks
 
     def mlm_loss() -> float:
         model.eval()

@@ -118,13 +118,14 @@ def test_same_seed_gives_identical_losses(data, tmp_path):
 def test_model_overrides_and_block_size(data, tmp_path):
     train, val, vocab = data
     cfg = PretrainConfig(
-        steps=2, preset="tiny", model={"n_layer": 1, "pos": "learned"}, **{**FAST, "seq_len": 160}
+        steps=2, model={"preset": "tiny", "n_layer": 1, "pos": "learned"}, **{**FAST, "seq_len": 160}
     )
     result = pretrain(cfg, train, val, vocab, tmp_path)
     model_cfg = load_checkpoint(result.checkpoint).config
     assert (model_cfg.n_layer, model_cfg.pos, model_cfg.block_size) == (1, "learned", 160)
     with pytest.raises(ConfigError, match="block_size"):
-        pretrain(cfg.model_copy(update={"model": {"block_size": 32}}), train, val, vocab, tmp_path)
+        pretrain(cfg.model_copy(update={"model": cfg.model.model_copy(update={"block_size": 32})}), train, val, vocab,
+                 tmp_path)
 
 
 def test_short_or_bad_data_is_a_clear_user_error(data, tmp_path):
@@ -146,6 +147,10 @@ def test_short_or_bad_data_is_a_clear_user_error(data, tmp_path):
         ({"seq_len": 0}, "seq_len"),
         ({"batch_size": 0}, "batch_size"),
         ({"preset": "huge"}, "preset"),
+        ({"model": {"preset": "huge"}}, "model.preset"),
+        ({"model": {"n_layr": 4}}, "model.n_layr"),
+        ({"model": {"n_layer": 0}}, "model.n_layer"),
+        ({"arch": "bert", "model": {"rope_theta": 1e4}}, "model.rope_theta"),
         ({"learning_rate": 1e-3}, "learning_rate"),
         ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr"),
     ],

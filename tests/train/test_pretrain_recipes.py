@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from lmforge.recipe import load_recipe, parse_recipe
+from lmforge.flow.recipe import load_recipe, parse_recipe
 
 RECIPES = Path(__file__).parents[2] / "recipes"
 
@@ -30,7 +30,7 @@ def test_gpt_tiny_cpu_recipe_trains_resumes_and_exports(tmp_path, lmforge_cli):
     out, hf = tmp_path / "run", tmp_path / "hf"
     done = lmforge_cli("pretrain", str(recipe), "--out", str(out), "--export-hf", str(hf))
     assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads((out / "pretrain" / "step.done").read_text())
+    info = json.loads((out / "steps" / "pretrain.done").read_text())
     assert info["arch"] == "gpt" and info["steps"] == 30
     assert info["last_loss"] < info["first_loss"] - 1.0 and info["val_ppl_after"] < info["val_ppl_before"] / 2
     manifest = json.loads((out / "tokens" / "train" / "manifest.json").read_text())
@@ -58,7 +58,8 @@ def test_bert_tiny_cpu_recipe_trains_mlm_and_nsp(tmp_path):
     recipe = load_recipe(shrunk("bert-tiny-cpu.yaml", tmp_path, docs=150, steps=40, eval_every=20, log_every=10))
     result = run_recipe(recipe, tmp_path / "run", base_dir=tmp_path)
     info = result.steps["pretrain"]
-    assert info["arch"] == "bert" and "tokens" not in result.steps
+    assert info["arch"] == "bert" and result.steps["tokens"]["documents"]["val"] > 0
+    assert list((tmp_path / "run" / "tokens" / "train").glob("shard-*.wrd"))  # BERT reads WordPiece token shards
     before, after = info["val_before"], info["val_after"]
     assert set(after) == {"mlm", "nsp", "loss"}
     assert after["mlm"] < before["mlm"] - 0.5
@@ -83,15 +84,18 @@ def test_bert_recipe_rejects_a_gpt_preset():
     from lmforge.errors import ConfigError
 
     data = yaml.safe_load((RECIPES / "bert-tiny-cpu.yaml").read_text(encoding="utf-8"))
-    data["pretrain"]["preset"] = "tiny"
-    with pytest.raises(ConfigError, match=r"pretrain.*'tiny' is not a bert preset; allowed: \['bert-base'"):
+    data["pretrain"]["model"]["preset"] = "tiny"
+    with pytest.raises(ConfigError, match=r"pretrain.model.preset: not a bert preset; allowed: bert-base, bert-mini"):
+        parse_recipe(data, where="bert.yaml")
+    data["pretrain"]["model"] = {"pos": "rope"}  # a GPT-only field
+    with pytest.raises(ConfigError, match=r"pretrain.model.pos: unknown key for arch bert; allowed: preset, from"):
         parse_recipe(data, where="bert.yaml")
 
 
 def test_gpt_reviews_recipe_is_decontaminated_against_the_sentiment_eval_splits(tmp_path):
-    from lmforge.finetune.builtin_tasks import load_task
     from lmforge.flow import run_recipe
     from lmforge.pipeline.runner import iter_output
+    from lmforge.tasks.builtin import load_task
 
     recipe = load_recipe(shrunk("gpt-reviews-cpu.yaml", tmp_path, docs=3000, steps=5, eval_every=0, save_every=0))
     result = run_recipe(recipe, tmp_path / "run", base_dir=tmp_path)

@@ -83,7 +83,7 @@ class Translator:
     def __init__(self, path: str | Path, options: TranslatorConfig | None = None) -> None:
         self.path = Path(path)
         self.options = options or TranslatorConfig()
-        from lmforge.finetune.heads import HEAD_FILE
+        from lmforge.models.heads import HEAD_FILE
 
         if not (self.path / "config.json").is_file() and not (self.path / HEAD_FILE).is_file():
             raise ConfigError(f"translation model {self.path}: no config.json or {HEAD_FILE} (give a transformers "
@@ -99,7 +99,7 @@ class Translator:
             batch = texts[i : i + batch_size]
             self.generate_calls += 1
             if self.kind == "lmforge":
-                from lmforge.finetune.run import generate_responses
+                from lmforge.serve.generate import generate_responses
 
                 if (num_return > 1 or sample) and i == 0:
                     log.warning("%s: lmforge translation models decode greedily: one translation per text", self.path)
@@ -146,14 +146,14 @@ def _load(path: Path, device: str) -> tuple[str, Any, Any]:
     """(kind, model in eval mode, tokenizer): lmforge fine-tuned, seq2seq or causal transformers model."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from lmforge.finetune.heads import HEAD_FILE
+    from lmforge.models.heads import HEAD_FILE
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load the tokenizer of translation model {path}: {exc}") from None
     if (path / HEAD_FILE).is_file():
-        from lmforge.finetune.heads import load_task_model
+        from lmforge.models.heads import load_task_model
 
         model, info = load_task_model(path)
         if info.get("kind") != "instruction":

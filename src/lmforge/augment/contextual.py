@@ -25,9 +25,10 @@ from pydantic import Field
 
 from lmforge.augment.eda import Augmented, match_case
 from lmforge.augment.stages import AugmentCommon, AugmentStage, Item
-from lmforge.augment.text import ProtectConfig, Segmenter, Unit, is_han, render
+from lmforge.augment.text import ProtectConfig, Segmenter, Unit, render
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, InputError
+from lmforge.lang import has_han
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class MaskedLM:
         for i, piece in enumerate(pieces):
             text = "" if i in special or piece is None or piece.startswith("##") else \
                 tok.convert_tokens_to_string([piece]).strip()
-            han.append(bool(text) and all(is_han(c) for c in text))
+            han.append(bool(text) and all(has_han(c) for c in text))
             latin.append(bool(text) and text.isascii() and text.isalpha())
         self.strings = [tok.convert_tokens_to_string([p]).strip() if p else "" for p in pieces]
         self.han_ok, self.latin_ok = np.array(han), np.array(latin)
@@ -174,7 +175,7 @@ class ContextualSubstituter:
         lead, units = self.segmenter.units(item.text, item.lang, item.spans or ())
         out: list[Unit] = []
         for u in units:
-            if u.word and not u.protected and len(u.text) > 1 and is_han(u.text):
+            if u.word and not u.protected and len(u.text) > 1 and has_han(u.text):
                 out += [Unit(c, word=True) for c in u.text[:-1]] + [Unit(u.text[-1], ws=u.ws, word=True)]
             else:
                 out.append(u)
@@ -183,7 +184,7 @@ class ContextualSubstituter:
     def _sample(self, row, original: str, gen) -> str | None:
         import numpy as np
 
-        allowed = self.mlm.han_ok if is_han(original) else self.mlm.latin_ok
+        allowed = self.mlm.han_ok if has_han(original) else self.mlm.latin_ok
         size = min(len(allowed), row.shape[0])  # a model may pad its vocabulary beyond the tokenizer's
         scores = np.where(allowed[:size], row[:size], -np.inf)
         order = np.argsort(-scores, kind="stable")
@@ -199,7 +200,7 @@ class ContextualSubstituter:
 def _maskable(u: Unit) -> bool:
     if not u.word or u.protected:
         return False
-    return (len(u.text) == 1 and is_han(u.text)) or (u.text.isascii() and u.text.isalpha())
+    return (len(u.text) == 1 and has_han(u.text)) or (u.text.isascii() and u.text.isalpha())
 
 
 def _masked(units: list[Unit], chosen: list[int], mask: str) -> list[Unit]:

@@ -161,9 +161,9 @@ class EmbeddingNeighbours:
         self._index = {w: i for i, w in enumerate(self._words)}
         vectors = matrix[[words[w] for w in self._words]].astype(np.float32)
         self._unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-8)
-        from lmforge.augment.text import is_han
+        from lmforge.lang import has_han
 
-        self._han = np.array([is_han(w) for w in self._words])
+        self._han = np.array([has_han(w) for w in self._words])
         self._cache: dict[str, list[str]] = {}
 
     def __call__(self, word: str) -> list[str]:

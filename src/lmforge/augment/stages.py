@@ -32,6 +32,7 @@ from lmforge.augment.text import detect_lang
 from lmforge.config import StrictModel
 from lmforge.pipeline.stage import Stage
 from lmforge.records import Record, make_id
+from lmforge.tasks.spans import format_spans, valid_spans
 
 log = logging.getLogger(__name__)
 
@@ -85,29 +86,6 @@ def meta_set(meta: dict[str, Any], path: str, value: Any) -> None:
     for part in parents:
         meta = meta.setdefault(part, {})
     meta[last] = value
-
-
-def parse_spans(value: Any, text_len: int) -> list[tuple[int, int, str]] | None:
-    """Spans as (start, end, type) tuples, or None when `value` is not a valid span list."""
-    out = []
-    for s in value:
-        if isinstance(s, dict):
-            s = (s.get("start"), s.get("end"), s.get("label") or (s.get("labels") or [None])[0])
-        if not (isinstance(s, list | tuple) and len(s) == 3 and isinstance(s[0], int) and isinstance(s[1], int)
-                and isinstance(s[2], str) and 0 <= s[0] < s[1] <= text_len):
-            return None
-        out.append((s[0], s[1], s[2]))
-    out.sort()
-    if any(a[1] > b[0] for a, b in zip(out, out[1:], strict=False)):
-        return None  # overlapping spans: no BIO labelling can hold them
-    return out
-
-
-def format_spans(spans: list[tuple[int, int, str]], like: list) -> list:
-    """Spans in the style the record had them: {start, end, label} objects or [start, end, label] lists."""
-    if like and isinstance(like[0], dict):
-        return [{"start": s, "end": e, "label": t} for s, e, t in spans]
-    return [[s, e, t] for s, e, t in spans]
 
 
 def _copy_json(value: Any) -> Any:
@@ -185,7 +163,7 @@ class AugmentStage(Stage):
             self.count("no_label")
             return None
         if isinstance(label, list):
-            spans = parse_spans(label, len(record.text))
+            spans = valid_spans(label, len(record.text))
             if spans is None:
                 self.count("bad_spans")
                 return None

@@ -28,48 +28,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lmforge.augment.backtranslate import BackTranslateConfig
-from lmforge.augment.contextual import ContextualConfig
-from lmforge.augment.stages import EdaStageConfig
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError
 from lmforge.finetune.config import TaskDataConfig
-from lmforge.finetune.data import Example, TaskData
+from lmforge.pipeline.registry import OPERATION, operation_names, typed_entries
 from lmforge.records import Record, make_id
+from lmforge.tasks.examples import ClassificationExample, Example, NerExample, TaskData
+from lmforge.tasks.spans import join_tokens, locate_tokens, spans_to_tags, tags_to_spans
 
 log = logging.getLogger(__name__)
 
-OPERATIONS = ("eda", "back_translate", "contextual_substitute")
+OPERATIONS = operation_names()  # the registry's augment operations: eda, back_translate, contextual_substitute
 
 
-class Operation(StrictModel):
-    """One entry of `operations`: a single-key mapping such as `- eda: {num_aug: 4}`."""
+class Operation(BaseModel):
+    """One entry of `operations`: a single-key mapping such as `- eda: {num_aug: 4}`, typed by the stage's Config."""
 
-    eda: EdaStageConfig | None = None
-    back_translate: BackTranslateConfig | None = None
-    contextual_substitute: ContextualConfig | None = None
+    model_config = ConfigDict(extra="allow")
 
     @model_validator(mode="before")
     @classmethod
-    def _shorthand(cls, value: Any) -> Any:
+    def _one_typed(cls, value: Any) -> Any:
         if isinstance(value, str):  # "- eda" means "- eda: {}"
-            return {value: {}}
-        if isinstance(value, dict):
-            return {k: ({} if v is None else v) for k, v in value.items()}
-        return value
-
-    @model_validator(mode="after")
-    def _one(self) -> Operation:
-        given = [name for name in OPERATIONS if getattr(self, name) is not None]
+            value = {value: {}}
+        if not isinstance(value, dict):
+            return value
+        given = typed_entries({k: ({} if v is None else v) for k, v in value.items()}, OPERATION, cls.__name__)
         if len(given) != 1:
-            raise ValueError(f"each operation is one of {', '.join(OPERATIONS)} (got {given or 'none'})")
-        return self
+            raise ValueError(f"each operation is one of {', '.join(OPERATIONS)} (got {list(given) or 'none'})")
+        return given
 
     def spec(self) -> tuple[str, StrictModel]:
-        name = next(n for n in OPERATIONS if getattr(self, n) is not None)
-        return name, getattr(self, name)
+        (name, config), = (self.__pydantic_extra__ or {}).items()
+        return name, config
 
 
 class AugmentTaskConfig(StrictModel):
@@ -93,14 +86,14 @@ class AugmentResult:
 
 def load_labelled(d: TaskDataConfig, seed: int) -> TaskData:
     """The task's splits, drawn as `lmforge finetune` draws them for the same options and seed."""
-    from lmforge.finetune.data import make_task, split
+    from lmforge.tasks.splits import make_task, split
 
     if d.builtin is not None:
-        from lmforge.finetune.builtin_tasks import load_task
+        from lmforge.tasks.builtin import load_task
 
         data = load_task(d.builtin, **{"seed": seed, **d.options})
     else:
-        from lmforge.finetune.loaders import load_examples
+        from lmforge.tasks.loaders import load_examples
 
         data = make_task(d.loader.kind, load_examples(d.path, d.loader), val_frac=d.val_frac,
                          test_frac=d.test_frac, seed=seed)
@@ -114,25 +107,6 @@ def load_labelled(d: TaskDataConfig, seed: int) -> TaskData:
     return data
 
 
-def bio_spans(tokens: list[str], tags: list[str], starts: list[int]) -> list[tuple[int, int, str]]:
-    """Character spans of BIO entities, given each token's start offset in the joined text."""
-    spans: list[tuple[int, int, str]] = []
-    open_: list[Any] | None = None
-    for tok, tag, start in zip(tokens, tags, starts, strict=True):
-        end = start + len(tok)
-        if tag.startswith("I-") and open_ is not None and open_[2] == tag[2:]:
-            open_[1] = end
-            continue
-        if open_ is not None:
-            spans.append(tuple(open_))  # type: ignore[arg-type]
-            open_ = None
-        if tag != "O":
-            open_ = [start, end, tag[2:]]
-    if open_ is not None:
-        spans.append(tuple(open_))  # type: ignore[arg-type]
-    return spans
-
-
 def char_tokens(ex: Example) -> bool:
     """Whether an NER example has one token per character (Chinese), so its text joins without spaces."""
     return all(len(t) == 1 for t in ex.tokens)
@@ -140,34 +114,22 @@ def char_tokens(ex: Example) -> bool:
 
 def example_record(ex: Example, kind: str, index: int, lang: str = "") -> Record:
     """The example as a labelled record; an example without meta["id"] gets one, which its copies refer to."""
-    rid = ex.meta.setdefault("id", make_id("augment", f"{index}:{ex.text or ' '.join(ex.tokens)}"))
+    rid = ex.meta.setdefault("id", make_id("augment", f"{index}:{ex.input_text}"))
     if kind == "classification":
         return Record(id=rid, text=ex.text, lang=lang, meta={"label": ex.label, "split": "train"})
-    sep = "" if char_tokens(ex) else " "
-    starts, pos = [], 0
-    for tok in ex.tokens:
-        starts.append(pos)
-        pos += len(tok) + len(sep)
-    spans = [list(s) for s in bio_spans(ex.tokens, ex.tags, starts)]
-    return Record(id=rid, text=sep.join(ex.tokens), lang=lang, meta={"label": spans, "split": "train"})
+    text, offsets = join_tokens(ex.tokens, "" if char_tokens(ex) else " ")
+    spans = [list(s) for s in tags_to_spans(ex.tags, offsets)]
+    return Record(id=rid, text=text, lang=lang, meta={"label": spans, "split": "train"})
 
 
 def record_example(record: Record, kind: str, chars: bool) -> Example:
     meta = {"id": record.id, "augmented_from": record.meta["augmented_from"], "augment": record.meta["augment"]}
     if kind == "classification":
-        return Example(text=record.text, label=record.meta["label"], meta=meta)
+        return ClassificationExample(text=record.text, label=record.meta["label"], meta=meta)
     tokens = list(record.text) if chars else record.text.split()
-    starts, pos = [], 0
-    for tok in tokens:
-        pos = record.text.index(tok, pos)
-        starts.append(pos)
-        pos += len(tok)
-    tags = ["O"] * len(tokens)
-    for s, e, label in record.meta["label"]:
-        inside = [i for i, st in enumerate(starts) if st < e and st + len(tokens[i]) > s]
-        for n, i in enumerate(inside):
-            tags[i] = f"{'B' if n == 0 else 'I'}-{label}"
-    return Example(text=record.text, tokens=tokens, tags=tags, meta=meta)
+    spans = [tuple(s) for s in record.meta["label"]]
+    tags, _ = spans_to_tags(locate_tokens(record.text, tokens), spans, len(record.text), empty="ignore")
+    return NerExample(tokens=tokens, tags=tags, text=record.text, meta=meta)
 
 
 def _norm(text: str) -> str:
@@ -244,12 +206,8 @@ def write_examples(path: Path, data: TaskData) -> int:
     return n
 
 
-def run_augment(config: AugmentTaskConfig, out_dir: str | Path, recipe: dict[str, Any] | None = None) -> AugmentResult:
-    """Load the task, augment its training split, write RUN/augmented.jsonl, stats.json and config.yaml."""
-    import yaml
-
-    from lmforge.records import atomic_path, write_json_atomic
-
+def run_augment(config: AugmentTaskConfig, out_dir: str | Path) -> AugmentResult:
+    """Load the task, augment its training split and write RUN/augmented.jsonl (the runner writes the rest)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -259,8 +217,15 @@ def run_augment(config: AugmentTaskConfig, out_dir: str | Path, recipe: dict[str
     write_examples(path, augmented)
     stats = {**report, "seconds": round(time.perf_counter() - t0, 3), "kind": data.kind, "labels": data.labels,
              "source": {k: data.meta.get(k) for k in ("name", "source", "license") if k in data.meta}}
-    write_json_atomic(out / "stats.json", stats)
-    with atomic_path(out / "config.yaml") as tmp:
-        resolved = recipe or {"augment": config.model_dump(mode="json", exclude_none=True)}
-        tmp.write_text(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return AugmentResult(out, path, augmented, stats)
+
+
+def preview_run(run_dir: str | Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Up to n (original, augmented copy) rows of a finished RUN/augmented.jsonl, in file order:
+    what `lmforge augment --preview N` shows."""
+    with open(Path(run_dir) / "augmented.jsonl", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    originals = {r["id"]: r for r in rows if r.get("id") and "augmented_from" not in r.get("meta", {})}
+    pairs = [(originals[r["meta"]["augmented_from"]], r) for r in rows
+             if r.get("meta", {}).get("augmented_from") in originals]
+    return pairs[:n]

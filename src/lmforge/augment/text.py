@@ -27,7 +27,6 @@ Random insertion never puts a word right after a protected unit, so "20岁" does
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from lmforge.config import StrictModel, valid_regex
+from lmforge.lang import cut, has_han, is_cjk, jieba_tokenizer, pos_tags
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ NUMBERS_EN = frozenset([
 ZH_ENTITY_TAGS = frozenset(("ns", "nt", "nrt", "nrfg"))
 ZH_NUMBER_TAGS = frozenset(("m", "mq"))
 _EN_TOKEN = re.compile(r"(\w+(?:['’]\w+)*|[^\w\s]+)(\s*)")
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 _SENTENCE_END = frozenset(".!?:;。！？：；")
 _CLAUSE_END = _SENTENCE_END | frozenset("，,、")
 NEGATION, PROTECTED = 2, 1
@@ -85,38 +84,15 @@ class Unit:
     label: str | None = None  # the entity type, for a labelled span
 
 
-@functools.lru_cache(maxsize=1)
-def jieba_tags() -> dict[str, str]:
-    """word -> part-of-speech tag from jieba's dictionary (a lookup: jieba's slower POS tagger never runs)."""
-    jieba_tokenizer()
-    import jieba.posseg
-
-    return jieba.posseg.dt.word_tag_tab
-
-
-@functools.lru_cache(maxsize=1)
-def jieba_tokenizer():
-    """jieba's default tokenizer, initialised once per process (about a second, then cached)."""
-    from lmforge.errors import require
-
-    jieba = require("jieba", "augment")
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba.dt
-
-
-def is_han(text: str) -> bool:
-    return bool(_HAN.search(text))
-
-
 def detect_lang(text: str, lang: str = "") -> str:
-    """'zh' or 'en': a record's own `lang` when it is one of them, else by its share of CJK characters."""
+    """'zh' or 'en': a record's own `lang` when it is one of them, else 'zh' for CJK text (`lmforge.lang.is_cjk`).
+
+    Japanese goes the Chinese way: jieba still finds its words, the English rules would find none.
+    """
     base = (lang or "").split("-")[0].lower()
     if base in ("zh", "en"):
         return base
-    from lmforge.clean.text import is_chinese_like
-
-    return "zh" if is_chinese_like(text) else "en"
+    return "zh" if is_cjk(text) else "en"
 
 
 class Segmenter:
@@ -163,7 +139,7 @@ class Segmenter:
             return lead
         if lang == "zh":
             append = units.append
-            for tok in jieba_tokenizer().lcut(gap, HMM=self.hmm):
+            for tok in cut(gap, hmm=self.hmm):
                 if not tok.isspace():
                     append(Unit(tok, "", tok[0].isalnum() or tok[-1].isalnum()))
                 elif units:
@@ -189,11 +165,11 @@ class Segmenter:
         p = self.protect
         if p.negations and not NEGATION_CHARS_ZH.isdisjoint(word):
             return NEGATION
-        tag = jieba_tags().get(word)
+        tag = pos_tags().get(word)
         if p.numbers and (_DIGIT.search(word) or ZH_NUMERALS.issuperset(word) or tag in ZH_NUMBER_TAGS):
             return PROTECTED
         if p.entities and (tag in ZH_ENTITY_TAGS or (len(word) > 1 and word not in jieba_tokenizer().FREQ
-                                                     and is_han(word))):
+                                                     and has_han(word))):
             return PROTECTED
         return 0
 

@@ -21,14 +21,14 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
 from pydantic import Field
 
 from lmforge.config import StrictModel
-from lmforge.pipeline.stage import Stage
+from lmforge.pipeline.stage import Drop, Transform
 from lmforge.records import Record
 
 log = logging.getLogger(__name__)
@@ -216,22 +216,17 @@ def looks_like_html(record: Record) -> bool:
     return bool(_LOOKS_HTML.search(record.text[:4096]))
 
 
-class Extract(Stage):
+class Extract(Transform):
     """Replaces HTML in `record.text` with the page's main text; the title goes to meta["extract"]."""
 
     name = "extract"
     Config = ExtractConfig
 
-    def run(self, records: Iterable[Record]) -> Iterator[Record]:
-        for record in records:
-            if not looks_like_html(record):
-                yield record
-                continue
-            reason = self._apply(record)
-            if reason is None:
-                yield record
-            else:
-                self.drop(record, reason)
+    def apply(self, record: Record) -> Record | Drop:
+        if not looks_like_html(record):
+            return record
+        reason = self._apply(record)
+        return record if reason is None else Drop(reason)
 
     def _apply(self, record: Record) -> str | None:
         """Extract in place; returns a drop reason, or None to keep the record."""

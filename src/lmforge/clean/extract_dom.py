@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from lmforge.lang import CJK_RE
+
 # Elements that never carry article text. `head` goes too: the title is read before pruning.
 JUNK_TAGS = [
     "script", "style", "noscript", "svg", "iframe", "template", "button", "input", "select", "textarea",
@@ -70,7 +72,6 @@ _TAG_WEIGHT = {
     "div": 5, "article": 5, "main": 5, "section": 3, "pre": 3, "td": 3, "blockquote": 3,
     "ol": -3, "ul": -3, "dl": -3, "li": -3, "form": -3, "address": -3, "h1": -5, "h2": -5, "h3": -5, "th": -5,
 }
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _COMMAS = re.compile(r"[,，、。；;]")
 _SENTENCE_END = re.compile(r"[.!?。！？]( |$)")
 
@@ -90,7 +91,7 @@ def weighted_len(text: str) -> int:
     """Characters, with CJK ones counted twice (see the module docstring)."""
     if text.isascii():
         return len(text)
-    return len(text) + len(_CJK.findall(text))
+    return len(text) + len(CJK_RE.findall(text))
 
 
 def _attrs(node: Any) -> str:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, require
-from lmforge.pipeline.stage import Mapper
+from lmforge.lang import HAN, HANGUL, KANA, KANA_SHARE
+from lmforge.pipeline.stage import Drop, Transform
 from lmforge.records import Record
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,9 @@ _SCRIPTS: dict[str, tuple[str, int]] = {
     "Geor": ("\u10a0-\u10ff", 3),
     "Ethi": ("\u1200-\u137f", 3),
     "Khmr": ("\u1780-\u17ff", 3),
-    "Hang": ("\u1100-\u11ff\u3130-\u318f\uac00-\ud7af", 3),
-    # U+30FB (katakana middle dot) is left out: Chinese text uses it between foreign names.
-    "Kana": ("\u3040-\u309f\u30a0-\u30fa\u30fc-\u30ff\u31f0-\u31ff\uff66-\uff9d", 3),
-    "Hani": ("\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f", 3),
+    "Hang": (HANGUL, 3),
+    "Kana": (KANA, 3),  # without U+30FB, the middle dot Chinese also uses (see lmforge.lang)
+    "Hani": (HAN, 3),
 }
 _SCRIPT_RE = {name: re.compile(f"[{chars}]") for name, (chars, _) in _SCRIPTS.items()}
 _WEIGHT = {name: weight for name, (_, weight) in _SCRIPTS.items()}
@@ -84,8 +83,6 @@ _SHARED_SCRIPTS = {"Cyrl": _CYRILLIC, "Arab": _ARABIC, "Deva": _DEVANAGARI}
 _NOT_LATIN = _CYRILLIC | _ARABIC | _DEVANAGARI | {"zh", "wuu", "yue", "ja", "ko", "zxx", "el", "grc", "he",
                                                   "hbo", "hy", "ka", "th", "lo", "km", "my", "si", "ta", "te",
                                                   "kn", "ml", "gu", "pa", "or", "bn", "as", "am", "dz"}
-# Japanese writes with Han and kana together; Chinese almost never uses kana.
-_KANA_SHARE_FOR_JA = 0.1
 _CODE = re.compile(r"^[a-z]{2,3}$")
 # The default candidates: the most used languages of web pages. Leaving out the model's rarer
 # languages stops short English lines being called Frisian or Nigerian Pidgin (see the benchmark).
@@ -207,7 +204,7 @@ class LanguageIdentifier:
         script = max(weights, key=weights.__getitem__)
         if script in ("Hani", "Kana"):
             cjk = weights.get("Hani", 0) + weights.get("Kana", 0)
-            lang = "ja" if weights.get("Kana", 0) >= _KANA_SHARE_FOR_JA * cjk else "zh"
+            lang = "ja" if weights.get("Kana", 0) >= KANA_SHARE * cjk else "zh"  # lmforge.lang's rule
             return self._answer(lang, cjk / total)
         if script in _SCRIPT_LANG:
             return self._answer(_SCRIPT_LANG[script], weights[script] / total)
@@ -293,8 +290,8 @@ def labelled_lines(per_language: int = 500, docs: int = 300, seed: int = 0) -> l
     """
     import random
 
-    from lmforge.clean.text import sentences
     from lmforge.collect.builtin import corpus_records
+    from lmforge.lang import sentences
 
     rng = random.Random(seed)
     han = _SCRIPT_RE["Hani"]
@@ -312,7 +309,7 @@ def labelled_lines(per_language: int = 500, docs: int = 300, seed: int = 0) -> l
     return sample
 
 
-class LangId(Mapper):
+class LangId(Transform):
     """Sets record.lang and meta["langid"]; with `keep`, drops other languages as lang_<code>."""
 
     name = "langid"
@@ -323,16 +320,10 @@ class LangId(Mapper):
         self.identifier = LanguageIdentifier(self.config)
         self._keep = set(self.config.keep) if self.config.keep is not None else None
 
-    def apply(self, record: Record) -> Record:
+    def apply(self, record: Record) -> Record | Drop:
         info = self.identifier.describe(record.text)
         record.lang = info["lang"]
         record.meta[self.name] = info
-        return record
-
-    def run(self, records: Iterable[Record]) -> Iterator[Record]:
-        for record in records:
-            self.apply(record)
-            if self._keep is None or record.lang in self._keep:
-                yield record
-            else:
-                self.drop(record, f"lang_{record.lang}")
+        if self._keep is None or record.lang in self._keep:
+            return record
+        return Drop(f"lang_{record.lang}")

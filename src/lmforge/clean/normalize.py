@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from lmforge.clean.text import is_chinese_like
 from lmforge.config import StrictModel, valid_regex
 from lmforge.errors import ConfigError, require
+from lmforge.lang import HAN, cut, is_cjk
 from lmforge.pipeline.stage import Mapper
 from lmforge.records import Record
 
@@ -48,10 +48,9 @@ _JOINERS = re.compile("(?<![^\x00-\x7f\u2e80-\u9fff\uac00-\ud7af\uff00-\uffef])[
 _CR = re.compile("\r\n?")
 _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # ASCII punctuation touching a Chinese character, for cjk_punctuation="fullwidth". A period only
 # counts when it ends a clause (end, space or Han after it), so "3.5" and "中国.com" stay.
-_HALF_PUNCT = re.compile(f"(?<=[{_HAN}])[,!?:;]|[,!?:;](?=[{_HAN}])|(?<=[{_HAN}])\\.(?=$|\\s|[{_HAN}])")
+_HALF_PUNCT = re.compile(f"(?<=[{HAN}])[,!?:;]|[,!?:;](?=[{HAN}])|(?<=[{HAN}])\\.(?=$|\\s|[{HAN}])")
 _FULL = {",": "，", "!": "！", "?": "？", ":": "：", ";": "；", ".": "。"}
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
 
@@ -180,10 +179,8 @@ class Normalize(Mapper):
         include the English words and the punctuation, so mixed text loses both languages' stop words.
         """
         stop = self._stopwords
-        if is_chinese_like(text, lang):
-            from lmforge.clean.text import _jieba
-
-            return "".join(t for t in _jieba().lcut(text) if t.lower() not in stop)
+        if is_cjk(text, lang):
+            return "".join(t for t in cut(text) if t.lower() not in stop)
         return _WORD.sub(lambda m: "" if m.group().lower() in stop else m.group(), text)
 
 

@@ -24,18 +24,13 @@ def list_command() -> None:
     from rich.table import Table
 
     from lmforge.cli.console import out
-    from lmforge.collect.builtin import CORPORA, corpus_info, corpus_records
+    from lmforge.collect.builtin import list_corpora
 
     table = Table(title="built-in corpora")
     for col in ("name", "lang", "documents", "characters", "license"):
         table.add_column(col, justify="right" if col in ("documents", "characters") else "left")
-    for name in CORPORA:
-        docs = chars = 0
-        for r in corpus_records(name):
-            docs += 1
-            chars += len(r.text)
-        info = corpus_info(name)
-        table.add_row(name, info["lang"], f"{docs:,}", f"{chars:,}", info["license"])
+    for c in list_corpora():
+        table.add_row(c.name, c.lang, f"{c.documents:,}", f"{c.characters:,}", c.license)
     out.print(table)
 
 
@@ -47,17 +42,7 @@ def export_command(
 ) -> None:
     """Write one built-in corpus to a JSONL or Parquet file."""
     from lmforge.cli.console import out
-    from lmforge.collect.builtin import CORPORA, corpus_records
-    from lmforge.errors import UserError
-    from lmforge.records import write_jsonl, write_parquet
+    from lmforge.collect.builtin import export_corpus
 
-    if name not in CORPORA:
-        raise UserError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}")
-    suffix = "".join(out_path.suffixes[-2:]).lower()
-    if out_path.suffix.lower() == ".parquet":
-        n = write_parquet(out_path, corpus_records(name, limit))
-    elif suffix.endswith((".jsonl", ".jsonl.gz")):
-        n = write_jsonl(out_path, corpus_records(name, limit))
-    else:
-        raise UserError(f"--out must end in .jsonl, .jsonl.gz or .parquet (got {out_path.name!r})")
+    n = export_corpus(name, out_path, limit)
     out.print(f"wrote {n:,} documents of {name} to {out_path}")

@@ -23,21 +23,19 @@ def evaluate_command(
     data: str = typer.Argument(..., help="Labelled file, builtin:NAME, or text for perplexity."),
     metrics: str = typer.Option("auto", help="auto (by task), or perplexity."),
     tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: the model's own]."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write report.json and report.md here."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory: report.json, report.md, report.html, stats.json."),
     max_docs: int = typer.Option(2000, help="Perplexity: documents to score at most."),
 ) -> None:
     from lmforge.cli.console import console
-    from lmforge.evaluate.report import to_markdown, write_report
-    from lmforge.finetune.evaluate import evaluate_lm, evaluate_task
+    from lmforge.evaluate.report import to_markdown
 
-    if metrics == "perplexity":
-        result = evaluate_lm(model, data, tokenizer, max_docs)
-    elif metrics == "auto":
-        result = evaluate_task(model, data, tokenizer)
+    if out is not None:  # a run directory: report.json/.md beside config.yaml, stats.json, logs/, report.html
+        from lmforge.api import evaluate
+
+        result = evaluate(model, data, out, metrics=metrics, tokenizer=tokenizer, max_docs=max_docs)
+        scores = result.steps["evaluate"]["results"]
     else:
-        from lmforge.errors import ConfigError
+        from lmforge.finetune.evaluate import evaluate_model
 
-        raise ConfigError(f"--metrics must be auto or perplexity (got {metrics!r})")
-    console.print(to_markdown(result, title=f"{model} on {data}"))
-    if out is not None:
-        write_report(out / "report", result, title=f"{model} on {data}")
+        scores = evaluate_model(model, data, metrics, tokenizer, max_docs)
+    console.print(to_markdown(scores, title=f"{model} on {data}"))

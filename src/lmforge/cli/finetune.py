@@ -28,35 +28,18 @@ def finetune_command(
     epochs: float | None = typer.Option(None, min=0.01, help="Override finetune.epochs."),
     no_custom_stages: bool = NO_CUSTOM_STAGES,
 ) -> None:
+    from lmforge.api import finetune
     from lmforge.cli.console import console, rich_progress
-    from lmforge.errors import ConfigError
     from lmforge.evaluate.report import to_markdown
-    from lmforge.finetune.config import FinetuneConfig
-    from lmforge.finetune.run import compare_scratch, finetune, search
-    from lmforge.recipe import load_recipe
 
-    r = load_recipe(recipe, allow_custom_stages=not no_custom_stages)
-    if r.finetune is None:
-        raise ConfigError(f"{recipe}: needs a 'finetune:' section")
-    section = r.finetune.model_dump(by_alias=True)
-    if source is not None:
-        section["model"]["from"] = source
-    if epochs is not None:
-        section["epochs"] = epochs
-    cfg = FinetuneConfig.model_validate(section)
-    run_dir = out or Path("runs") / r.name
     with rich_progress():
-        if cfg.search:
-            rows = search(cfg, run_dir)
-            console.print(to_markdown(rows, title="hyperparameter search (best first)"))
-        elif cfg.compare_scratch:
-            results = compare_scratch(cfg, run_dir)
-            console.print((run_dir / "comparison.md").read_text(encoding="utf-8"))
-            del results
-        else:
-            result = finetune(cfg, run_dir)
-            console.print(to_markdown({"val": result.val, "test": result.test}, title=f"fine-tuned: {run_dir}"))
-    from lmforge.report import write_report_safely
-
-    if (report := write_report_safely(run_dir)) is not None:
-        console.print(f"report: {report}  (open it in a browser; works offline)")
+        result = finetune(recipe, out, source=source, epochs=epochs, allow_custom_stages=not no_custom_stages)
+    step = result.steps["finetune"]
+    if step["mode"] == "search":
+        console.print(to_markdown(step["runs"], title="hyperparameter search (best first)"))
+    elif step["mode"] == "compare_scratch":
+        console.print((result.run_dir / "comparison.md").read_text(encoding="utf-8"))
+    else:
+        console.print(to_markdown({"val": step["val"], "test": step["test"]}, title=f"fine-tuned: {result.run_dir}"))
+    if result.report is not None and result.report.is_file():
+        console.print(f"report: {result.report}  (open it in a browser; works offline)")

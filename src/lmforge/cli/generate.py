@@ -39,27 +39,19 @@ def generate_command(
 ) -> None:
     from lmforge.cli.console import console
     from lmforge.errors import UserError
-    from lmforge.serve.chat import ChatEncoder
-    from lmforge.serve.generate import generate_batch
-    from lmforge.serve.generate import stream as stream_text
-    from lmforge.serve.loading import load_generator
-    from lmforge.serve.sampling import SamplingParams
+    from lmforge.serve.commands import generate_completions, stream_completion
 
-    loaded = load_generator(model, tokenizer, device=device)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty, n=n, stop=[s.encode().decode("unicode_escape")
-                                                                             for s in stop], seed=seed)
-    # With --chat each prompt is a user turn: its special token strings are text, as the server reads them.
-    chat_encoder = ChatEncoder(loaded.tokenizer, loaded.chat_template) if chat else None
-    texts = [chat_encoder.encode([{"role": "user", "content": p}]) if chat_encoder else p for p in prompts]
+    stops = [s.encode().decode("unicode_escape") for s in stop]  # "\\n" typed in a shell is a newline
     if stream:
         if len(prompts) > 1 or n > 1:
             raise UserError("--stream prints one completion: give one prompt and -n 1")
-        for piece in stream_text(loaded.model, loaded.tokenizer, texts[0], params, loaded.stop_ids):
+        for piece in stream_completion(model, prompts[0], max_new_tokens, temperature, top_k, top_p,
+                                       repetition_penalty, stops, seed, chat, tokenizer, device):
             console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
         console.print()
         return
-    results = generate_batch(loaded.model, loaded.tokenizer, texts, params, loaded.stop_ids)
+    results = generate_completions(model, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, n,
+                                   stops, seed, chat, tokenizer, device)
     for prompt, completions in zip(prompts, results, strict=True):
         for i, c in enumerate(completions):
             head = f"[bold]{prompt}[/]" + (f" [dim](sample {i + 1})[/]" if n > 1 else "")

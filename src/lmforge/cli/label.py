@@ -26,7 +26,6 @@ Examples:
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 
 import typer
@@ -76,43 +75,14 @@ def serve_command(
 ) -> None:
     """Open a labelling web app at http://HOST:PORT (one item at a time, keyboard shortcuts, undo)."""
     from lmforge.cli.console import console
-    from lmforge.errors import ConfigError
     from lmforge.label.app import serve
-    from lmforge.label.session import MAX_COMMENT_CHARS, Session, load_items
-    from lmforge.label.store import AnswerStore
+    from lmforge.label.commands import open_session
 
-    items = load_items(dataset, kind, text_field)
-    names = _labels(labels) or _default_labels(dataset, items, kind)
-    if not names:
-        raise ConfigError("--labels is needed: the dataset has no predictions to take the label set from")
-    log_path = out or (Path(f"label-{dataset.split(':', 1)[1]}.answers.jsonl") if dataset.startswith("builtin:")
-                       else Path(dataset).with_suffix(".answers.jsonl"))
-    session = Session(items, names, AnswerStore(log_path), kind=kind, strategy=strategy,
-                      annotator=annotator or _login(),
-                      max_comment_chars=MAX_COMMENT_CHARS if max_comment is None else max_comment,
-                      name=dataset if dataset.startswith("builtin:") else Path(dataset).name)
+    session = open_session(dataset, out, _labels(labels), kind, strategy, annotator, max_comment, text_field)
     query = "?key=<your key>" if key else ""
-    console.print(f"labelling {len(items):,} items ({len(session.store.current()):,} done) at http://{host}:{port}/{query} ; "
-                  f"answers go to {log_path}. Ctrl+C stops.", highlight=False)
+    console.print(f"labelling {len(session.items):,} items ({len(session.store.current()):,} done) at "
+                  f"http://{host}:{port}/{query} ; answers go to {session.store.path}. Ctrl+C stops.", highlight=False)
     serve(session, host, port, key, allowed_hosts=_labels(allow_host) or [], max_body_bytes=max_body)
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "annotator"
-
-
-def _default_labels(dataset: str, items: list, kind: str) -> list[str]:
-    if dataset.startswith("builtin:"):
-        from lmforge.finetune.builtin_tasks import load_task
-
-        task = load_task(dataset.split(":", 1)[1])
-        return task.labels if kind == "classification" else sorted({t[2:] for t in task.labels if t != "O"})
-    if kind == "classification":
-        return sorted({it.prediction for it in items if it.prediction is not None})
-    return sorted({s[2] for it in items for s in it.prediction or []})
 
 
 @app.command("answers")
@@ -122,19 +92,10 @@ def answers_command(
     kind: str = KIND,
 ) -> None:
     """Write the standing answers (undone ones left out, the latest per item) as a labelled JSONL file."""
-    import json
-
     from lmforge.cli.console import out as stdout
-    from lmforge.errors import InputError
-    from lmforge.label.store import AnswerStore, answers_to_examples
-    from lmforge.records import atomic_path
+    from lmforge.label.commands import write_answers
 
-    if not log.is_file():
-        raise InputError(f"answer log not found: {log}")
-    examples = answers_to_examples(AnswerStore(log), kind)
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({**e.to_dict(), "id": e.meta["id"]}, ensure_ascii=False) + "\n" for e in examples)
-    stdout.print(f"{len(examples):,} labelled examples written to {out}")
+    stdout.print(f"{write_answers(log, out, kind):,} labelled examples written to {out}")
 
 
 @app.command("split")
@@ -156,32 +117,18 @@ def split_command(
                                                   "in meta (e.g. reviews.label)."),
 ) -> None:
     """Stratified train/val/test splits with no identical or near-identical text in two splits."""
+    from lmforge.api import label
     from lmforge.cli.console import out as stdout
-    from lmforge.finetune.data import TaskData
-    from lmforge.label.dataset import (
-        NEAR_DUPLICATES,
-        build_dataset,
-        describe,
-        kfold,
-        load_source,
-        save_dataset,
-    )
 
-    loader = {"text_field": text_field, "label_field": label_field}
-    examples, found = load_source(source, kind, **({} if source.startswith("builtin:") else loader))  # type: ignore[arg-type]
-    near = NEAR_DUPLICATES if near_duplicates else None
-    task = build_dataset(examples, kind or found, val_frac=val, test_frac=test, seed=seed, near_duplicates=near,
-                         meta={"source": str(source)})
-    save_dataset(task, out, fmt)  # type: ignore[arg-type]
-    info = describe(task)
+    result = label(source, out, kind=kind, val=val, test=test, seed=seed, folds=folds, format=fmt,
+                   near_duplicates=near_duplicates, text_field=text_field, label_field=label_field)
+    step = result.steps["label"]
+    info = step["dataset"]
     stdout.print(f"{info['kind']} dataset in {out} ({fmt}): " +
                  ", ".join(f"{k} {v:,}" for k, v in info["sizes"].items()) +
                  f"; labels {info['labels']}; leaking pairs across splits: {info['leaking_pairs']}")
-    if folds >= 2:
-        strat = "label" if task.kind == "classification" else None
-        for f, (train, held) in enumerate(kfold(task.train + task.val, folds, seed, strat, near)):
-            TaskData(task.kind, train, held, [], task.labels).save(out / f"fold-{f}")
-        stdout.print(f"{folds} folds of train+val written to {out}/fold-*/ (val.jsonl is the held-out fold)")
+    if step["folds"]:
+        stdout.print(f"{step['folds']} folds of train+val written to {out}/fold-*/ (val.jsonl is the held-out fold)")
 
 
 @app.command("export-ls")
@@ -197,32 +144,10 @@ def export_ls_command(
 ) -> None:
     """Write Label Studio tasks, with predictions (from the items or --model) as pre-annotations."""
     from lmforge.cli.console import out as stdout
-    from lmforge.finetune.data import Example
-    from lmforge.label.labelstudio import export_tasks
-    from lmforge.label.session import load_items
+    from lmforge.label.commands import export_labelstudio
 
-    if with_annotations:
-        from lmforge.label.dataset import load_source
-
-        examples, found = load_source(source, kind)  # type: ignore[arg-type]
-        predictions = None
-        names = _labels(labels) or sorted({e.label for e in examples} if kind == "classification" else
-                                          {t[2:] for e in examples for t in e.tags if t != "O"})
-    else:
-        items = load_items(source, kind)
-        examples = [Example(text=it.text, meta={"id": it.id}) for it in items]
-        predictions = [it.prediction if it.score is None or kind == "ner" else (it.prediction, it.score)
-                       for it in items]
-        names = _labels(labels) or _default_labels(source, items, kind)
-        if model is not None:
-            from lmforge.label.classifier import finetuned_proba
-
-            proba, model_labels = finetuned_proba(model)
-            probs = proba([e.text for e in examples])
-            predictions = [dict(zip(model_labels, map(float, row), strict=True)) for row in probs]
-            names = names or model_labels
-    export_tasks(examples, kind, out, names, predictions=predictions, with_annotations=with_annotations)  # type: ignore[arg-type]
-    stdout.print(f"{len(examples):,} tasks written to {out}; labelling config in {out.with_name(out.stem + '.config.xml')}")
+    done = export_labelstudio(source, out, _labels(labels), kind, model, with_annotations)
+    stdout.print(f"{done.tasks:,} tasks written to {done.path}; labelling config in {done.config_path}")
 
 
 @app.command("import-ls")
@@ -235,18 +160,14 @@ def import_ls_command(
 ) -> None:
     """Completed annotations → a leakage-free split dataset; prints annotator agreement when tasks have several."""
     from lmforge.cli.console import out as stdout
-    from lmforge.label.dataset import build_dataset, describe, save_dataset
-    from lmforge.label.labelstudio import import_annotations
-    from lmforge.label.quality import agreement_report
+    from lmforge.label.commands import import_labelstudio
 
-    imported = import_annotations(export, kind)  # type: ignore[arg-type]
-    task = build_dataset(imported.examples, imported.kind, seed=seed, meta={"source": str(export)})
-    save_dataset(task, out, fmt)  # type: ignore[arg-type]
-    info = describe(task)
+    result = import_labelstudio(export, out, kind, fmt, seed)
+    imported = result.imported
     stdout.print(f"{len(imported.tasks):,} annotated tasks ({imported.counts['annotations']:,} annotations) → "
-                 f"{out}: " + ", ".join(f"{k} {v:,}" for k, v in info["sizes"].items()))
-    if any(len(r) >= 2 for r in imported.ratings()):
-        report = agreement_report(imported.ratings())
+                 f"{out}: " + ", ".join(f"{k} {v:,}" for k, v in result.info["sizes"].items()))
+    report = result.agreement
+    if report is not None:
         stdout.print(f"Fleiss' kappa {report['fleiss_kappa']:.3f} over {report['items_with_2plus']:,} tasks "
                      f"with 2+ annotators; {report['disagreements']:,} tasks with disagreements "
                      "(see `lmforge label agreement`)")
@@ -261,36 +182,22 @@ def weak_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the weakly labelled texts (JSONL) here."),
 ) -> None:
     """Apply labelling functions, combine their votes, and report coverage, overlap, conflict and accuracy."""
-    import json
-
     from lmforge.cli.console import out as stdout
-    from lmforge.label.session import load_items
-    from lmforge.label.weak import build_lfs, load_weak_config, weak_label
-    from lmforge.records import atomic_path
+    from lmforge.label.commands import weak_label_source
 
-    config = load_weak_config(lfs)
-    items = load_items(source)
-    gold = [it.meta.get("gold") for it in items]
-    result = weak_label([it.text for it in items], build_lfs(config), config.labels,
-                        gold=gold if any(gold) else None, method=method)  # type: ignore[arg-type]
-    has_gold = any(gold)
+    weak = weak_label_source(source, lfs, method, out)
+    result, has_gold = weak.result, weak.has_gold
     cols = ["function", "polarity", "coverage", "overlap", "conflict"] + \
         (["correct", "incorrect", "emp. accuracy"] if has_gold else []) + \
         (["learned accuracy"] if method == "label_model" else [])
     rows = [[s["name"], ",".join(s["polarity"]), s["coverage"], s["overlap"], s["conflict"]] +
             ([s["correct"], s["incorrect"], s["emp_accuracy"]] if has_gold else []) +
             ([s["learned_accuracy"]] if method == "label_model" else []) for s in result.summary]
-    stdout.print(_table(f"labelling functions on {len(items):,} texts", cols, rows))
+    stdout.print(_table(f"labelling functions on {len(weak.items):,} texts", cols, rows))
     stdout.print(f"{method}: coverage {result.metrics['coverage']:.3f}" +
                  (f", accuracy on covered texts {result.metrics['accuracy']:.3f}" if has_gold else ""))
-    if out is not None:
-        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            for i, it in enumerate(items):
-                label = result.label_of(i)
-                if label is not None:
-                    fh.write(json.dumps({"id": it.id, "text": it.text, "label": label,
-                                         "weak_prob": round(float(result.probs[i].max()), 4)}, ensure_ascii=False) + "\n")
-        stdout.print(f"{int((result.predicted >= 0).sum()):,} weakly labelled texts written to {out}")
+    if weak.written is not None:
+        stdout.print(f"{weak.written:,} weakly labelled texts written to {out}")
 
 
 @app.command("agreement")
@@ -300,12 +207,9 @@ def agreement_command(
 ) -> None:
     """Cohen's kappa per annotator pair, Fleiss' kappa, and the tasks annotators disagree on most."""
     from lmforge.cli.console import out as stdout
-    from lmforge.label.labelstudio import import_annotations
-    from lmforge.label.quality import agreement_report
+    from lmforge.label.commands import annotator_agreement
 
-    imported = import_annotations(export)
-    report = agreement_report(imported.ratings(), [t.example.meta.get("id") for t in imported.tasks],
-                              [t.example.text for t in imported.tasks], max_disagreements=top)
+    report = annotator_agreement(export, top)
     stdout.print(_table("agreement per annotator pair", ["pair", "items", "agreement", "Cohen's kappa"],
                         [[k, v["items"], v["agreement"], v["kappa"]] for k, v in report["pairwise"].items()]))
     fleiss = report["fleiss_kappa"]
@@ -325,25 +229,13 @@ def issues_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Write every suspect as JSONL here."),
 ) -> None:
     """Find likely label errors (confident learning over a cross-validated TF-IDF classifier)."""
-    import json
-
     from lmforge.cli.console import out as stdout
-    from lmforge.label.classifier import cross_val_proba
-    from lmforge.label.dataset import load_source
-    from lmforge.label.quality import find_label_issues
-    from lmforge.records import atomic_path
+    from lmforge.label.commands import label_issues
 
-    examples, _ = load_source(source, "classification")
-    labels = [e.label for e in examples]
-    label_set = sorted(set(labels))
-    suspects = find_label_issues(labels, cross_val_proba([e.text for e in examples], labels, label_set, k=folds),
-                                 label_set)
+    found = label_issues(source, folds, out)
+    examples, suspects = found.examples, found.suspects
     stdout.print(f"{len(suspects):,} of {len(examples):,} labels look wrong ({len(suspects) / len(examples):.1%}):")
     for s in suspects[:top]:
         ex = examples[s["index"]]
         stdout.print(f"  {ex.meta.get('id', ex.meta.get('where', s['index']))}: {s['given']} → {s['suggested']} "
                      f"(p={s['given_prob']:.2f})  {ex.text[:80]}", highlight=False)
-    if out is not None:
-        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            for s in suspects:
-                fh.write(json.dumps({**s, "text": examples[s["index"]].text}, ensure_ascii=False) + "\n")

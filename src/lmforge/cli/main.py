@@ -12,7 +12,6 @@ import sys
 import typer
 from rich.markup import escape
 
-from lmforge import __version__
 from lmforge.cli import (
     augment,
     collect,
@@ -32,6 +31,7 @@ from lmforge.cli import report as report_cli
 from lmforge.cli import serve as serve_cli
 from lmforge.cli.console import console, setup_logging
 from lmforge.errors import UserError
+from lmforge.version import __version__
 
 app = typer.Typer(
     name="lmforge",

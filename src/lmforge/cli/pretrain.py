@@ -17,10 +17,13 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import typer
+
+from lmforge.cli.run import NO_CUSTOM_STAGES
 
 
 def pretrain_command(
@@ -30,38 +33,19 @@ def pretrain_command(
     device: str | None = typer.Option(None, help="Override pretrain.device: auto, cpu, cuda, cuda:N."),
     init_from: Path | None = typer.Option(None, help="Continue from an lmforge checkpoint or an HF model directory."),
     export_hf: Path | None = typer.Option(None, help="Also export the trained model as a Hugging Face model here."),
-    no_custom_stages: bool = typer.Option(
-        False, "--no-custom-stages",
-        help="Refuse custom 'package.module:Class' stages (they run their module's code) before importing any.",
-    ),
+    no_custom_stages: bool = NO_CUSTOM_STAGES,
 ) -> None:
+    from lmforge.api import pretrain
     from lmforge.cli.console import rich_progress
     from lmforge.cli.summary import print_run_summary
-    from lmforge.errors import ConfigError, Interrupted
-    from lmforge.flow import run_recipe
-    from lmforge.recipe import load_recipe
+    from lmforge.errors import Interrupted
 
-    r = load_recipe(recipe, allow_custom_stages=not no_custom_stages)
-    if r.pretrain is None:
-        raise ConfigError(f"{recipe}: has no 'pretrain' section; `lmforge run` runs data-only recipes")
-    updates = {k: v for k, v in {"steps": steps, "device": device,
-                                 "init_from": str(init_from) if init_from else None}.items() if v is not None}
-    if updates:
-        r.pretrain = r.pretrain.model_copy(update=updates)
-    run_dir = out or Path("runs") / r.name
     main_rank = int(os.environ.get("RANK", 0)) == 0
     try:
-        if main_rank:
-            with rich_progress():
-                result = run_recipe(r, run_dir, base_dir=recipe.parent)
-        else:
-            result = run_recipe(r, run_dir, base_dir=recipe.parent)
+        with rich_progress() if main_rank else contextlib.nullcontext():
+            result = pretrain(recipe, out, steps=steps, device=device, init_from=init_from, export_hf=export_hf,
+                              allow_custom_stages=not no_custom_stages)
     except KeyboardInterrupt:
         raise Interrupted() from None
-    if not main_rank:
-        return
-    if export_hf is not None:
-        from lmforge.models.export import export_hf as export
-
-        export(run_dir / "pretrain" / "checkpoint", run_dir / "tokenizer", export_hf)
-    print_run_summary(result)
+    if main_rank:
+        print_run_summary(result)

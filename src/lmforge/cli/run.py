@@ -1,4 +1,4 @@
-"""Run a recipe: data pipeline, tokenizer, pretraining and samples, resumably.
+"""Run every section of a recipe (data, tokenizer, pretraining, samples, fine-tuning, ...), resumably.
 
 Examples:
 
@@ -33,11 +33,11 @@ def run_command(
     ray_address: str | None = typer.Option(None, help="Address of an existing Ray cluster."),
     no_custom_stages: bool = NO_CUSTOM_STAGES,
 ) -> None:
+    from lmforge.api import run
     from lmforge.cli.console import rich_progress
     from lmforge.cli.summary import print_run_summary
     from lmforge.errors import Interrupted
-    from lmforge.flow import run_recipe
-    from lmforge.recipe import load_recipe
+    from lmforge.flow.recipe import load_recipe
 
     r = load_recipe(recipe, allow_custom_stages=not no_custom_stages)
     ex = r.executor.model_copy()
@@ -47,10 +47,9 @@ def run_command(
         ex.workers = workers
     if ray_address is not None:
         ex.kind, ex.address = "ray", ray_address
-    run_dir = out or Path("runs") / r.name
     try:
         with rich_progress():
-            result = run_recipe(r, run_dir, base_dir=recipe.parent, executor=ex)
+            result = run(recipe, out, executor=ex, allow_custom_stages=not no_custom_stages)
     except KeyboardInterrupt:
         raise Interrupted() from None
     print_run_summary(result)

@@ -39,21 +39,10 @@ def serve_command(
     tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: beside the model or its run]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
 ) -> None:
-    from pydantic import ValidationError
-
-    from lmforge.config import format_validation_error
-    from lmforge.errors import ConfigError
-    from lmforge.serve.http import serve
-    from lmforge.serve.protocol import ServeConfig
+    from lmforge.serve.commands import serve_model
 
     # An empty --api-key (an unset variable) is kept, so that ServeConfig refuses it; the variable's list may
     # end in a comma.
     keys = list(api_key) + [k.strip() for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k.strip()]
-    try:
-        config = ServeConfig(host=host, port=port, api_keys=keys, model_name=name, backend=backend, slots=slots,
-                             rate_limit=rate_limit, max_tokens_limit=max_tokens,
-                             max_request_bytes=max_request_bytes, max_choices=max_choices,
-                             redact_pii=redact_pii)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, "serve")) from None
-    serve(model, config, tokenizer, device)
+    serve_model(model, host, port, keys, name, slots, rate_limit, max_tokens, max_request_bytes, max_choices,
+                redact_pii, backend, tokenizer, device)

@@ -9,7 +9,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -21,15 +20,9 @@ def stats_command(
 ) -> None:
     from lmforge.cli.console import out
     from lmforge.cli.summary import stats_table
-    from lmforge.errors import UserError
+    from lmforge.report.data import read_stats_file
 
-    path = run_dir / "stats.json"
-    if not path.is_file():
-        raise UserError(f"no stats.json in {run_dir}: is it a run directory of 'lmforge run' or 'lmforge demo'?")
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    stats = read_stats_file(run_dir)
     if as_json:
         out.print_json(data=stats)
     else:

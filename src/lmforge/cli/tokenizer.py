@@ -40,27 +40,11 @@ def train_command(
     max_chars: int | None = typer.Option(None, min=1, help="Train on at most this many characters."),
 ) -> None:
     """Learn a vocabulary; the directory loads with transformers.AutoTokenizer.from_pretrained."""
-    import itertools
-
     from lmforge.cli.console import out as stdout
-    from lmforge.config import validate
-    from lmforge.errors import UserError
-    from lmforge.tokenize.bpe import TokenizerConfig, load_tokenizer, train_tokenizer
-    from lmforge.tokenize.report import builtin_texts
-    from lmforge.tokenize.shards import iter_source_texts
+    from lmforge.tokenize.commands import train_from_sources
 
-    if not sources and not corpus:
-        raise UserError("give run directories or files to train on, or --corpus NAME")
-    config = validate(
-        TokenizerConfig,
-        {"kind": kind, "vocab_size": vocab_size, "min_frequency": min_frequency, "jieba": jieba,
-         "chat_template": chat_template, "max_training_chars": max_chars},
-        where="tokenizer train",
-    )
-    from_files = (text for _, text in iter_source_texts(sources or []))
-    built_in = builtin_texts("train", corpora=corpus).values() if corpus else []
-    train_tokenizer(itertools.chain(from_files, *built_in), config, out)
-    stdout.print(f"trained {config.kind} with {load_tokenizer(out).get_vocab_size():,} tokens into {out}")
+    done = train_from_sources(sources, out, corpus, kind, vocab_size, min_frequency, jieba, chat_template, max_chars)
+    stdout.print(f"trained {done.config.kind} with {done.vocab_size:,} tokens into {out}")
 
 
 @app.command("inspect")
@@ -75,44 +59,26 @@ def inspect_command(
     from rich.table import Table
 
     from lmforge.cli.console import out
-    from lmforge.tokenize.bpe import load_tokenizer
-    from lmforge.tokenize.fast import status as encoding_status
-    from lmforge.tokenize.report import builtin_texts, fertility, lmforge_encoder, reference_encoders
-    from lmforge.tokenize.shards import iter_source_texts
+    from lmforge.tokenize.commands import inspect_tokenizers
 
-    if text:
-        samples: dict[str, list[str]] = {}
-        used: dict[str, int] = {}
-        for lang, t in iter_source_texts(text):
-            if used.get(lang, 0) < limit_chars:
-                samples.setdefault(lang, []).append(t)
-                used[lang] = used.get(lang, 0) + len(t)
-    else:
-        samples = builtin_texts("heldout", limit_chars=limit_chars, corpora=corpus)
-    encoders = [lmforge_encoder(p, name=str(p)) for p in tokenizers]
-    missing: dict[str, str] = {}
-    if compare:
-        refs, missing = reference_encoders()
-        encoders += refs
-    rows = fertility(encoders, samples)
-
+    found = inspect_tokenizers(tokenizers, text, corpus, compare, limit_chars)
     table = Table(title="tokens per character and per word (lower is better)")
     for col in ("tokenizer", "lang", "vocab", "chars", "tok/char", "tok/word", "fallback %", "unk %"):
         table.add_column(col, justify="left" if col in ("tokenizer", "lang") else "right")
-    sizes = {e.name: e.vocab_size for e in encoders}
-    for r in rows:
+    sizes = found.vocab_sizes
+    for r in found.rows:
         table.add_row(r.tokenizer, r.lang, f"{sizes[r.tokenizer]:,}", f"{r.chars:,}", f"{r.tokens_per_char:.3f}",
                       f"{r.tokens_per_word:.3f}", f"{100 * r.fallback / max(1, r.tokens):.2f}",
                       f"{100 * r.unknown / max(1, r.tokens):.2f}")
     out.print(table)
-    for path in tokenizers:
-        out.print(f"{path}: shard encoding uses {encoding_status(load_tokenizer(path))[1]}")
-    for name, why in missing.items():
+    for path, encoding in found.shard_encoding:
+        out.print(f"{path}: shard encoding uses {encoding}")
+    for name, why in found.missing.items():
         out.print(f"{name}: unavailable, {why}")
     longest = Table(title="longest tokens")
     for col in ("tokenizer", "longest (no Chinese)", "longest Chinese"):
         longest.add_column(col)
-    for e in encoders:
+    for e in found.encoders:
         longest.add_row(e.name, "  ".join(repr(s) for s in e.longest(5)),
                         "  ".join(repr(s) for s in e.longest(5, han=True)))
     out.print(longest)
@@ -131,20 +97,13 @@ def encode_command(
     """Encode record shards into shard-XXXXX.tok + .idx files, in parallel and resumably."""
     from lmforge.cli.console import out as stdout
     from lmforge.cli.console import rich_progress
-    from lmforge.config import validate
     from lmforge.errors import Interrupted
-    from lmforge.pipeline.executors import ExecutorConfig, make_executor
-    from lmforge.tokenize.shards import encode_shards
+    from lmforge.tokenize.commands import encode_run
 
-    kind = "ray" if ray_address else executor
-    ex = make_executor(validate(ExecutorConfig, {"kind": kind, "workers": workers, "address": ray_address},
-                                where="tokenizer encode"))
     try:
         with rich_progress():
-            manifest = encode_shards(run, tokenizer or run / "tokenizer", out or run / "tokens", ex, batch_size)
+            manifest = encode_run(run, tokenizer, out, executor, workers, ray_address, batch_size)
     except KeyboardInterrupt:
         raise Interrupted() from None
-    finally:
-        ex.close()
     stdout.print(f"{manifest['documents']:,} documents, {manifest['tokens']:,} tokens ({manifest['dtype']}) "
-                 f"in {len(manifest['shards'])} shards: {out or run / 'tokens'}")
+                 f"in {len(manifest['shards'])} shards: {manifest['out']}")

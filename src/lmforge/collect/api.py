@@ -61,6 +61,7 @@ from lmforge.collect.api_http import MAX_BAD_BODY, BadPage, Fetcher, Session, pu
 from lmforge.collect.bounded import accept_encoding
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, require
+from lmforge.pipeline.source import Source, SourceContext
 from lmforge.records import Record, make_id
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class ApiConfig(StrictModel):
 def iter_api(config: ApiConfig, base_dir: Path, work_dir: Path) -> Iterator[Record]:
     """Records of every item of every page, in the server's order."""
     httpx = require("httpx", "api")
-    from lmforge import __version__
+    from lmforge.version import __version__
 
     auth = _auth_value(config)
     # both the header value and the bare token, so either is masked wherever it might echo
@@ -371,3 +372,13 @@ def _bad_page_record(bad: BadPage, source: str, prov: dict, scrub) -> Record:
               "error": scrub(f"page {prov['page']} of {prov['endpoint']}: {bad.problem}")},
         provenance=dict(prov),
     )
+
+
+class ApiSource(Source):
+    """Items of a paginated JSON API."""
+
+    name = "api"
+    Config = ApiConfig
+
+    def read(self, ctx: SourceContext) -> Iterator[Record]:
+        return iter_api(self.config, ctx.base_dir, ctx.work_dir)

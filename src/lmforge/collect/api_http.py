@@ -17,14 +17,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from lmforge.collect.bounded import BadEncoding, BoundedDecoder
 from lmforge.errors import InputError
-
-if TYPE_CHECKING:
-    from lmforge.collect.api import ApiConfig
 
 log = logging.getLogger("lmforge.collect.api")  # one logger for the whole source
 
@@ -32,6 +29,17 @@ MAX_RETRY_AFTER = 300.0  # seconds; a server asking for longer is treated as dow
 MAX_BAD_BODY = 10_000  # bytes of an unusable body kept for its message or quarantine record
 # what a deadline raises through run_coroutine_threadsafe: three names for one class from Python 3.11 on
 _TIMEOUTS = (asyncio.TimeoutError, concurrent.futures.TimeoutError, TimeoutError)
+
+
+class FetchSettings(Protocol):
+    """The `api` options a request obeys (`ApiConfig` has them all)."""
+
+    method: str
+    rate_limit: float | None
+    retries: int
+    backoff: float
+    timeout: float
+    max_bytes: int
 
 
 _SECRET_NAME = re.compile(r"key|token|secret|passw|auth|sig|session|credential", re.IGNORECASE)
@@ -101,7 +109,7 @@ class BadPage:
 class Fetcher:
     """One request with rate limiting and retries; knows the secrets so it can keep them out of messages."""
 
-    def __init__(self, httpx, session: Session, config: ApiConfig, secrets: list[str]):
+    def __init__(self, httpx, session: Session, config: FetchSettings, secrets: list[str]):
         self.httpx, self.session, self.config, self.secrets = httpx, session, config, secrets
         self.interval = 1.0 / config.rate_limit if config.rate_limit else 0.0
         self.last_response: float | None = None

@@ -16,14 +16,16 @@ import importlib.util
 import itertools
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from lmforge.config import StrictModel
-from lmforge.errors import MissingDependencyError
-from lmforge.records import Record, make_id
+from lmforge.errors import MissingDependencyError, UserError
+from lmforge.pipeline.source import Source, SourceContext
+from lmforge.records import Record, make_id, write_jsonl, write_parquet
 
 CORPORA = ("peoples_daily", "reviews", "python_docs", "python_docstrings")
 _WRAP = re.compile(r"\s*\n\s*")
@@ -171,7 +173,53 @@ def corpus_info(name: str) -> dict[str, str]:
     return {"name": name, "lang": lang, "license": license_}
 
 
+@dataclass(frozen=True)
+class CorpusSize:
+    name: str
+    lang: str
+    license: str
+    documents: int
+    characters: int
+
+
+def corpus_size(name: str) -> CorpusSize:
+    """`corpus_info` plus the document and character counts; the counts come from reading the whole corpus."""
+    docs = chars = 0
+    for r in corpus_records(name):
+        docs += 1
+        chars += len(r.text)
+    return CorpusSize(**corpus_info(name), documents=docs, characters=chars)
+
+
+def list_corpora() -> list[CorpusSize]:
+    """Every built-in corpus with its language, license and size: what `lmforge corpora list` shows."""
+    return [corpus_size(name) for name in CORPORA]
+
+
+def export_corpus(name: str, out: str | Path, limit: int | None = None) -> int:
+    """Write a built-in corpus to .jsonl, .jsonl.gz or .parquet (by the name's suffix); returns the documents written."""
+    if name not in CORPORA:
+        raise UserError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}")
+    out = Path(out)
+    suffix = "".join(out.suffixes[-2:]).lower()
+    if out.suffix.lower() == ".parquet":
+        return write_parquet(out, corpus_records(name, limit))
+    if suffix.endswith((".jsonl", ".jsonl.gz")):
+        return write_jsonl(out, corpus_records(name, limit))
+    raise UserError(f"--out must end in .jsonl, .jsonl.gz or .parquet (got {out.name!r})")
+
+
 def builtin_records(config: BuiltinConfig | None = None) -> Iterator[Record]:
     config = config or BuiltinConfig()
     for name in config.corpora:
         yield from corpus_records(name, config.max_docs_per_corpus)
+
+
+class BuiltinSource(Source):
+    """The built-in bilingual corpora (no files, no network)."""
+
+    name = "builtin"
+    Config = BuiltinConfig
+
+    def read(self, ctx: SourceContext) -> Iterator[Record]:
+        return builtin_records(self.config)

@@ -44,9 +44,10 @@ from lmforge.collect.crawl_frontier import (
     warc_names,
 )
 from lmforge.collect.html import decode_html
-from lmforge.collect.robots import Drop, Page, PoliteClient, Redirect
+from lmforge.collect.http_client import FetchFailure, Page, PoliteClient, Redirect
 from lmforge.config import StrictModel, valid_regex
 from lmforge.errors import require
+from lmforge.pipeline.source import Source, SourceContext
 from lmforge.records import Record, make_id, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class _Crawler:
                 keep.append(norm)
         return keep, canonical, dict(ignored)
 
-    async def _fetch(self, url: str, depth: int) -> Page | Drop | _Alias:
+    async def _fetch(self, url: str, depth: int) -> Page | FetchFailure | _Alias:
         """Follow redirects by hand so each hop passes robots, scope, loop and dedup checks."""
         http, chain = self.http, [url]
         assert http is not None
@@ -194,7 +195,7 @@ class _Crawler:
             current = chain[-1]
             rules = await http.robots(current)
             if not rules.allowed(current):
-                return Drop(rules.reason or "robots_disallowed", current, requested=len(chain) > 1)
+                return FetchFailure(rules.reason or "robots_disallowed", current, requested=len(chain) > 1)
             result = await http.get(current)
             if not isinstance(result, Redirect):
                 return result
@@ -209,7 +210,7 @@ class _Crawler:
             elif not self.scope.allows(target):
                 reason = "redirect_out_of_scope"
             if reason:
-                return Drop(reason, target or current, result.status, error=f"Location: {result.location}"[:200])
+                return FetchFailure(reason, target or current, result.status, error=f"Location: {result.location}"[:200])
             if not self.frontier.claim(target, via=url, depth=depth):
                 return _Alias(target)
             chain.append(target)
@@ -220,7 +221,7 @@ class _Crawler:
         if isinstance(result, _Alias):
             self.frontier.record_other(url, "alias", "redirect", requested=True, final_url=result.target)
             return [], True
-        if isinstance(result, Drop):
+        if isinstance(result, FetchFailure):
             log.debug("dropped %s: %s", url, result.reason)
             self.frontier.record_other(url, "failed", result.reason, requested=result.requested,
                                        final_url=result.url, http_status=result.http_status,
@@ -411,3 +412,13 @@ def _read_warc_pages(path: Path, work_dir: Path, seen: set[str]) -> Iterator[Rec
             yield Record(id=make_id("crawl", f"{rel}:damaged"), text="", source="crawl", url=rel,
                          meta={"drop_reason": "corrupt_file", "drop_stage": "input",
                                "error": f"{type(exc).__name__}: {exc}"[:200]})
+
+
+class CrawlSource(Source):
+    """A polite crawl from seed URLs, resumable through its frontier in the work folder."""
+
+    name = "crawl"
+    Config = CrawlConfig
+
+    def read(self, ctx: SourceContext) -> Iterator[Record]:
+        return iter_crawl(self.config, ctx.base_dir, ctx.work_dir)

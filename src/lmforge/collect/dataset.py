@@ -16,6 +16,7 @@ from pydantic import Field
 from lmforge.collect.files import FilesConfig, file_format, read_file
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, InputError, require
+from lmforge.pipeline.source import Source, SourceContext
 from lmforge.records import Record, jsonable, make_id
 
 log = logging.getLogger(__name__)
@@ -140,3 +141,13 @@ def _files(root: Path, config: DatasetConfig, source: str) -> Iterator[Record]:
         for record in read_file(path, fcfg):
             record.source = source
             yield record
+
+
+class DatasetSource(Source):
+    """A Hugging Face dataset saved on disk."""
+
+    name = "dataset"
+    Config = DatasetConfig
+
+    def read(self, ctx: SourceContext) -> Iterator[Record]:
+        return iter_dataset(self.config, ctx.base_dir, ctx.work_dir)

@@ -16,6 +16,8 @@ import codecs
 import functools
 import unicodedata
 
+from lmforge.lang import HAN_RE, HANGUL_RE, KANA_RE
+
 SAMPLE_BYTES = 64 * 1024
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -69,26 +71,22 @@ def _han_weight(ch: str) -> float:
     return 0.0
 
 
-def _is_han(ch: str) -> bool:
-    return "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" or "\U00020000" <= ch <= "\U0003134f"
-
-
 def plausibility(text: str) -> float:
     """How much `text` looks like real Chinese (or plain text): 0..1, higher is better."""
     if not text:
         return 0.0
     han = weight = bad = 0.0
     for ch in text:
-        if _is_han(ch):
+        if HAN_RE.match(ch):
             han += 1
             weight += _han_weight(ch)
-        elif "\u3040" <= ch <= "\u30ff":
+        elif KANA_RE.match(ch):
             han += 1  # kana: what Big5 lead bytes 0xA4/0xA5 become when misread as GB2312
         elif ch < " " and ch not in "\t\n\r\f":
             bad += 1
         else:
             cat = unicodedata.category(ch)
-            if cat in ("Co", "Cn", "Cs") or "\uac00" <= ch <= "\ud7a3":  # private use, unassigned, Hangul
+            if cat in ("Co", "Cn", "Cs") or HANGUL_RE.match(ch):  # private use, unassigned, Hangul
                 bad += 1
     n = len(text)
     han_score = weight / han if han else 1.0

@@ -38,6 +38,7 @@ from lmforge.collect.encoding import decode_bytes, looks_binary
 from lmforge.collect.paths import Listing, expand_paths
 from lmforge.config import StrictModel
 from lmforge.errors import InputError
+from lmforge.pipeline.source import Source, SourceContext
 from lmforge.records import Record, jsonable, make_id, read_parquet
 
 log = logging.getLogger(__name__)
@@ -479,3 +480,13 @@ _READERS = {
     "text": _read_text, "markdown": _read_text, "html": _read_html, "json": _read_json,
     "jsonl": _read_jsonl, "csv": _read_csv, "tsv": _read_csv, "parquet": _read_parquet, "pdf": _read_pdf,
 }
+
+
+class FilesSource(Source):
+    """Local files, directories and globs in every supported format."""
+
+    name = "files"
+    Config = FilesConfig
+
+    def read(self, ctx: SourceContext) -> Iterator[Record]:
+        return iter_files(self.config, ctx.base_dir, ctx.work_dir)

@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, InputError, require
+from lmforge.pipeline.source import Source, SourceContext
 from lmforge.records import Record, jsonable, make_id
 
 log = logging.getLogger(__name__)
@@ -301,3 +302,13 @@ def _optional_str(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+class SqlSource(Source):
+    """Rows of a database table or query."""
+
+    name = "sql"
+    Config = SqlConfig
+
+    def read(self, ctx: SourceContext) -> Iterator[Record]:
+        return iter_sql(self.config, ctx.base_dir, ctx.work_dir)

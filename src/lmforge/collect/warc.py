@@ -21,6 +21,7 @@ from lmforge.collect.html import decode_html
 from lmforge.collect.paths import expand_paths
 from lmforge.config import StrictModel
 from lmforge.errors import require
+from lmforge.pipeline.source import Source, SourceContext
 from lmforge.records import Record, make_id
 
 log = logging.getLogger(__name__)
@@ -251,3 +252,13 @@ def _read_arc(path: Path, config: WarcConfig, source: str) -> Iterator[Record]:
                 yield out
         except (ArchiveLoadFailed, OSError, EOFError, zlib.error) as exc:
             yield _damaged(path, source, it.offset, f"{type(exc).__name__}: {exc}")
+
+
+class WarcSource(Source):
+    """Pages of WARC/ARC archives."""
+
+    name = "warc"
+    Config = WarcConfig
+
+    def read(self, ctx: SourceContext) -> Iterator[Record]:
+        return iter_warc(self.config, ctx.base_dir, ctx.work_dir)

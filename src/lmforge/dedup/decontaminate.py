@@ -33,10 +33,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.clean.text import is_chinese_like
 from lmforge.collect.files import FilesConfig, file_format, read_file
 from lmforge.config import StrictModel
 from lmforge.errors import ConfigError
+from lmforge.lang import CJK_RE, is_cjk
 from lmforge.pipeline.stage import Stage
 from lmforge.records import Record
 
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[^\W_]+")  # letters and digits; punctuation, spaces and "_" separate words
 _NON_ALNUM = re.compile(r"[\W_]+")
-_HAS_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 _ROW_PROBLEMS = {"no_text_field", "bad_json", "bad_utf8", "line_too_long", "nul_byte", "bad_csv_row"}  # one bad row; others condemn the file
 _STRUCTURED = {"json", "jsonl", "csv", "tsv", "parquet"}
 
@@ -93,7 +92,7 @@ class DecontaminateConfig(StrictModel):
         if not self.eval_files and not self.eval_tasks:
             raise ValueError("give eval_files and/or eval_tasks: the evaluation data to protect")
         if self.eval_tasks:
-            from lmforge.finetune.builtin_tasks import BUILTIN_TASKS
+            from lmforge.tasks.builtin import BUILTIN_TASKS
 
             unknown = [t for t in self.eval_tasks if t not in BUILTIN_TASKS]
             if unknown:
@@ -221,7 +220,7 @@ class EvalIndex:
         norm = normalize(text)
         n_hits, files = 0, set()
         kinds = [(self.words, word_tokens)]
-        if len(self.chars.hashes) and _HAS_CJK.search(norm):  # char runs only where Chinese can be
+        if len(self.chars.hashes) and CJK_RE.search(norm):  # char runs only where Chinese can be
             kinds.append((self.chars, char_tokens))
         for grams, tokenize in kinds:
             if len(grams.hashes):
@@ -257,11 +256,11 @@ def eval_texts(path: Path, fields: list[str]) -> Iterator[str]:
 
 def task_texts(name: str) -> Iterator[str]:
     """The validation and test texts of a built-in task (what its scores are computed on)."""
-    from lmforge.finetune.builtin_tasks import load_task
+    from lmforge.tasks.builtin import load_task
 
     data = load_task(name)
     for e in data.val + data.test:
-        yield from (t for t in (e.text, "".join(e.tokens), e.prompt, e.response) if t)
+        yield from (t for t in e.texts() if t)
 
 
 def build_index(config: DecontaminateConfig) -> EvalIndex:
@@ -278,7 +277,7 @@ def build_index(config: DecontaminateConfig) -> EvalIndex:
         used = 0
         for text in texts():
             norm = normalize(text)
-            if is_chinese_like(norm):
+            if is_cjk(norm):
                 kind, n, tokens = "chars", config.char_n, char_tokens(norm)
             else:
                 kind, n, tokens = "words", config.n, word_tokens(norm)

@@ -34,10 +34,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from lmforge.clean.text import is_chinese_like
 from lmforge.config import StrictModel
 from lmforge.dedup import minhash_cluster as mc
 from lmforge.dedup.minhash_hashing import MinHasher, Shingler, band_hashes
+from lmforge.lang import is_cjk
 from lmforge.pipeline.stage import GlobalStage, Summaries
 from lmforge.records import Record
 
@@ -111,7 +111,7 @@ class MinHashDedup(GlobalStage):
         if self.config.shingle != "auto":
             return int(self.config.shingle == "char")
         if record.lang:
-            return int(is_chinese_like(record.text, record.lang))
+            return int(is_cjk(record.text, record.lang))
         return -1
 
     def map(self, records: Iterable[Record]):

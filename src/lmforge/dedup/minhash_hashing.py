@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmforge.lang import CJK_RANGES, CJK_SHARE, SAMPLE
+
 U64 = np.uint64
 _MIX1, _MIX2 = U64(0xFF51AFD7ED558CCD), U64(0xC4CEB9FE1A85EC53)
 _S33 = U64(33)
-# Same ranges as lmforge.clean.text (CJK ideographs, compatibility ideographs, kana, ext. B-G)
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF), (0x3040, 0x30FF), (0x20000, 0x3134F))
 _SEP = "\n"  # ends each document in a batch: not a word character, so no word spans two documents
 
 
@@ -57,7 +57,7 @@ def _char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # surrogateescape may hold lone ones, encoded with surrogatepass below)
     every = "".join(" " if 0xD800 <= i < 0xE000 else chr(i) for i in range(bmp))
     cjk = np.zeros(0x110000, dtype=bool)
-    for lo, hi in _CJK_RANGES:
+    for lo, hi in CJK_RANGES:
         cjk[lo : hi + 1] = True
     word = cjk.copy()
     word[:bmp] = np.frombuffer(re.sub(r"\W", "\0", every).encode("utf-32-le", "surrogatepass"), dtype=np.uint32) != 0
@@ -131,14 +131,14 @@ class Shingler:
         """Hashes (uint64), their document index, and whether each document used character shingles.
 
         `mode` per document: 1 character n-grams, 0 word n-grams, -1 decide by the share of CJK
-        characters (> 0.3 of the non-space ones, like `clean.text.is_chinese_like`). Each
+        characters in the first 2,000 (`lmforge.lang.is_cjk`'s rule, vectorized). Each
         document's hashes are contiguous (character documents first), which is all
         `MinHasher.signatures` needs.
         """
         char_mode = mode == 1
         undecided = np.flatnonzero(mode < 0)
         if len(undecided):
-            char_mode[undecided] = cjk_share([texts[i] for i in undecided]) > 0.3
+            char_mode[undecided] = cjk_share([texts[i][:SAMPLE] for i in undecided]) > CJK_SHARE
         hashes, docs = [], []
         for use_chars in (True, False):
             which = np.flatnonzero(char_mode == use_chars)
@@ -152,7 +152,7 @@ class Shingler:
         return np.concatenate(hashes), np.concatenate(docs), char_mode
 
     def _char_shingles(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Character n-grams of the text without whitespace (as `clean.text.char_ngrams`)."""
+        """Character n-grams of the text without whitespace."""
         compact = ["".join(t.split()) for t in texts]
         lens = np.fromiter((len(t) for t in compact), dtype=np.int64, count=len(compact))
         cps = np.frombuffer("".join(compact).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)

@@ -11,8 +11,9 @@ Each step is a real command's library call on real (small) data, offline, on CPU
 6. ner       fine-tune the pretrained BERT as a Chinese NER tagger, and from scratch
 7. report    one self-contained HTML page of the whole run
 
-Every step leaves a marker in OUT/demo/, so Ctrl-C (or a kill) and the same command again goes
-on where it stopped; the data and pretraining steps resume at shard and checkpoint level too.
+Each part is a run directory of its own under the one runner (OUT itself for the data and GPT,
+OUT/bert, OUT/augment, OUT/ft-*), so Ctrl-C (or a kill) and the same command again goes on where
+it stopped: finished steps are skipped, data steps resume per shard and training per checkpoint.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lmforge import progress
 from lmforge.flow import RunResult, collect, run_recipe
+from lmforge.flow.recipe import load_recipe, parse_recipe
+from lmforge.flow.runner import finished_run, step_done
 from lmforge.pipeline.executors import ExecutorConfig
-from lmforge.recipe import load_recipe, parse_recipe
 from lmforge.records import read_json, write_json_atomic
+from lmforge.report import REPORT_NAME, write_report_safely
 
 log = logging.getLogger(__name__)
 
@@ -78,35 +81,26 @@ class DemoResult:
         return self.data.stats
 
 
-class _Markers:
-    """OUT/demo/<step>.done with the step's summary: what makes a re-run skip it."""
-
-    def __init__(self, out: Path) -> None:
-        self.dir = out / "demo"
-
-    def get(self, step: str) -> dict[str, Any] | None:
-        path = self.dir / f"{step}.done"
-        return read_json(path) if path.is_file() else None
-
-    def put(self, step: str, summary: dict[str, Any]) -> dict[str, Any]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.dir / f"{step}.done", summary)
-        return summary
-
-
-def _crawl(out: Path, size: DemoSize) -> dict[str, Any]:
+def _crawl(out: Path, size: DemoSize) -> RunResult:
     from lmforge.demo.site import DemoSite
 
     target = out / "crawl"
+    if (target / "stats.json").is_file() and step_done(target, "report") is not None:
+        return finished_run(target)  # its site's port was another one: the config would not match again
     shutil.rmtree(target, ignore_errors=True)  # an unfinished crawl starts over: its site's port has changed
     with DemoSite(pages=size.site_pages) as site:
         config = {"seeds": [site.url], "delay": 0.02, "max_pages": size.site_pages + 10, "max_depth": 4,
                   "timeout": 10}
         result = collect("crawl", config, target, shard_size=50)
-        fetched = list(site.requests)
+        robots_honoured = not any(p.startswith("/private/") for p in site.requests)
+    write_json_atomic(target / "site.json", {"requests": len(site.requests), "robots_honoured": robots_honoured})
+    return result
+
+
+def _crawl_summary(result: RunResult) -> dict[str, Any]:
     stage = result.stats["stages"][0]
-    return {"pages": stage["out"], "quarantined": stage["dropped"], "requests": len(fetched),
-            "robots_honoured": not any(p.startswith("/private/") for p in fetched)}
+    site = read_json(result.run_dir / "site.json")
+    return {"pages": stage["out"], "quarantined": stage["dropped"], **site}
 
 
 def _data(out: Path, size: DemoSize, executor: ExecutorConfig) -> RunResult:
@@ -127,82 +121,82 @@ def _bert(out: Path, data: RunResult, size: DemoSize, executor: ExecutorConfig) 
         "name": "demo-bert",
         "input": {"files": {"paths": [shards]}, "shard_size": 500},
         "tokenizer": {"kind": "wordpiece", "vocab_size": 3000},
-        "pretrain": {"arch": "bert", "preset": "bert-tiny", "seq_len": 128, "batch_size": 16,
+        "pretrain": {"arch": "bert", "model": {"preset": "bert-tiny"}, "seq_len": 128, "batch_size": 16,
                      "steps": size.bert_steps, "lr": 0.001, "warmup_steps": max(1, size.bert_steps // 10),
                      "eval_every": size.bert_steps, "eval_batches": 4, "log_every": 10, "device": "cpu", "seed": 0},
     }, where="demo bert")
     return run_recipe(recipe, out / "bert", base_dir=out, executor=executor)
 
 
-def _augment(out: Path, size: DemoSize) -> dict[str, Any]:
-    from lmforge.augment.task import AugmentTaskConfig, run_augment
-
-    cfg = AugmentTaskConfig.model_validate({
+def _augment(out: Path, size: DemoSize) -> RunResult:
+    recipe = parse_recipe({"name": "demo-augment", "augment": {
         "data": {"builtin": "zh_sentiment", "options": {"max_per_class": size.sentiment_per_class}},
         "seed": 0, "operations": [{"eda": {"num_aug": 2, "alpha_sr": 0.1, "alpha_ri": 0.1, "alpha_rs": 0.1,
-                                           "p_rd": 0.1}}]})
-    result = run_augment(cfg, out / "augment")
-    st = result.stats
-    return {"file": str(result.path.relative_to(out)), "train": st.get("train"), "val": st.get("val"),
-            "test": st.get("test"), "copies": st.get("augmented"), "leak_dropped": st.get("leak_dropped")}
+                                           "p_rd": 0.1}}]}}, where="demo augment")
+    return run_recipe(recipe, out / "augment")
 
 
-def _finetune(out: Path, name: str, section: dict[str, Any]) -> dict[str, Any]:
-    from lmforge.finetune.config import FinetuneConfig
-    from lmforge.finetune.run import compare_scratch
+def _augment_summary(out: Path, result: RunResult) -> dict[str, Any]:
+    st = result.steps["augment"]
+    return {"file": (result.run_dir / st["file"]).relative_to(out).as_posix(), "train": st.get("train"),
+            "val": st.get("val"), "test": st.get("test"), "copies": st.get("augmented"),
+            "leak_dropped": st.get("leak_dropped")}
 
-    cfg = FinetuneConfig.model_validate({"batch_size": 32, "seq_len": 128, "lr": 0.0005, "warmup_steps": 10,
-                                         "device": "cpu", "seed": 0, "compare_scratch": True, **section})
-    with progress.task(f"fine-tune: {name} (pretrained, then scratch)", total=None) as bar:
-        results = compare_scratch(cfg, out / f"ft-{name}", on_step=lambda step, loss: bar.advance())
-    return {kind: {"val": r.val, "test": r.test, "steps": r.steps} for kind, r in results.items()}
+
+def _finetune(out: Path, name: str, section: dict[str, Any]) -> RunResult:
+    recipe = parse_recipe({"name": f"demo-{name}", "finetune": {
+        "batch_size": 32, "seq_len": 128, "lr": 0.0005, "warmup_steps": 10, "device": "cpu", "seed": 0,
+        "compare_scratch": True, **section}}, where=f"demo {name}")
+    return run_recipe(recipe, out / f"ft-{name}")
+
+
+def _scores(result: RunResult) -> dict[str, Any]:
+    step = result.steps["finetune"]
+    return {kind: step[kind] for kind in ("pretrained", "scratch")}
 
 
 def run_demo(out: str | Path = "lmforge-demo", steps: int | None = None, workers: int | None = None,
              size: DemoSize = FULL) -> DemoResult:
+    """Every part is its own run directory under the one runner, so a re-run resumes each where it stopped."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if steps is not None:
         size = DemoSize(**{**size.__dict__, "gpt_steps": steps})
     executor = ExecutorConfig(kind="local", workers=workers)
-    markers = _Markers(out)
     seconds: dict[str, float] = {}
+    ran: list[str] = []
 
-    def step(name: str, fn) -> dict[str, Any]:
-        done = markers.get(name)
-        if done is not None:
-            return done
+    def timed(name: str, fn: Callable[[], RunResult]) -> RunResult:
         t0 = time.perf_counter()
-        summary = markers.put(name, fn())
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        log.info("demo: %s done in %.1f s", name, seconds[name])
-        return summary
+        result = fn()
+        if result.ran:
+            seconds[name] = round(time.perf_counter() - t0, 1)
+            ran.append(name)
+            log.info("demo: %s done in %.1f s", name, seconds[name])
+        return result
 
-    crawl = step("crawl", lambda: _crawl(out, size))
-    t0 = time.perf_counter()
-    data = _data(out, size, executor)  # resumes by itself (shard markers, checkpoints)
-    seconds["data"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    bert = _bert(out, data, size, executor)
-    seconds["bert"] = round(time.perf_counter() - t0, 1)
-    augment = step("augment", lambda: _augment(out, size))
+    crawl = _crawl_summary(timed("crawl", lambda: _crawl(out, size)))
+    data = timed("data", lambda: _data(out, size, executor))
+    bert = timed("bert", lambda: _bert(out, data, size, executor))
+    augment = _augment_summary(out, timed("augment", lambda: _augment(out, size)))
     sentiment_data = {"path": str(out / augment["file"])}
     finetunes = {
-        "sentiment": step("sentiment", lambda: _finetune(out, "sentiment", {
+        "sentiment": _scores(timed("sentiment", lambda: _finetune(out, "sentiment", {
             "task": "classification", "data": sentiment_data, "epochs": size.epochs,
-            "model": {"from": str(out / "pretrain" / "checkpoint"), "pool": "mean"}})),
-        "ner": step("ner", lambda: _finetune(out, "ner", {
+            "model": {"from": str(out / "pretrain" / "checkpoint")}, "head": {"pool": "mean"}}))),
+        "ner": _scores(timed("ner", lambda: _finetune(out, "ner", {
             "task": "ner", "data": {"builtin": "zh_ner", "options": {"max_sentences": size.ner_sentences}},
-            "epochs": size.ner_epochs, "model": {"from": str(out / "bert" / "pretrain" / "checkpoint")}})),
+            "epochs": size.ner_epochs, "model": {"from": str(out / "bert" / "pretrain" / "checkpoint")}}))),
     }
-    from lmforge.report import write_report_safely
-
-    t0 = time.perf_counter()
-    report = write_report_safely(out)
-    seconds["report"] = round(time.perf_counter() - t0, 1)
+    report = out / REPORT_NAME
+    if ran or not report.is_file():  # the data run's report, redone with the parts that came after it
+        t0 = time.perf_counter()
+        report = write_report_safely(out)
+        seconds["report"] = round(time.perf_counter() - t0, 1)
     result = DemoResult(out, data, bert, finetunes, augment, crawl, seconds, report)
-    write_json_atomic(out / "demo" / "summary.json", json.loads(json.dumps({
-        "crawl": crawl, "augment": augment, "finetunes": finetunes, "seconds": seconds,
-        "pretrain": {k: v for k, v in data.steps.get("pretrain", {}).items() if k != "losses"},
-        "bert": {k: v for k, v in bert.steps.get("pretrain", {}).items() if k != "losses"}}, default=str)))
+    if ran or not (out / "demo" / "summary.json").is_file():
+        write_json_atomic(out / "demo" / "summary.json", json.loads(json.dumps({
+            "crawl": crawl, "augment": augment, "finetunes": finetunes, "seconds": seconds,
+            "pretrain": {k: v for k, v in data.steps.get("pretrain", {}).items() if k != "losses"},
+            "bert": {k: v for k, v in bert.steps.get("pretrain", {}).items() if k != "losses"}}, default=str)))
     return result

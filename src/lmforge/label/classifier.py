@@ -119,8 +119,8 @@ def finetuned_proba(model_dir: str | Path, tokenizer: str | Path | None = None, 
     from transformers import AutoTokenizer
 
     from lmforge.finetune import tasks
-    from lmforge.finetune.data import Example
-    from lmforge.finetune.heads import load_saved_model
+    from lmforge.models.source import load_saved_model
+    from lmforge.tasks.examples import ClassificationExample
 
     model, kind, labels = load_saved_model(model_dir)
     if kind != "classification":
@@ -128,7 +128,7 @@ def finetuned_proba(model_dir: str | Path, tokenizer: str | Path | None = None, 
     tok = AutoTokenizer.from_pretrained(str(tokenizer or model_dir))
 
     def proba(texts: Sequence[str]) -> np.ndarray:
-        enc = tasks.encode_classification([Example(text=t, label=labels[0]) for t in texts], tok, labels, max_len)
+        enc = tasks.encode_classification([ClassificationExample(text=t, label=labels[0]) for t in texts], tok, labels, max_len)
         source = tasks.ExampleSource(enc, batch_size, 0, shuffle=False)
         parts = []
         with torch.no_grad():

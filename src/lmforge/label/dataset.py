@@ -7,7 +7,7 @@ identical or near-identical texts is found first, with the deduplication stage's
 hash and MinHash-LSH code, and a whole group always goes to one split. `check_leakage` runs the
 same search across finished splits, so a split made elsewhere can be audited too.
 
-Examples are `lmforge.finetune.data.Example`s and the result a `TaskData`, so everything made here
+Examples are `lmforge.tasks` examples and the result a `TaskData`, so everything made here
 trains with `lmforge finetune` as it is.
 """
 
@@ -17,7 +17,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,15 @@ import numpy as np
 
 from lmforge.dedup.minhash import MinHashConfig
 from lmforge.errors import ConfigError, InputError
-from lmforge.finetune.data import Example, Kind, TaskData, dedupe_examples, make_task, split
+from lmforge.tasks.examples import (
+    ClassificationExample,
+    Example,
+    InstructionExample,
+    Kind,
+    NerExample,
+    TaskData,
+)
+from lmforge.tasks.splits import dedupe_examples, make_task, split, stratum
 
 log = logging.getLogger(__name__)
 
@@ -34,40 +42,6 @@ Format = Literal["jsonl", "csv", "hf"]
 # Short texts (a review, one sentence) have few shingles: 3-character and 3-word shingles keep a
 # one-character edit from changing most of them; the rest is the dedup stage's published default.
 NEAR_DUPLICATES = MinHashConfig(char_ngram=3, word_ngram=3, threshold=0.8)
-
-
-def text_of(example: Example) -> str:
-    """The text two examples must not share across splits: the input, or the prompt for instructions."""
-    if example.text:
-        return example.text
-    if example.tokens:
-        return " ".join(example.tokens)
-    return example.prompt
-
-
-def bio_to_spans(text: str, tokens: Sequence[str], tags: Sequence[str]) -> list[tuple[int, int, str]]:
-    """Character spans (start, end, type) of BIO-tagged tokens, found in `text` left to right.
-
-    The inverse of `finetune.data.spans_to_bio` for tokens that occur in the text in order (its
-    own tokens, or one character each). An I- tag that does not continue its type starts an
-    entity, as `repair_bio` reads it.
-    """
-    if len(tokens) != len(tags):
-        raise InputError(f"{len(tokens)} tokens but {len(tags)} tags")
-    spans: list[list[Any]] = []
-    cursor, prev = 0, "O"
-    for tok, tag in zip(tokens, tags, strict=True):
-        start = text.find(tok, cursor)
-        if start < 0:
-            raise InputError(f"token {tok!r} is not in the text after character {cursor}: {text[:60]!r}")
-        cursor = start + len(tok)
-        kind = tag[2:] if tag != "O" else ""
-        if kind and tag.startswith("I-") and prev[2:] == kind and spans:
-            spans[-1][1] = cursor
-        elif kind:
-            spans.append([start, cursor, kind])
-        prev = tag
-    return [(s, e, k) for s, e, k in spans]
 
 
 # --------------------------------------------------------------------------- near-duplicate search
@@ -167,7 +141,7 @@ def check_leakage(splits: dict[str, Sequence[Example]], config: MinHashConfig | 
         for i, ex in enumerate(rows):
             names.append(name)
             index.append(i)
-            texts.append(text_of(ex))
+            texts.append(ex.input_text)
     report = LeakageReport(checked={name: len(rows) for name, rows in splits.items()})
     for p in duplicate_pairs(texts, config):
         if names[p.a] != names[p.b]:
@@ -182,7 +156,7 @@ def check_leakage(splits: dict[str, Sequence[Example]], config: MinHashConfig | 
 
 def _grouped(examples: Sequence[Example], config: MinHashConfig | None) -> tuple[list[Example], list[list[int]]]:
     """One representative per duplicate group (its first member) and the members of each group."""
-    groups = duplicate_groups([text_of(e) for e in examples], config)
+    groups = duplicate_groups([e.input_text for e in examples], config)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(int(g), []).append(i)
@@ -194,7 +168,7 @@ def leakage_free_split(examples: Sequence[Example], val_frac: float = 0.1, test_
                        stratify_by: str | Callable[[Example], Hashable] | None = "label",
                        near_duplicates: MinHashConfig | None = NEAR_DUPLICATES
                        ) -> tuple[list[Example], list[Example], list[Example]]:
-    """(train, val, test) like `finetune.data.split`, but every duplicate group lands in one split.
+    """(train, val, test) like `tasks.splits.split`, but every duplicate group lands in one split.
 
     The groups' first members are split (stratified by their label), then each group follows its
     first member; fractions therefore hold for groups, and to within a group's size for examples.
@@ -218,8 +192,7 @@ def kfold(examples: Sequence[Example], k: int = 5, seed: int = 0,
     reps, groups = _grouped(list(examples), near_duplicates)
     if len(reps) < k:
         raise InputError(f"{len(reps)} distinct texts cannot make {k} folds")
-    key = (lambda e: None) if stratify_by is None else stratify_by if callable(stratify_by) else \
-        (lambda e: e.label) if stratify_by == "label" else (lambda e: e.meta.get(stratify_by))
+    key = stratum(stratify_by)
     strata: dict[Hashable, list[int]] = {}
     for g, rep in enumerate(reps):
         strata.setdefault(key(rep), []).append(g)
@@ -265,9 +238,7 @@ def build_dataset(examples: Sequence[Example], kind: Kind = "classification", *,
                                    near_duplicates)
         rows = []
         for name, part in zip(SPLITS, parts, strict=True):
-            for ex in part:
-                ex.meta = {**ex.meta, "split": name}
-                rows.append(ex)
+            rows += [replace(ex, meta={**ex.meta, "split": name}) for ex in part]
     task = make_task(kind, rows, labels=labels, dedupe=False, meta=dict(meta or {}))
     report = check_leakage(task.splits(), near_duplicates)
     if not report.ok:
@@ -281,14 +252,14 @@ def build_dataset(examples: Sequence[Example], kind: Kind = "classification", *,
 
 def load_source(source: str | Path, kind: Kind | None = None, **loader: Any) -> tuple[list[Example], Kind]:
     """Examples and their kind from `builtin:NAME` (all splits, re-split later) or any file `load_examples` reads."""
-    from lmforge.finetune.loaders import load_examples
+    from lmforge.tasks.loaders import load_examples
 
     text = str(source)
     if text.startswith("builtin:"):
-        from lmforge.finetune.builtin_tasks import load_task
+        from lmforge.tasks.builtin import load_task
 
         task = load_task(text.split(":", 1)[1])
-        rows = [Example.from_dict({**e.to_dict(), "meta": {k: v for k, v in e.meta.items() if k != "split"}})
+        rows = [replace(e, meta={k: v for k, v in e.meta.items() if k != "split"})
                 for e in task.train + task.val + task.test]
         return rows, task.kind
     path = Path(source)
@@ -404,11 +375,12 @@ def _from_hf_row(row: dict[str, Any], features: Any, kind: str) -> Example:
     meta = json.loads(row["meta"]) if isinstance(row.get("meta"), str) else {}
     if kind == "classification":
         label = row["label"]
-        return Example(text=row["text"], label=names[label] if names and isinstance(label, int) else str(label), meta=meta)
+        return ClassificationExample(text=row["text"], label=names[label] if names and isinstance(label, int) else str(label),
+                                     meta=meta)
     if kind == "ner":
         tags = [names[t] if names and isinstance(t, int) else t for t in row["tags"]]
-        return Example(text=row.get("text") or "", tokens=list(row["tokens"]), tags=tags, meta=meta)
-    return Example(prompt=row["prompt"], response=row["response"], meta=meta)
+        return NerExample(tokens=list(row["tokens"]), tags=tags, text=row.get("text") or "", meta=meta)
+    return InstructionExample(prompt=row["prompt"], response=row["response"], meta=meta)
 
 
 def describe(task: TaskData) -> dict[str, Any]:
@@ -420,4 +392,4 @@ def describe(task: TaskData) -> dict[str, Any]:
 
 
 __all__ = ["DuplicatePair", "LeakageReport", "build_dataset", "check_leakage", "describe", "duplicate_groups",
-           "duplicate_pairs", "bio_to_spans", "kfold", "leakage_free_split", "load_hf", "load_source", "save_dataset", "text_of"]
+           "duplicate_pairs", "kfold", "leakage_free_split", "load_hf", "load_source", "save_dataset"]

@@ -11,7 +11,7 @@ Label Studio's JSON task format, for the two template kinds annotation teams use
 the names in the tasks and in the project agree. Predictions go under `predictions` with a
 `model_version` and a `score`; Label Studio shows them as pre-annotations an annotator accepts or
 corrects, and can sort the queue by score. Span offsets are written in UTF-16 units, as the
-browser (and so Label Studio) counts them; the reader (`finetune.loaders`, shared with
+browser (and so Label Studio) counts them; the reader (`tasks.loaders`, shared with
 `lmforge finetune`) converts them back to characters.
 
 Reading keeps every annotator's answer (`import_annotations`), which is what agreement needs;
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ConfigError, InputError
-from lmforge.finetune.data import Example, Kind, RowError
-from lmforge.label.dataset import bio_to_spans
+from lmforge.tasks.examples import Example, Kind
+from lmforge.tasks.spans import RowError, bio_to_spans
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,7 @@ def _utf16(text: str, index: int) -> int:
 
 def example_spans(example: Example) -> list[tuple[int, int, str]]:
     """Character spans of an NER example's BIO tags over its text (the tokens joined by spaces if it has none)."""
-    text = example.text or " ".join(example.tokens)
-    return bio_to_spans(text, example.tokens, example.tags)
+    return example.spans
 
 
 def _choice(label: str, from_name: str, to_name: str) -> dict[str, Any]:
@@ -92,7 +91,7 @@ def _classification_prediction(pred: Prediction) -> tuple[str, float | None]:
 
 def _ner_prediction(example: Example, pred: Prediction) -> list[tuple[int, int, str, float | None]]:
     if pred and all(isinstance(t, str) for t in pred):  # BIO tags aligned with the tokens
-        return [(s, e, k, None) for s, e, k in bio_to_spans(example.text or " ".join(example.tokens),
+        return [(s, e, k, None) for s, e, k in bio_to_spans(example.input_text,
                                                             example.tokens, list(pred))]
     out = []
     for span in pred or []:
@@ -117,7 +116,7 @@ def to_tasks(examples: Sequence[Example], kind: Kind, *, predictions: Sequence[P
         raise InputError(f"{len(predictions)} predictions for {len(examples)} examples")
     tasks = []
     for i, ex in enumerate(examples):
-        text = ex.text or " ".join(ex.tokens)
+        text = ex.input_text
         data = {text_field: text, "lmforge_id": str(ex.meta.get("id", i))}
         task: dict[str, Any] = {"data": data}
         if predictions is not None and predictions[i] is not None:
@@ -199,11 +198,11 @@ def import_annotations(path: str | Path, kind: Kind | None = None, *, text_field
                        from_name: str | None = None, on_error: str = "raise") -> LabelStudioImport:
     """Every completed annotation of a Label Studio JSON export, per task and annotator.
 
-    Uses the same reader as `finetune.loaders.load_label_studio` (format checks, kind detection,
+    Uses the same reader as `tasks.loaders.load_label_studio` (format checks, kind detection,
     UTF-16 offsets). Cancelled annotations and tasks nobody annotated are counted, not kept; the
     task's `data` fields other than the text go into the example's meta (so `lmforge_id` comes back).
     """
-    from lmforge.finetune.loaders import label_studio_example, label_studio_kind, read_label_studio
+    from lmforge.tasks.loaders import label_studio_example, label_studio_kind, read_label_studio
 
     path = Path(path)
     tasks = read_label_studio(path)

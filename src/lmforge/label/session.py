@@ -54,9 +54,8 @@ def _ls_items(path: Path, kind: str, text_field: str) -> list[Item]:
 
     A prediction is read like an annotation, by the shared Label Studio reader.
     """
-    from lmforge.finetune.data import RowError
-    from lmforge.finetune.loaders import label_studio_example, read_label_studio
-    from lmforge.label.dataset import bio_to_spans
+    from lmforge.tasks.loaders import label_studio_example, read_label_studio
+    from lmforge.tasks.spans import RowError, bio_to_spans
 
     items = []
     for i, task in enumerate(read_label_studio(path)):
@@ -88,10 +87,10 @@ def load_items(source: str | Path, kind: str = "classification", text_field: str
     """
     text = str(source)
     if text.startswith("builtin:"):
-        from lmforge.finetune.builtin_tasks import load_task
+        from lmforge.tasks.builtin import load_task
 
         task = load_task(text.split(":", 1)[1])
-        return [Item(str(i), e.text or "".join(e.tokens), meta={"gold": e.label} if e.label else {})
+        return [Item(str(i), e.text or "".join(e.tokens), meta={"gold": e.label} if getattr(e, "label", None) else {})
                 for i, e in enumerate(task.train)]
     path = Path(source)
     if not path.is_file():

@@ -135,7 +135,7 @@ class AnswerStore:
 
 def answers_to_examples(store: AnswerStore, kind: str) -> list:
     """The standing answers as `Example`s (classification: text + label; ner: BIO tags from the spans)."""
-    from lmforge.finetune.data import Example, spans_to_bio
+    from lmforge.tasks.examples import ClassificationExample, NerExample
 
     out = []
     for item, event in store.current().items():
@@ -144,10 +144,9 @@ def answers_to_examples(store: AnswerStore, kind: str) -> list:
         if kind == "ner":
             if "spans" not in event:
                 raise InputError(f"{store.path}: item {item} has a class label, not spans; is this a NER log?")
-            tokens, tags, _ = spans_to_bio(event["text"], [tuple(s) for s in event["spans"]])
-            out.append(Example(text=event["text"], tokens=tokens, tags=tags, meta=meta))
+            out.append(NerExample.from_spans(event["text"], [tuple(s) for s in event["spans"]], meta)[0])
         else:
             if "label" not in event:
                 raise InputError(f"{store.path}: item {item} has spans, not a label; use kind ner")
-            out.append(Example(text=event["text"], label=event["label"], meta=meta))
+            out.append(ClassificationExample(text=event["text"], label=event["label"], meta=meta))
     return out

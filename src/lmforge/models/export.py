@@ -11,7 +11,7 @@ def export_hf(checkpoint: str | Path, tokenizer_dir: str | Path | None, out_dir:
     """Write `out_dir` so `AutoModel*.from_pretrained(out_dir)` loads it; returns (path, HF class name)."""
     import json
 
-    from lmforge.train.checkpoint import load_checkpoint
+    from lmforge.models.checkpoint_io import load_checkpoint
 
     model = load_checkpoint(checkpoint)
     if tokenizer_dir is not None and not (Path(tokenizer_dir) / "tokenizer.json").is_file():

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from lmforge import progress
-from lmforge.collect.source import InputConfig, iter_input
 from lmforge.errors import InputError
 from lmforge.pipeline.executors import Executor
+from lmforge.pipeline.input import InputConfig, iter_input
 from lmforge.pipeline.registry import resolve_stage
 from lmforge.pipeline.shards import (
     GlobalTask,
@@ -155,9 +155,18 @@ def run_pipeline(
     run_dir: Path, input_config: InputConfig, specs: list[StageSpec], executor: Executor, base_dir: Path
 ) -> Path:
     """Run ingest and every segment; returns the directory holding the final shards."""
+    ingest(input_config, base_dir, input_dir(run_dir), run_dir / "collect")
+    return run_stages(run_dir, specs, executor)
+
+
+def input_dir(run_dir: Path) -> Path:
+    return run_dir / "stages" / "00-input"
+
+
+def run_stages(run_dir: Path, specs: list[StageSpec], executor: Executor) -> Path:
+    """Run every segment over the ingested input; returns the directory holding the final shards."""
     stages_dir = run_dir / "stages"
-    in_dir = stages_dir / "00-input"
-    ingest(input_config, base_dir, in_dir, run_dir / "collect")
+    in_dir = input_dir(run_dir)
     shards = done_shard_ids(in_dir)
     for i, seg in enumerate(plan_segments(specs), start=1):
         out_dir = stages_dir / f"{i:02d}-{seg.name}"

@@ -27,28 +27,46 @@ class Keep:
 
 @dataclass(frozen=True, slots=True)
 class Drop:
+    """A record's verdict: quarantine it with `reason`.
+
+    `value` is the measurement that crossed the line (a ratio, a word count); the stage keeps it in
+    `meta[<stage>]["value"]` so a report can show how far past the threshold a document was.
+    """
+
     reason: str
+    value: float | None = None
 
 
 KEEP = Keep()
 DropSink = Callable[[Record], None]
 
 
-class Stage:
-    """Base class. Subclasses set `name`, `Config` and implement `run`.
-
-    `is_global` stages (dedup clustering, ...) need the whole corpus; executors run them as
-    map -> reduce -> apply (see `GlobalStage`), while `run` stays usable on an in-memory list.
-    """
+class Configured:
+    """What stages and sources share: a registry name and a typed config validated on construction."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[StrictModel]] = EmptyConfig
-    is_global: ClassVar[bool] = False
 
     def __init__(self, config: StrictModel | dict | None = None, **kwargs: Any) -> None:
         if config is None or isinstance(config, dict):
             config = validate(self.Config, {**(config or {}), **kwargs}, prefix=self.name)
         self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+class Stage(Configured):
+    """Base class. Subclasses set `name`, `Config` and implement `run` (or use a shape below).
+
+    `is_global` stages (dedup clustering, ...) need the whole corpus; executors run them as
+    map -> reduce -> apply (see `GlobalStage`), while `run` stays usable on an in-memory list.
+    """
+
+    is_global: ClassVar[bool] = False
+
+    def __init__(self, config: StrictModel | dict | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
         self._sink: DropSink = _discard_sink
         self._counters: Counter | None = None
 
@@ -72,38 +90,86 @@ class Stage:
     def run(self, records: Iterable[Record]) -> Iterator[Record]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config!r})"
-
 
 def _discard_sink(record: Record) -> None:
     """Default sink for stages used outside an executor: the record is simply not yielded."""
 
 
-class Filter(Stage):
-    """A stage built from `decide(record) -> KEEP | Drop(reason)`."""
+class Transform(Stage):
+    """A stage built from `apply(record) -> Record | Drop(reason)`: rewrite a record or quarantine it.
+
+    The one place where a verdict becomes a kept or quarantined record, so every shape counts and
+    quarantines drops the same way. A stage that works faster on many records at once (a model
+    scoring a batch) overrides `run_batch`; `run` then feeds it `batch_size` records at a time, and
+    the output is the same as record by record.
+    """
+
+    batch_size: ClassVar[int] = 256
+
+    def apply(self, record: Record) -> Record | Drop:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run_batch(self, records: list[Record]) -> list[Record | Drop]:
+        """One outcome per input record, in order; override for vectorised stages."""
+        return [self.apply(record) for record in records]
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        if type(self).run_batch is Transform.run_batch:
+            for record in records:
+                yield from self._settle(record, self.apply(record))
+            return
+        for chunk in _chunks(records, self.batch_size):
+            outcomes = self.run_batch(chunk)
+            if len(outcomes) != len(chunk):
+                raise RuntimeError(f"{type(self).__name__}.run_batch returned {len(outcomes)} outcomes "
+                                   f"for {len(chunk)} records")
+            for record, outcome in zip(chunk, outcomes, strict=True):
+                yield from self._settle(record, outcome)
+
+    def _settle(self, record: Record, outcome: Record | Drop) -> Iterator[Record]:
+        if isinstance(outcome, Drop):
+            if outcome.value is not None:
+                record.meta.setdefault(self.name, {})["value"] = round(float(outcome.value), 4)
+            self.drop(record, outcome.reason)
+        elif isinstance(outcome, Record):
+            yield outcome
+        else:
+            raise TypeError(f"stage {self.name or type(self).__name__!r} returned {type(outcome).__name__}; "
+                            "expected a Record or Drop(reason)")
+
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Filter(Transform):
+    """A stage built from `decide(record) -> KEEP | Drop(reason)`; kept records pass unchanged."""
 
     def decide(self, record: Record) -> Keep | Drop:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def run(self, records: Iterable[Record]) -> Iterator[Record]:
-        for record in records:
-            verdict = self.decide(record)
-            if verdict is KEEP or isinstance(verdict, Keep):
-                yield record
-            else:
-                self.drop(record, verdict.reason)
+    def apply(self, record: Record) -> Record | Drop:
+        verdict = self.decide(record)
+        if isinstance(verdict, Keep):
+            return record
+        if isinstance(verdict, Drop):
+            return verdict
+        raise TypeError(f"filter {self.name or type(self).__name__!r} decided {type(verdict).__name__}; "
+                        "expected KEEP or Drop(reason)")
 
 
-class Mapper(Stage):
-    """A stage that rewrites each record in place (normalizers, extractors)."""
+class Mapper(Transform):
+    """A stage that rewrites every record and drops none (normalizers, redactors): `apply(record) -> Record`."""
 
     def apply(self, record: Record) -> Record:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def run(self, records: Iterable[Record]) -> Iterator[Record]:
-        for record in records:
-            yield self.apply(record)
 
 
 class Summaries:

@@ -11,54 +11,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from lmforge.config import load_yaml_file
-from lmforge.records import read_json
 from lmforge.report import data, plots
 from lmforge.report.html import Details, Figure, Section, Table, Text
+from lmforge.report.run import Run
 from lmforge.report.sections import configs_section, finetune_sections, pretrain_sections, samples_section
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Run:
-    """The files of a run directory the sections share, read once."""
-
-    dir: Path
-    config: dict[str, Any] = field(default_factory=dict)
-    stats: dict[str, Any] | None = None
-    output: Path | None = None
-    _quarantine: Any = None
-
-    def quarantine(self) -> data.Quarantine | None:
-        """The quarantine scan, shared by the funnel (drop examples) and the duplicates section."""
-        if self._quarantine is None:
-            self._quarantine = [data.scan_quarantine(self.dir)]
-        return self._quarantine[0]
-
-    @classmethod
-    def open(cls, run_dir: Path) -> Run:
-        config_path = run_dir / "config.yaml"
-        config = (load_yaml_file(config_path, "run config") or {}) if config_path.is_file() else {}
-        stats = data.load_stats(run_dir)
-        return cls(run_dir, config if isinstance(config, dict) else {}, stats, data.output_dir(run_dir, stats))
-
-    @property
-    def steps(self) -> dict[str, Any]:
-        return (self.stats or {}).get("steps") or self._steps_from_markers()
-
-    def _steps_from_markers(self) -> dict[str, Any]:
-        """Step summaries when stats.json is missing or older than the steps (each leaves step.done)."""
-        steps = {}
-        for name in ("tokenizer", "tokens", "pretrain"):
-            marker = self.dir / name / "step.done"
-            if marker.is_file():
-                steps[name] = read_json(marker)
-        return steps
 
 
 # --------------------------------------------------------------------------- data sections

@@ -41,6 +41,19 @@ def load_stats(run_dir: Path) -> dict[str, Any] | None:
     return stats if stats.get("stages") else None
 
 
+def read_stats_file(run_dir: Path) -> dict[str, Any]:
+    """A run directory's stats.json as written; a missing or broken file is the user's mistake, said plainly."""
+    from lmforge.errors import UserError
+
+    path = run_dir / "stats.json"
+    if not path.is_file():
+        raise UserError(f"no stats.json in {run_dir}: is it a run directory of 'lmforge run' or 'lmforge demo'?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+
+
 def stage_dirs(run_dir: Path) -> list[Path]:
     root = run_dir / "stages"
     return sorted(p for p in root.glob("[0-9][0-9]-*") if p.is_dir()) if root.is_dir() else []

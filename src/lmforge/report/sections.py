@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmforge.records import read_json
 from lmforge.report import plots, training
 from lmforge.report.data import read_jsonl
 from lmforge.report.html import Details, Figure, Grid, Section, Table, Text
-
-if TYPE_CHECKING:
-    from lmforge.report.build import Run
+from lmforge.report.run import Run
 
 
 def _slug(name: str) -> str:

@@ -113,3 +113,31 @@ def load_for_generation(checkpoint_dir: str | Path, tokenizer_dir: str | Path, d
 
     loaded = load_generator(checkpoint_dir, tokenizer_dir, device=device)
     return loaded.model, loaded.tokenizer
+
+
+def generate_responses(model: Any, prompts: list[str], tokenizer: Any, max_new_tokens: int) -> list[str]:
+    """Greedy answers to chat prompts, stopping at the end-of-turn token: a fine-tuned lmforge GPT
+    (decoded by the engine) or a Hugging Face causal LM (`generate`). `tokenizer` is a transformers one."""
+    import torch
+
+    from lmforge.models.protocols import CausalLM, HasBackbone
+
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else \
+        tokenizer.eos_token_id
+    gen = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    gpt = model.backbone if isinstance(model, HasBackbone) and isinstance(model.backbone, CausalLM) else None
+    answers = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if gpt is not None:
+            ids = ids[-(gpt.config.block_size - max_new_tokens):]
+            new = generate_tokens(gpt, ids, gen, stop)
+        else:
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=stop, pad_token_id=stop)
+            new = [t for t in out[0, len(ids):].tolist() if t != stop]
+        answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+    return answers

@@ -3,8 +3,9 @@
 Accepted: a run directory (`RUN/pretrain/checkpoint` + `RUN/tokenizer`), an lmforge checkpoint
 (its tokenizer beside it or in the run above it), an instruction-tuned model saved by
 `lmforge finetune`, or a Hugging Face directory whose layout lmforge's GPT can hold (Llama,
-Qwen3, GPT-2), which is then decoded by lmforge's own engine. Weights are read from
-safetensors only.
+Qwen3, GPT-2), which is then decoded by lmforge's own engine. Which is which, and where the
+tokenizer is, is decided by `lmforge.models.source`, the resolver fine-tuning and evaluation
+share. Weights are read from safetensors only.
 """
 
 from __future__ import annotations
@@ -32,15 +33,6 @@ class LoadedModel:
     stop_ids: list[int] = field(default_factory=list)  # end-of-text and end-of-turn ids
 
 
-def _tokenizer_dir(model_dir: Path, given: str | Path | None) -> Path:
-    if given is not None:
-        return Path(given)
-    for cand in (model_dir, model_dir.parent / "tokenizer", model_dir.parent.parent / "tokenizer"):
-        if (cand / "tokenizer.json").is_file():
-            return cand
-    raise InputError(f"no tokenizer.json in {model_dir} or the run above it; pass --tokenizer DIR")
-
-
 def _chat_template(tok_dir: Path) -> str | None:
     cfg = tok_dir / "tokenizer_config.json"
     if not cfg.is_file():
@@ -52,43 +44,15 @@ def _chat_template(tok_dir: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def _load_weights(path: Path, meta: dict[str, Any], device: str) -> Any:
-    """The GPT at `path`: fine-tuned instruction model, lmforge checkpoint, or importable HF directory."""
-    from lmforge.finetune.heads import HEAD_FILE, load_task_model
-    from lmforge.train.checkpoint import load_checkpoint, resolve_device
-
-    if (path / HEAD_FILE).is_file():
-        model, info = load_task_model(path)
-        if info.get("head") != "CausalLMAdapter":
-            raise InputError(f"{path} is a fine-tuned {info.get('kind')} model; only causal LMs generate text")
-        return model.backbone.to(resolve_device(device))
-    model_type = str(meta.get("model_type", ""))
-    if model_type.startswith("lmforge-"):
-        model = load_checkpoint(path, device=device)
-        if not hasattr(model, "new_kv_cache"):
-            raise InputError(f"{path} holds a {model_type} encoder; only a GPT generates text")
-        return model
-    from lmforge.models.hf import import_gpt_hf
-
-    return import_gpt_hf(path).to(resolve_device(device))
-
-
 def load_generator(path: str | Path, tokenizer: str | Path | None = None, device: str = "auto",
                    name: str | None = None) -> LoadedModel:
+    from lmforge.models.source import load_causal_lm, resolve_source
     from lmforge.tokenize.bpe import EOS_TOKEN, load_tokenizer
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"model path {p} does not exist")
-    if (p / "pretrain" / "checkpoint").is_dir():  # a run directory
-        p, tokenizer = p / "pretrain" / "checkpoint", tokenizer or p / "tokenizer"
-    if not (p / "config.json").is_file():
-        raise InputError(f"{p} is not a model directory (no config.json); give a checkpoint, run or HF directory")
-    from lmforge.models.hf import read_hf_json
-
-    meta = read_hf_json(p / "config.json")
-    model = _load_weights(p, meta, device).eval()
-    tok_dir = _tokenizer_dir(p, tokenizer)
+    source = resolve_source(path, tokenizer)
+    p, meta = source.path, source.meta
+    model = load_causal_lm(source, device).eval()
+    tok_dir = source.require_tokenizer()
     tok = load_tokenizer(tok_dir)
     if tok.get_vocab_size() > model.config.vocab_size:
         raise InputError(f"tokenizer {tok_dir} has {tok.get_vocab_size()} tokens but the model at {p} "

@@ -24,15 +24,17 @@ logger = logging.getLogger(__name__)
 
 def _hf_dir(model: Path, tokenizer: Path | None, tmp: Path) -> tuple[Path, Path | None]:
     """An HF directory for `model`; lmforge runs and checkpoints are exported into `tmp`."""
-    from lmforge.finetune.heads import is_hf_dir
+    from lmforge.models.source import SourceKind, resolve_source
 
-    if is_hf_dir(model):
-        return model, tokenizer
+    source = resolve_source(model, tokenizer)
+    if source.is_hf:
+        return source.path, tokenizer
+    if source.kind is not SourceKind.CHECKPOINT:
+        raise UserError(f"{source.path} is a fine-tuned task model; the vllm backend serves pretrained checkpoints, "
+                        "runs and Hugging Face directories (use --backend lmforge)")
     from lmforge.models.export import export_hf
 
-    if (model / "pretrain" / "checkpoint").is_dir():
-        model, tokenizer = model / "pretrain" / "checkpoint", tokenizer or model / "tokenizer"
-    out, _ = export_hf(model, tokenizer or model.parent.parent / "tokenizer", tmp / "hf")
+    out, _ = export_hf(source.path, source.require_tokenizer(), tmp / "hf")
     return out, None
 
 

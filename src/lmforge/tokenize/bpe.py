@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from lmforge.config import StrictModel
 from lmforge.errors import InputError, require
+from lmforge.lang import HAN_RE, cut
 from lmforge.records import atomic_path
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ BYTE_PIECES = 256  # Unigram's <0x00>..<0xFF> fallback pieces, byte-level BPE's 
 _FLOOR = {"byte_bpe": BYTE_PIECES, "unigram": BYTE_PIECES + 100, "wordpiece": 100}
 # GPT-2's split, minus its digit runs (digits are isolated before it): a Han run is one pre-token.
 _WORDISH = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 
 
 def byte_level_chars() -> list[str]:
@@ -153,15 +153,13 @@ def jieba_pieces(texts: Iterable[str]) -> Iterator[str]:
     The trainer treats each yielded string as its own sequence, so merges never cross a cut.
     English keeps its leading-space words (" the") because non-Chinese segments are re-joined.
     """
-    jieba = require("jieba", "clean")
-    jieba.setLogLevel(logging.WARNING)
     for text in texts:
-        if not _HAN.search(text):
+        if not HAN_RE.search(text):
             yield text
             continue
         pending = ""
-        for seg in jieba.cut(text, HMM=True):
-            if _HAN.search(seg):
+        for seg in cut(text, hmm=True):
+            if HAN_RE.search(seg):
                 if pending:
                     yield pending
                     pending = ""
@@ -347,14 +345,6 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return tk.Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
         raise InputError(f"cannot read tokenizer {file}: {exc}") from None
-
-
-def load_config(path: str | Path) -> TokenizerConfig | None:
-    """The config a directory was trained with, or None for a tokenizer made elsewhere."""
-    file = Path(path) / "lmforge_tokenizer.json"
-    if not file.is_file():
-        return None
-    return TokenizerConfig.model_validate(json.loads(file.read_text(encoding="utf-8")))
 
 
 def eos_id(tok: Tokenizer) -> int:

@@ -50,6 +50,8 @@ class TokenDataset:
         sizes = np.array([t.size for t in self._tokens], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(sizes)])
         self.dtype = self._tokens[0].dtype
+        self._index_maps: dict[int, np.ndarray] = {}
+        self._first_docs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -84,6 +86,54 @@ class TokenDataset:
         if int(offsets[-1]) != self._tokens[shard].size:
             raise InputError(f"index {path} does not match its token file; re-encode the shard")
         return offsets
+
+    def flags(self, shard: int) -> np.ndarray:
+        """One shard's word and sentence flags (`lmforge.tokenize.words`), memory-mapped: WordPiece shards only."""
+        from lmforge.tokenize.words import read_flags
+
+        path = self._index_paths[shard]
+        if path is None:
+            raise InputError(f"{self.path} is a single token file; BERT pretraining needs WordPiece token shards")
+        return read_flags(path.with_suffix(".wrd"), self._tokens[shard].size)
+
+    def shard_tokens(self, shard: int) -> np.ndarray:
+        return self._tokens[shard]
+
+    def _index(self, shard: int) -> np.ndarray:
+        """The memory-mapped document index of a shard, opened once (nothing is copied)."""
+        from lmforge.tokenize.encode import read_index_file
+
+        if shard not in self._index_maps:
+            if self._index_paths[shard] is None:
+                raise InputError(f"{self.path} is a single token file without an index; this needs token shards")
+            self._index_maps[shard] = read_index_file(self._index_paths[shard])
+        return self._index_maps[shard]
+
+    @property
+    def num_documents(self) -> int:
+        return int(self._doc_starts()[-1])
+
+    def _doc_starts(self) -> np.ndarray:
+        """(shards + 1,) the first global document number of each shard: one integer per shard."""
+        if self._first_docs is None:
+            counts = [self._index(s).size - 1 for s in range(self.num_shards)]
+            self._first_docs = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return self._first_docs
+
+    def document(self, number: int) -> tuple[int, int, int]:
+        """(shard, start, stop) of document `number` (0 .. num_documents - 1), EOS included."""
+        starts = self._doc_starts()
+        shard = int(np.searchsorted(starts, number, side="right")) - 1
+        index = self._index(shard)
+        local = number - int(starts[shard])
+        return shard, int(index[local]), int(index[local + 1])
+
+    def document_at(self, position: int) -> tuple[int, int, int, int]:
+        """(document number, shard, start, stop) of the document holding token `position` of the stream."""
+        shard = int(np.searchsorted(self._starts, position, side="right")) - 1
+        index = self._index(shard)
+        local = int(np.searchsorted(index, position - int(self._starts[shard]), side="right")) - 1
+        return int(self._doc_starts()[shard]) + local, shard, int(index[local]), int(index[local + 1])
 
     def windows(
         self, seq_len: int, seed: int, count: int | None = None, rank: int = 0, world_size: int = 1

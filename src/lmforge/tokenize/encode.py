@@ -19,6 +19,7 @@ import numpy as np
 
 from lmforge.errors import InputError
 from lmforge.records import atomic_path
+from lmforge.tokenize.fast import encode_with_tokenizers, encoder_for
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -45,31 +46,6 @@ def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def clean_text(text: str) -> str:
-    """Make `text` valid Unicode: surrogate pairs are joined, lone surrogates become U+FFFD.
-
-    Python strings may hold surrogates (from `surrogateescape` decoding or JSON `\\ud800`), which
-    the Rust tokenizer refuses with a TypeError; one bad document must not stop an encode.
-    """
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def encode_with_tokenizers(tok: Tokenizer, batch: list[str]) -> list[list[int]]:
-    """tokenizers' own ids for each text, no special tokens added, special-token text kept as text."""
-    # encode_batch_fast (tokenizers >= 0.20.2) skips computing offsets nobody here reads.
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    previous = tok.encode_special_tokens
-    tok.encode_special_tokens = True
-    try:
-        try:
-            encodings = encode(batch, add_special_tokens=False)
-        except TypeError:
-            encodings = encode([clean_text(t) for t in batch], add_special_tokens=False)
-    finally:
-        tok.encode_special_tokens = previous
-    return [e.ids for e in encodings]
-
-
 def iter_encoded(
     tok: Tokenizer, texts: Iterable[str], eos: int, batch_size: int = 1024
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -79,8 +55,6 @@ def iter_encoded(
     when the tokenizer's layout allows (the same ids, see `lmforge.tokenize.fast`), otherwise
     tokenizers does. A literal "<|endoftext|>" inside scraped text stays text, not a boundary.
     """
-    from lmforge.tokenize.fast import encoder_for
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     dtype = token_dtype(tok.get_vocab_size())

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lmforge.tokenize.bpe import byte_level_chars
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
@@ -116,8 +118,6 @@ def _layout_problem(spec: dict[str, Any]) -> str | None:
 
 def _tables(model: dict[str, Any]) -> tuple[bytes, bytes] | None:
     """(256 byte ids, merge triples) as uint32 bytes, or None if a byte or merged token is missing."""
-    from lmforge.tokenize.bpe import byte_level_chars
-
     vocab: dict[str, int] = model["vocab"]
     try:
         byte_ids = np.array([vocab[c] for c in byte_level_chars()], dtype=np.uint32)
@@ -128,6 +128,31 @@ def _tables(model: dict[str, Any]) -> tuple[bytes, bytes] | None:
     except (KeyError, ValueError):
         return None
     return byte_ids.tobytes(), triples.tobytes()
+
+
+def clean_text(text: str) -> str:
+    """Make `text` valid Unicode: surrogate pairs are joined, lone surrogates become U+FFFD.
+
+    Python strings may hold surrogates (from `surrogateescape` decoding or JSON `\\ud800`), which
+    the Rust tokenizer refuses with a TypeError; one bad document must not stop an encode.
+    """
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def encode_with_tokenizers(tok: Tokenizer, batch: list[str]) -> list[list[int]]:
+    """tokenizers' own ids for each text, no special tokens added, special-token text kept as text."""
+    # encode_batch_fast (tokenizers >= 0.20.2) skips computing offsets nobody here reads.
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    previous = tok.encode_special_tokens
+    tok.encode_special_tokens = True
+    try:
+        try:
+            encodings = encode(batch, add_special_tokens=False)
+        except TypeError:
+            encodings = encode([clean_text(t) for t in batch], add_special_tokens=False)
+    finally:
+        tok.encode_special_tokens = previous
+    return [e.ids for e in encodings]
 
 
 class FastEncoder:
@@ -144,8 +169,6 @@ class FastEncoder:
         lengths = np.frombuffer(raw_lengths, dtype=np.int64)
         if not skipped:
             return ids, lengths
-        from lmforge.tokenize.encode import encode_with_tokenizers
-
         redo = encode_with_tokenizers(self.tok, [texts[i] for i in skipped])
         pieces = np.split(ids, np.cumsum(lengths)[:-1])
         for i, doc in zip(skipped, redo, strict=True):
@@ -163,8 +186,6 @@ def _probe_text() -> list[str]:
 
 
 def _agrees(tok: Tokenizer, fast: FastEncoder) -> bool:
-    from lmforge.tokenize.encode import encode_with_tokenizers
-
     texts = _probe_text()
     ids, _ = fast.encode(texts, 0)
     expected = [i for doc in encode_with_tokenizers(tok, texts) for i in [*doc, 0]]

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from lmforge.errors import MissingDependencyError
+from lmforge.lang import HAN_RE, cut
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ _OFFLINE = {
 }
 _HELDOUT_PERCENT = 5
 _PUNCT_OR_SPACE = re.compile(r"^[\W_]*$")
-_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Encoder:
             if piece is None or self.fallback[i]:
                 continue
             text = piece.decode("utf-8")
-            has_han = _HAN.search(text) is not None
+            has_han = HAN_RE.search(text) is not None
             if has_han if han else (not has_han and re.search(r"[^\W\d_]", text)):
                 found.append((-len(text), i, text))
         return [text for _, _, text in sorted(found)[:k]]
@@ -102,7 +102,7 @@ def _partial(b: bytes | None) -> bool:
 def lmforge_encoder(path: str | Path, name: str | None = None) -> Encoder:
     """Wrap a tokenizer directory (lmforge's or any `tokenizers` JSON) for the report."""
     from lmforge.tokenize.bpe import byte_level_chars, load_tokenizer
-    from lmforge.tokenize.encode import clean_text
+    from lmforge.tokenize.fast import clean_text
 
     tok = load_tokenizer(path)
     spec = json.loads(tok.to_str())
@@ -253,10 +253,7 @@ def count_words(texts: Iterable[str], lang: str) -> int | None:
         return sum(len(t.split()) for t in texts)
     if importlib.util.find_spec("jieba") is None:
         return None
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    return sum(1 for t in texts for w in jieba.cut(t) if not _PUNCT_OR_SPACE.match(w))
+    return sum(1 for t in texts for w in cut(t) if not _PUNCT_OR_SPACE.match(w))
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Encode record shards into token shards in parallel, resumably, with document indexes.
 
 One task per record shard writes `shard-XXXXX.tok` (the existing token file format), then
-`shard-XXXXX.idx` (document start offsets, uint64) and last the `shard-XXXXX.done` marker. A
+`shard-XXXXX.idx` (document start offsets, uint64) and last the `shard-XXXXX.done` marker; a
+WordPiece tokenizer (BERT) also writes `shard-XXXXX.wrd`, each token's word and sentence starts. A
 shard without a marker is redone from its input on resume; its files are rewritten whole, and
 encoding is deterministic, so a resumed run ends byte-identical to one that was never stopped.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lmforge.errors import InputError, UserError
+from lmforge.lang import is_cjk
 from lmforge.records import read_json, write_json_atomic
 from lmforge.tokenize.encode import (
     TokenWriter,
@@ -37,6 +38,8 @@ from lmforge.tokenize.encode import (
 )
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
     from lmforge.pipeline.executors import Executor
 
 log = logging.getLogger(__name__)
@@ -133,13 +136,11 @@ class EncodeTask:
 def encode_shard(task: EncodeTask) -> dict[str, Any]:
     """Write the token file, then the index, then the marker (so a marker means both are whole)."""
     from lmforge.pipeline.shards import marker_path
-    from lmforge.tokenize.bpe import eos_id
 
     t0 = time.perf_counter()
     if tokenizer_sha256(task.tokenizer_dir) != task.sha:
         raise UserError(f"tokenizer {task.tokenizer_dir} changed while encoding; run the command again")
     tok = _tokenizer(str(task.tokenizer_dir), task.sha)
-    eos = eos_id(tok)
     counts = {"documents": 0, "chars": 0}
 
     def texts() -> Iterator[str]:
@@ -148,17 +149,65 @@ def encode_shard(task: EncodeTask) -> dict[str, Any]:
             counts["chars"] += len(text)
             yield text
 
-    ends: list[np.ndarray] = []
-    with TokenWriter(tok_path(task.out_dir, task.shard_id), token_dtype(tok.get_vocab_size())) as writer:
-        for tokens, lengths in iter_encoded(tok, texts(), eos, task.batch_size):
-            ends.append(writer.count + np.cumsum(lengths))
-            writer.write(tokens)
-    offsets = np.concatenate([np.zeros(1, dtype=np.int64), *ends])
-    write_index_file(idx_path(task.out_dir, task.shard_id), offsets)
-    info = {"shard": task.shard_id, **counts, "tokens": int(offsets[-1]),
-            "seconds": round(time.perf_counter() - t0, 4)}
+    tokens = write_token_shard(tok, texts(), task.out_dir, task.shard_id, task.batch_size)
+    info = {"shard": task.shard_id, **counts, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 4)}
     write_json_atomic(marker_path(task.out_dir, task.shard_id), info)
     return info
+
+
+def write_token_shard(tok: Tokenizer, texts: Iterable[str], out_dir: Path, shard_id: str,
+                      batch_size: int = 1024) -> int:
+    """Encode `texts` into `shard-ID.tok` and its `.idx` (and, for WordPiece, `.wrd`); returns the tokens.
+
+    A WordPiece tokenizer (BERT) encodes sentence by sentence and keeps word and sentence starts
+    beside the tokens (`lmforge.tokenize.words`); the others encode whole documents.
+    """
+    from lmforge.tokenize.bpe import eos_id
+    from lmforge.tokenize.words import FlagsWriter, is_wordpiece, iter_encoded_words, words_path
+
+    eos, dtype = eos_id(tok), token_dtype(tok.get_vocab_size())
+    ends: list[np.ndarray] = []
+    with TokenWriter(tok_path(out_dir, shard_id), dtype) as writer:
+        if is_wordpiece(tok):
+            with FlagsWriter(words_path(out_dir, shard_id)) as flags:
+                for tokens, lengths, word_flags in iter_encoded_words(tok, texts, eos, dtype, batch_size):
+                    ends.append(writer.count + np.cumsum(lengths))
+                    writer.write(tokens)
+                    flags.write(word_flags)
+        else:
+            for tokens, lengths in iter_encoded(tok, texts, eos, batch_size):
+                ends.append(writer.count + np.cumsum(lengths))
+                writer.write(tokens)
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), *ends])
+    write_index_file(idx_path(out_dir, shard_id), offsets)
+    return int(offsets[-1])
+
+
+def encode_texts(texts: Iterable[str], tokenizer_dir: str | Path, out_dir: str | Path,
+                 shard_id: str = "00000", batch_size: int = 1024) -> Path:
+    """Encode documents straight into one finished token shard of `out_dir` (tests, benchmarks, small data).
+
+    The result reads like any `encode_shards` output (`TokenDataset(out_dir)`); returns `out_dir`.
+    """
+    from lmforge.pipeline.shards import marker_path
+    from lmforge.tokenize.bpe import eos_id, load_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(tokenizer_dir)
+    counts = {"documents": 0, "chars": 0}
+
+    def counted() -> Iterator[str]:
+        for text in texts:
+            counts["documents"] += 1
+            counts["chars"] += len(text)
+            yield text
+
+    tokens = write_token_shard(tok, counted(), out, shard_id, batch_size)
+    write_json_atomic(out / META_FILE, {"tokenizer": str(tokenizer_dir), "vocab_size": tok.get_vocab_size(),
+                                        "dtype": token_dtype(tok.get_vocab_size()).name, "eos_id": eos_id(tok)})
+    write_json_atomic(marker_path(out, shard_id), {"shard": shard_id, **counts, "tokens": tokens})
+    return out
 
 
 def _claim(out_dir: Path, tokenizer_dir: Path, sha: str, source: Path,
@@ -289,12 +338,9 @@ def concat_token_shards(tokens_dir: str | Path, out_path: str | Path) -> int:
     return writer.count
 
 
-_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-
-
 def guess_lang(text: str) -> str:
-    """"zh" when at least a fifth of the characters are Han, else "en": enough to group a report."""
-    return "zh" if len(_HAN.findall(text[:2000])) * 5 >= min(len(text), 2000) else "en"
+    """"zh" for CJK text (`lmforge.lang.is_cjk`), else "en": enough to group a report."""
+    return "zh" if is_cjk(text) else "en"
 
 
 def iter_source_texts(sources: Iterable[str | Path]) -> Iterator[tuple[str, str]]:

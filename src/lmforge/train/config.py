@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from lmforge.config import StrictModel
-from lmforge.models.presets import BERT_PRESETS, PRESETS
+from lmforge.models.presets import DEFAULT_PRESET, PRESETS, ModelSpec, check_model_keys
 
 
 class MLMConfig(StrictModel):
@@ -80,27 +80,45 @@ class TrainConfig(StrictModel):
 
 class PretrainConfig(TrainConfig):
     arch: Literal["gpt", "bert"] = Field(default="gpt", description="gpt: causal LM; bert: MLM (+ NSP/SOP)")
-    preset: str = "tiny"
-    model: dict[str, Any] = Field(default_factory=dict, description="model config overrides, e.g. {n_layer: 4}")
-    init_from: str | None = Field(
-        default=None, description="continue from an lmforge checkpoint or a Hugging Face model directory on disk"
-    )
+    model: ModelSpec = Field(default_factory=ModelSpec,
+                             description="which model: {preset, from, architecture overrides such as n_layer}")
     val_percent: float = Field(default=5.0, gt=0, lt=100, description="documents held out for validation")
     mlm: MLMConfig = Field(default_factory=MLMConfig)
 
-    @model_validator(mode="after")
-    def _check(self) -> PretrainConfig:
-        presets = PRESETS if self.arch == "gpt" else BERT_PRESETS
-        if self.preset not in presets:
-            raise ValueError(f"preset {self.preset!r} is not a {self.arch} preset; allowed: {sorted(presets)}")
-        return self
-
-    @field_validator("preset")
+    @model_validator(mode="before")
     @classmethod
-    def _preset_name(cls, value: str) -> str:
-        if value not in PRESETS and value not in BERT_PRESETS:
-            raise ValueError(f"must be one of {sorted(PRESETS) + sorted(BERT_PRESETS)}")
-        return value
+    def _model_section(cls, data: Any) -> Any:
+        """Check `model` against the arch's fields, and fill in the arch's default preset.
+
+        The old top-level `preset` and `init_from` keys still work: they move into `model`.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        arch = data.get("arch", "gpt")
+        model = data.get("model")
+        if model is None or isinstance(model, dict):
+            model = dict(model or {})
+            for old, new in (("preset", "preset"), ("init_from", "from")):
+                value = data.pop(old, None)
+                if value is None:
+                    continue
+                if model.get(new) is not None:
+                    raise ValueError(f"{old} and model.{new} are both given; keep model.{new}")
+                model[new] = value
+            check_model_keys(model, arch, at=("model",))
+            if arch in DEFAULT_PRESET:
+                model.setdefault("preset", DEFAULT_PRESET[arch])
+            data["model"] = model
+        return data
+
+    @property
+    def preset(self) -> str:
+        return self.model.preset or DEFAULT_PRESET[self.arch]
+
+    @property
+    def init_from(self) -> str | None:
+        return self.model.source
 
 
 def model_config(cfg: PretrainConfig, vocab_size: int, pad_id: int | None = None) -> Any:
@@ -108,7 +126,7 @@ def model_config(cfg: PretrainConfig, vocab_size: int, pad_id: int | None = None
 
     The context length defaults to cover `seq_len`. Imports torch (through the model files).
     """
-    overrides = dict(cfg.model)
+    overrides = cfg.model.overrides()
     if cfg.arch == "gpt":
         from lmforge.models.gpt import config_from_preset
 
@@ -126,14 +144,14 @@ def check_model_size(cfg: PretrainConfig, vocab_size: int) -> None:
     """Refuse, before any data step runs, a recipe whose model could not even be allocated here.
 
     `vocab_size` is the tokenizer's target size, an upper bound of the vocabulary it will learn.
-    A model continued from `init_from` is checked when it is loaded instead.
+    A model continued `from` a checkpoint (`model.from`) is checked when it is loaded instead.
     """
     import dataclasses
 
     from lmforge.errors import ConfigError
     from lmforge.models.sizes import check_fits
 
-    if cfg.init_from:
+    if cfg.model.source:
         return
     try:
         config = model_config(cfg, vocab_size)

@@ -1,26 +1,25 @@
-"""Data and objective for BERT pretraining: masked language modelling plus NSP or SOP.
+"""Data and objective for BERT pretraining: masked language modelling plus NSP or SOP, from token shards.
 
-`build_examples` turns documents into sentence-pair examples once, as BERT's
-create_pretraining_data does: sentences are packed into segments A and B, B is the true
-continuation or (NSP) a span of another document, or (SOP) A and B are swapped. Masking is not
-baked in: `BertPretrainSource` masks each micro-batch afresh from (seed, index), so every epoch
-sees new masks (RoBERTa's dynamic masking) and any batch can be rebuilt without the others.
+`ShardPairs` makes sentence-pair examples lazily from WordPiece token shards, as BERT's
+create_pretraining_data does for one document at a time: from a random place in the corpus,
+sentences are gathered up to a target length and cut into segments A and B; B is the true
+continuation or (NSP) a span of another document, or (SOP) A and B are swapped. Example `n` is a
+pure function of (seed, n) that reads a few hundred tokens through memory maps, so memory stays
+flat however large the corpus, and no pass over the data runs before training starts.
+
+Masking is not baked in either: `BertPretrainSource` masks each micro-batch afresh from (seed,
+index) (RoBERTa's dynamic masking), so any batch can be rebuilt without the others.
 
 Whole-word masking picks words, not pieces: a Chinese word such as 人民 is two WordPiece tokens
 (every Han character is its own token) and masking only one of them leaves an easy guess.
-Word boundaries come from jieba for Chinese-heavy documents and from WordPiece's `##`
-continuation marker elsewhere.
+The shards keep each token's word and sentence starts (`lmforge.tokenize.words`): jieba words
+for Chinese and Japanese documents, WordPiece's `##` continuation marker elsewhere.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import random
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -28,22 +27,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.clean.text import is_chinese_like
-from lmforge.errors import ConfigError, InputError, require
+from lmforge.errors import ConfigError, InputError
+from lmforge.lang import sentences as split_sentences
 from lmforge.tokenize.bpe import ROLES
+from lmforge.tokenize.words import CJK, SENTENCE, WORD
 from lmforge.train.config import MLMConfig
 from lmforge.train.objectives import IGNORE, Batch
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from lmforge.tokenize.dataset import TokenDataset
+
 logger = logging.getLogger(__name__)
 
-# A sentence ends after a run of terminal punctuation (closing quotes included), after a '.'
-# that whitespace follows (so 3.14 and os.path stay whole), or at a line break.
-_SENTENCE_END = re.compile(r"(?:[。！？!?…]+[”’」』\"')）]*|\.+[”’\"')）]*(?=\s|$)|\n)\s*")
-_MASK_TAG, _ORDER_TAG = 1, 2  # distinct seed tags; numpy treats [s, i] and [s, i, 0] as one seed
-_ARRAYS = ("input_ids", "token_type_ids", "word_ids", "offsets", "next_sentence_label")
+__all__ = ["BertPretrainSource", "MaskedLM", "Pair", "ShardPairs", "SpecialIds", "eval_source", "special_ids",
+           "split_sentences"]
+
+_MASK_TAG, _PAIR_TAG = 1, 3  # distinct seed tags; numpy treats [s, i] and [s, i, 0] as one seed
+_TRIES = 100  # fresh draws before giving up on a corpus with nothing to pair
 
 
 # --------------------------------------------------------------------------- tokenizer roles
@@ -74,78 +76,27 @@ def special_ids(tokenizer: Tokenizer) -> SpecialIds:
     return SpecialIds(**found, all=tuple(every))
 
 
-# --------------------------------------------------------------------------- documents
+# --------------------------------------------------------------------------- sentence pairs
 
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of Chinese or English text; unlike a filter's count, no character is ever dropped."""
-    out, pos = [], 0
-    for m in _SENTENCE_END.finditer(text):
-        piece = text[pos : m.end()].strip()
-        if piece:
-            out.append(piece)
-        pos = m.end()
-    if text[pos:].strip():
-        out.append(text[pos:].strip())
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _jieba():
-    jieba = require("jieba", "clean")
-    jieba.setLogLevel(logging.WARNING)
-    return jieba
-
-
-def _jieba_word_of_char(sentence: str) -> np.ndarray:
-    """For each character, the index of the jieba word it belongs to."""
-    word_of = np.zeros(len(sentence), dtype=np.int64)
-    for k, (_, start, end) in enumerate(_jieba().tokenize(sentence)):
-        word_of[start:end] = k
-    return word_of
-
-
-Segment = tuple[np.ndarray, np.ndarray]  # token ids (int32), word-start flags (bool)
-
-
-def _tokenize_document(text: str, tokenizer: Tokenizer, whole_word: str) -> list[Segment]:
-    """One segment per sentence, each token flagged when it starts a new word."""
-    sents = split_sentences(text)
-    if not sents:
-        return []
-    chinese = whole_word != "off" and is_chinese_like(text)
-    word_level = whole_word == "on" or chinese
-    segments = []
-    for sent, enc in zip(sents, tokenizer.encode_batch(sents, add_special_tokens=False), strict=True):
-        if not enc.ids:
-            continue
-        starts = np.ones(len(enc.ids), dtype=bool)
-        if word_level:
-            starts &= ~np.array([t.startswith("##") for t in enc.tokens])
-            if chinese:
-                first_char = np.minimum([s for s, _ in enc.offsets], len(sent) - 1)  # (tokens,)
-                word = _jieba_word_of_char(sent)[first_char]
-                starts[1:] &= word[1:] != word[:-1]
-        starts[0] = True
-        segments.append((np.asarray(enc.ids, dtype=np.int32), starts))
-    return segments
+Segment = tuple[np.ndarray, np.ndarray]  # token ids (int64), word-start flags (bool)
 
 
 def _concat(segments: list[Segment]) -> Segment:
     return np.concatenate([s[0] for s in segments]), np.concatenate([s[1] for s in segments])
 
 
-def _split_in_two(segment: Segment, rng: random.Random) -> list[Segment] | None:
+def _split_in_two(segment: Segment, rng: np.random.Generator) -> list[Segment] | None:
     """Cut one sentence at a random word boundary, or None when it is a single word."""
     ids, starts = segment
     cuts = np.flatnonzero(starts[1:]) + 1
     if not len(cuts):
         return None
-    c = int(cuts[rng.randrange(len(cuts))])
+    c = int(cuts[rng.integers(len(cuts))])
     return [(ids[:c], starts[:c]), (ids[c:], starts[c:])]
 
 
-def _truncate_pair(a: Segment, b: Segment | None, max_tokens: int, rng: random.Random) -> tuple[Segment, Segment | None]:
+def _truncate_pair(a: Segment, b: Segment | None, max_tokens: int,
+                   rng: np.random.Generator) -> tuple[Segment, Segment | None]:
     """Trim the longer segment, from a random end each time, until the pair fits (as BERT does)."""
     spans = [[0, len(a[0])], [0, 0 if b is None else len(b[0])]]
     while (spans[0][1] - spans[0][0]) + (spans[1][1] - spans[1][0]) > max_tokens:
@@ -159,177 +110,147 @@ def _truncate_pair(a: Segment, b: Segment | None, max_tokens: int, rng: random.R
     return a, None if b is None else (b[0][b0:b1], b[1][b0:b1])
 
 
-# --------------------------------------------------------------------------- examples
+def word_starts(flags: np.ndarray, whole_word: str) -> np.ndarray:
+    """Which tokens start a maskable unit: words (on), words in CJK documents only (auto), tokens (off)."""
+    if whole_word == "off":
+        return np.ones(len(flags), dtype=bool)
+    words = (flags & WORD) != 0
+    if whole_word == "on":
+        return words
+    return words | ((flags & CJK) == 0)
 
 
 @dataclass
-class Examples:
-    """Every example's `[CLS] A [SEP] B [SEP]` back to back in flat arrays: compact and picklable.
+class Pair:
+    """One example before the special tokens: segments A and B, the NSP/SOP label, where they came from."""
 
-    `word_ids` numbers the words inside each example from 0 (-1 on special tokens); masking picks
-    whole word ids, so a word's pieces are masked together.
+    a: Segment
+    b: Segment | None  # None when sentence_task is "none"
+    label: int  # 0: B follows A; 1: B is from another document (NSP) or swapped with A (SOP)
+    a_doc: int
+    b_doc: int | None
+
+
+class ShardPairs:
+    """Sentence-pair examples drawn from WordPiece token shards: example `n` is a pure function of (seed, n).
+
+    A is drawn at a token position chosen uniformly over the corpus (so documents contribute in
+    proportion to their length, as when every document is cut into examples), then moved back to
+    the start of its sentence. Only a window of `2 * max_seq_len` tokens around it is read.
     """
 
-    input_ids: np.ndarray  # (total tokens,) int32
-    token_type_ids: np.ndarray  # (total tokens,) int8: 0 for [CLS] A [SEP], 1 for B [SEP]
-    word_ids: np.ndarray  # (total tokens,) int32
-    offsets: np.ndarray  # (n + 1,) int64: example i is [offsets[i], offsets[i + 1])
-    next_sentence_label: np.ndarray  # (n,) int8: 0 B follows A, 1 B is random (NSP) or swapped (SOP)
-    vocab_size: int
-    specials: SpecialIds
+    def __init__(self, data: TokenDataset, cfg: MLMConfig, specials: SpecialIds, vocab_size: int, seed: int):
+        self.data, self.cfg, self.specials, self.vocab_size, self.seed = data, cfg, specials, vocab_size, seed
+        self.paired = cfg.sentence_task != "none"
+        self.max_tokens = cfg.max_seq_len - (3 if self.paired else 2)
+        self.window = 2 * cfg.max_seq_len
+        for shard in range(data.num_shards):
+            data.flags(shard)  # refuse shards encoded without word and sentence starts, up front
+        if cfg.sentence_task == "nsp" and data.num_documents < 2:
+            raise InputError(
+                f"sentence_task 'nsp' needs at least 2 documents to draw random pairs (got {data.num_documents}); "
+                "use sentence_task 'sop' or 'none'"
+            )
+        self._special_ids = np.array(specials.all, dtype=np.int64)
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
+    def pair(self, number: int) -> Pair:
+        rng = np.random.default_rng([self.seed, number, _PAIR_TAG])
+        for _ in range(_TRIES):
+            # Mostly full-length examples; a few short ones so the model also sees short inputs.
+            target = self.max_tokens
+            if rng.random() < self.cfg.short_seq_prob:
+                target = int(rng.integers(2, self.max_tokens + 1))
+            doc, shard, start, stop = self.data.document_at(int(rng.integers(len(self.data))))
+            if stop - 1 <= start:  # a document with no text: its EOS alone
+                continue
+            anchor = start + int(rng.integers(stop - 1 - start))
+            pair = self._make(rng, doc, self._sentences(shard, start, stop - 1, anchor, target), target)
+            if pair is not None:
+                return pair
+        raise InputError(f"no MLM example could be drawn from {self.data.path} in {_TRIES} tries: "
+                         "the documents hold no text, or only single words")
 
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+    def _sentences(self, shard: int, start: int, end: int, anchor: int, target: int) -> list[Segment]:
+        """Whole sentences from the one holding `anchor` on, until they reach `target` tokens."""
+        flags = self.data.flags(shard)
+        lo = max(start, anchor - self.window)
+        back = np.flatnonzero(np.asarray(flags[lo : anchor + 1]) & SENTENCE)
+        first = lo + int(back[-1]) if len(back) else anchor
+        hi = min(end, first + self.window)
+        ids = np.asarray(self.data.shard_tokens(shard)[first:hi], dtype=np.int64)
+        f = np.asarray(flags[first:hi])
+        bounds = [0, *np.flatnonzero(f[1:] & SENTENCE) + 1, len(ids)]
+        out, total = [], 0
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            starts = word_starts(f[a:b], self.cfg.whole_word)
+            starts[0] = True
+            out.append((ids[a:b], starts))
+            total += b - a
+            if total >= target:
+                break
+        return out
 
-    def save(self, path: str | Path) -> Path:
-        """An .npz file (no pickle), so large corpora are tokenized and paired once."""
-        sp, arrays = self.specials, {name: getattr(self, name) for name in _ARRAYS}
-        meta = np.array([self.vocab_size, sp.cls, sp.sep, sp.mask, sp.pad], dtype=np.int64)
-        np.savez(path, **arrays, meta=meta, all_specials=np.array(sp.all, dtype=np.int64))
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Examples:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                vocab, cls_id, sep, mask, pad = (int(v) for v in z["meta"])
-                specials = SpecialIds(cls_id, sep, mask, pad, tuple(int(v) for v in z["all_specials"]))
-                return cls(*(z[name] for name in _ARRAYS), vocab_size=vocab, specials=specials)
-        except (OSError, KeyError, ValueError) as exc:
-            raise InputError(f"cannot read MLM examples {path}: {exc}") from None
-
-
-class _Builder:
-    """BERT's create_instances_from_document, collecting into flat lists."""
-
-    def __init__(self, docs: list[list[Segment]], cfg: MLMConfig, specials: SpecialIds, rng: random.Random):
-        self.docs, self.cfg, self.sp, self.rng = docs, cfg, specials, rng
-        self.pair = cfg.sentence_task != "none"
-        self.max_tokens = cfg.max_seq_len - (3 if self.pair else 2)
-        self.ids: list[np.ndarray] = []
-        self.types: list[np.ndarray] = []
-        self.words: list[np.ndarray] = []
-        self.labels: list[int] = []
-        self._special_ids = np.array(specials.all, dtype=np.int32)
-
-    def document(self, d: int) -> None:
-        doc, rng = self.docs[d], self.rng
-        # Mostly full-length examples; a few short ones so the model also sees short inputs.
-        target = self.max_tokens
-        if rng.random() < self.cfg.short_seq_prob:
-            target = rng.randint(2, self.max_tokens)
-        chunk: list[Segment] = []
-        length, i = 0, 0
-        while i < len(doc):
-            chunk.append(doc[i])
-            length += len(doc[i][0])
-            if i == len(doc) - 1 or length >= target:
-                i -= self._emit(chunk, d, target)  # segments given back are reused by the next chunk
-                chunk, length = [], 0
-            i += 1
-
-    def _emit(self, chunk: list[Segment], d: int, target: int) -> int:
-        """Add one example made from `chunk`; return how many of its segments went unused."""
-        rng, task = self.rng, self.cfg.sentence_task
-        if not self.pair:
-            a, _ = _truncate_pair(_concat(chunk), None, self.max_tokens, rng)
-            self._add(a, None, 0)
-            return 0
+    def _make(self, rng: np.random.Generator, doc: int, sents: list[Segment], target: int) -> Pair | None:
+        """BERT's choice of A and B from a chunk of sentences; None when this chunk cannot make one."""
+        if not self.paired:
+            a, _ = _truncate_pair(_concat(sents), None, self.max_tokens, rng)
+            return Pair(a, None, 0, doc, None)
         # The original makes every one-sentence chunk a random pair, which skews labels towards
         # "random" on corpora of short documents; cutting that sentence in two keeps them 50/50.
-        segs = chunk if len(chunk) >= 2 else _split_in_two(chunk[0], rng)
-        if task == "nsp" and (segs is None or rng.random() < 0.5):
-            a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
-            a = _concat(chunk[:a_end])
-            b = self._random_span(d, target - len(a[0]))
-            a, b = _truncate_pair(a, b, self.max_tokens, rng)
-            self._add(a, b, 1)
-            return len(chunk) - a_end
+        segs = sents if len(sents) >= 2 else _split_in_two(sents[0], rng)
+        if self.cfg.sentence_task == "nsp" and (segs is None or rng.random() < 0.5):
+            a = _concat(sents[: int(rng.integers(1, len(sents))) if len(sents) >= 2 else 1])
+            other = self._random_span(rng, doc, target - len(a[0]))
+            if other is None:
+                return None
+            a, b = _truncate_pair(a, other[1], self.max_tokens, rng)
+            return Pair(a, b, 1, doc, other[0])
         if segs is None:  # SOP on a single word: no order to predict
-            return 0
-        a_end = rng.randint(1, len(segs) - 1)
+            return None
+        a_end = int(rng.integers(1, len(segs)))
         a, b = _concat(segs[:a_end]), _concat(segs[a_end:])
-        swapped = task == "sop" and rng.random() < 0.5
+        swapped = self.cfg.sentence_task == "sop" and rng.random() < 0.5
         if swapped:
             a, b = b, a
         a, b = _truncate_pair(a, b, self.max_tokens, rng)
-        self._add(a, b, int(swapped))
-        return 0
+        return Pair(a, b, int(swapped), doc, doc)
 
-    def _random_span(self, d: int, target: int) -> Segment:
-        rng = self.rng
-        for _ in range(10):  # a different document, as in BERT (a long corpus almost never repeats)
-            r = rng.randrange(len(self.docs))
-            if r != d:
-                break
-        doc = self.docs[r]
-        out = []
-        for j in range(rng.randrange(len(doc)), len(doc)):
-            out.append(doc[j])
-            if sum(len(s[0]) for s in out) >= target:
-                break
-        return _concat(out)
+    def _random_span(self, rng: np.random.Generator, doc: int, target: int) -> tuple[int, Segment] | None:
+        """Sentences of another document (never `doc`), from a random one of them on, up to `target` tokens."""
+        for _ in range(10):
+            other = int(rng.integers(self.data.num_documents))
+            shard, start, stop = self.data.document(other)
+            if other != doc and stop - 1 > start:
+                anchor = start + int(rng.integers(stop - 1 - start))
+                return other, _concat(self._sentences(shard, start, stop - 1, anchor, max(1, target)))
+        return None
 
-    def _add(self, a: Segment, b: Segment | None, label: int) -> None:
-        sp = self.sp
-        parts_ids = [[sp.cls], a[0], [sp.sep]]
-        parts_starts = [[False], a[1], [False]]
+    def example(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """`[CLS] A [SEP] B [SEP]`: (input ids, token types, word ids, label).
+
+        `word_ids` numbers the words from 0 (-1 on special tokens); masking picks whole word ids,
+        so a word's pieces are masked together.
+        """
+        p, sp = self.pair(number), self.specials
+        parts_ids = [[sp.cls], p.a[0], [sp.sep]]
+        parts_starts = [[False], p.a[1], [False]]
         n_b = 0
-        if b is not None:
-            parts_ids += [b[0], [sp.sep]]
-            parts_starts += [b[1], [False]]
-            n_b = len(b[0]) + 1
-        ids = np.concatenate(parts_ids).astype(np.int32)
+        if p.b is not None:
+            parts_ids += [p.b[0], [sp.sep]]
+            parts_starts += [p.b[1], [False]]
+            n_b = len(p.b[0]) + 1
+        ids = np.concatenate(parts_ids).astype(np.int64)
         starts = np.concatenate(parts_starts).astype(bool)
         # [UNK] inside the text is special too: predicting it teaches nothing. The token after any
         # special starts a word of its own, even when truncation cut that word in half.
         special = np.isin(ids, self._special_ids)
         starts[special] = False
         starts[1:] |= special[:-1] & ~special[1:]
-        words = (np.cumsum(starts) - 1).astype(np.int32)
+        words = np.cumsum(starts) - 1
         words[special] = -1
-        types = np.zeros(len(ids), dtype=np.int8)
+        types = np.zeros(len(ids), dtype=np.int64)
         types[len(ids) - n_b :] = 1
-        self.ids.append(ids)
-        self.types.append(types)
-        self.words.append(words)
-        self.labels.append(label)
-
-
-def build_examples(texts: Iterable[str], tokenizer: Tokenizer, cfg: MLMConfig, seed: int) -> Examples:
-    """Tokenize documents and pair their sentences into examples; the same inputs give the same arrays."""
-    specials = special_ids(tokenizer)
-    docs = [d for d in (_tokenize_document(t, tokenizer, cfg.whole_word) for t in texts if t) if d]
-    if not docs:
-        raise InputError("no text to build MLM examples from: every document was empty")
-    if cfg.sentence_task == "nsp" and len(docs) < 2:
-        raise InputError(
-            f"sentence_task 'nsp' needs at least 2 documents to draw random pairs (got {len(docs)}); "
-            "use sentence_task 'sop' or 'none'"
-        )
-    builder = _Builder(docs, cfg, specials, random.Random(seed))
-    for d in range(len(docs)):
-        builder.document(d)
-    if not builder.ids:
-        raise InputError("no MLM examples could be built: every document is a single word")
-    lengths = np.array([len(x) for x in builder.ids], dtype=np.int64)
-    examples = Examples(
-        input_ids=np.concatenate(builder.ids),
-        token_type_ids=np.concatenate(builder.types),
-        word_ids=np.concatenate(builder.words),
-        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        next_sentence_label=np.array(builder.labels, dtype=np.int8),
-        vocab_size=tokenizer.get_vocab_size(),
-        specials=specials,
-    )
-    logger.info(
-        "built %d MLM examples from %d documents: %.1f tokens on average, %.0f%% labelled random/swapped",
-        len(examples), len(docs), lengths.mean(), 100 * examples.next_sentence_label.mean(),
-    )
-    return examples
+        return ids, types, words, p.label
 
 
 # --------------------------------------------------------------------------- batches
@@ -338,71 +259,35 @@ def build_examples(texts: Iterable[str], tokenizer: Tokenizer, cfg: MLMConfig, s
 class BertPretrainSource:
     """Padded, freshly masked micro-batches by index: a pure function of (seed, index).
 
-    With `shuffle`, micro-batch i holds global positions i*B ... i*B+B-1 of an endless sequence of
-    epochs, each a permutation seeded by (seed, epoch): every example once per epoch, and data
-    parallel ranks reading different indices never share a position. Without it (evaluation),
-    batch i is examples i*B ... in order, the last one possibly shorter, wrapping after the end.
+    Micro-batch i holds examples i*B ... i*B+B-1 of the endless stream `pairs` draws, so data
+    parallel ranks reading different indices never share an example. An evaluation source is
+    the same with its own pairs and seed: the same indices give the same examples and masks.
     """
 
-    def __init__(self, examples: Examples, cfg: MLMConfig, batch_size: int, seed: int, *, shuffle: bool = True):
+    def __init__(self, pairs: ShardPairs, cfg: MLMConfig, batch_size: int, seed: int):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
-        if len(examples) == 0:
-            raise InputError("no MLM examples to draw batches from")
-        self.examples, self.cfg, self.batch_size, self.seed, self.shuffle = examples, cfg, batch_size, seed, shuffle
-        self.num_batches = -(-len(examples) // batch_size)
-        specials = np.array(examples.specials.all, dtype=np.int64)
+        self.pairs, self.cfg, self.batch_size, self.seed = pairs, cfg, batch_size, seed
+        specials = np.array(pairs.specials.all, dtype=np.int64)
         # Random replacements are ordinary tokens: a random [SEP] or [CLS] would teach nothing.
-        self._replacements = np.setdiff1d(np.arange(examples.vocab_size, dtype=np.int64), specials)
-        self._permutations: dict[int, np.ndarray] = {}  # the last epochs' orders; a cache, not state
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        perm = self._permutations.get(epoch)
-        if perm is None:
-            perm = np.random.default_rng([self.seed, epoch, _ORDER_TAG]).permutation(len(self.examples))
-            if len(self._permutations) >= 2:
-                self._permutations.clear()
-            self._permutations[epoch] = perm
-        return perm
-
-    def rows(self, index: int) -> np.ndarray:
-        """The example indices of micro-batch `index`."""
-        n, bs = len(self.examples), self.batch_size
-        if not self.shuffle:
-            start = (index % self.num_batches) * bs
-            return np.arange(start, min(start + bs, n))
-        positions = np.arange(index * bs, (index + 1) * bs)
-        out = np.empty(bs, dtype=np.int64)
-        for epoch in np.unique(positions // n):
-            here = positions // n == epoch
-            out[here] = self._order(int(epoch))[positions[here] % n]
-        return out
+        self._replacements = np.setdiff1d(np.arange(pairs.vocab_size, dtype=np.int64), specials)
 
     def micro_batch(self, index: int) -> Batch:
-        ex, rows = self.examples, self.rows(index)
-        starts, ends = ex.offsets[rows], ex.offsets[rows + 1]
-        B, T = len(rows), int((ends - starts).max())
-        input_ids = np.full((B, T), ex.specials.pad, dtype=np.int64)
+        rows = [self.pairs.example(index * self.batch_size + j) for j in range(self.batch_size)]
+        B, T = len(rows), max(len(r[0]) for r in rows)
+        input_ids = np.full((B, T), self.pairs.specials.pad, dtype=np.int64)
         token_type = np.zeros((B, T), dtype=np.int64)
         words = np.full((B, T), -1, dtype=np.int64)
         attention = np.zeros((B, T), dtype=np.int64)
-        for r, (s, e) in enumerate(zip(starts, ends, strict=True)):
-            input_ids[r, : e - s] = ex.input_ids[s:e]
-            token_type[r, : e - s] = ex.token_type_ids[s:e]
-            words[r, : e - s] = ex.word_ids[s:e]
-            attention[r, : e - s] = 1
+        for r, (ids, types, word_ids, _) in enumerate(rows):
+            input_ids[r, : len(ids)] = ids
+            token_type[r, : len(ids)] = types
+            words[r, : len(ids)] = word_ids
+            attention[r, : len(ids)] = 1
         input_ids, labels = self._mask(input_ids, words, np.random.default_rng([self.seed, index, _MASK_TAG]))
-        batch = {
-            "input_ids": input_ids,
-            "token_type_ids": token_type,
-            "attention_mask": attention,
-            "labels": labels,
-        }
+        batch = {"input_ids": input_ids, "token_type_ids": token_type, "attention_mask": attention, "labels": labels}
         if self.cfg.sentence_task != "none":
-            batch["next_sentence_label"] = ex.next_sentence_label[rows].astype(np.int64)
+            batch["next_sentence_label"] = np.array([r[3] for r in rows], dtype=np.int64)
         return {k: torch.from_numpy(v) for k, v in batch.items()}
 
     def _mask(self, input_ids: np.ndarray, words: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -436,17 +321,14 @@ class BertPretrainSource:
         to_mask = selected & (u < cfg.mask_token_frac)
         to_random = selected & ~to_mask & (u < cfg.mask_token_frac + cfg.random_token_frac)
         input_ids = input_ids.copy()
-        input_ids[to_mask] = self.examples.specials.mask
+        input_ids[to_mask] = self.pairs.specials.mask
         input_ids[to_random] = rng.choice(self._replacements, size=int(to_random.sum()))
         return input_ids, labels
 
 
-def eval_source(examples: Examples, cfg: MLMConfig, batch_size: int, seed: int = 0) -> BertPretrainSource:
-    """Validation batches: examples in order and fixed masks, so every evaluation scores the same thing.
-
-    `num_batches` of them cover every example once.
-    """
-    return BertPretrainSource(examples, cfg, batch_size, seed, shuffle=False)
+def eval_source(pairs: ShardPairs, cfg: MLMConfig, batch_size: int, seed: int = 0) -> BertPretrainSource:
+    """Validation batches: the same examples and masks on every evaluation (batch i is always the same)."""
+    return BertPretrainSource(pairs, cfg, batch_size, seed)
 
 
 # --------------------------------------------------------------------------- objective

@@ -48,6 +48,13 @@ class BatchSource(Protocol):
     def micro_batch(self, index: int) -> Batch: ...
 
 
+@runtime_checkable
+class SlicedTokens(Protocol):
+    """A token stream that reads one window without indexing the whole array (a `TokenDataset` over shards)."""
+
+    def slice(self, start: int, stop: int) -> np.ndarray: ...
+
+
 class CausalLM:
     """Next-token prediction for an lmforge GPT: cross-entropy summed over every label that is not IGNORE.
 
@@ -82,7 +89,7 @@ class TokenWindows:
             )
 
     def _row(self, start: int) -> np.ndarray:
-        if hasattr(self.tokens, "slice"):
+        if isinstance(self.tokens, SlicedTokens):
             return self.tokens.slice(start, start + self.seq_len + 1)
         return np.asarray(self.tokens[start : start + self.seq_len + 1])
 

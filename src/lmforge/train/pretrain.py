@@ -3,9 +3,9 @@
 - GPT (`arch: gpt`): next-token prediction on random windows of a token stream (a directory of
   token shards, a single token file or an array).
 - BERT (`arch: bert`): masked language modelling plus next-sentence (or sentence-order)
-  prediction on sentence pairs built from raw documents with a WordPiece tokenizer.
+  prediction on sentence pairs drawn from WordPiece token shards.
 
-`init_from` continues from an lmforge checkpoint or from a Hugging Face model directory on disk
+`model.from` continues from an lmforge checkpoint or from a Hugging Face model directory on disk
 (LlamaForCausalLM, Qwen3ForCausalLM, GPT2LMHeadModel, BertForPreTraining/BertForMaskedLM).
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from lmforge.train.config import PretrainConfig, model_config
 from lmforge.train.objectives import CausalLM, EvalWindows, TokenWindows
 from lmforge.train.optim import lr_at
 from lmforge.train.trainer import Trainer, TrainResult
+
+if TYPE_CHECKING:
+    from lmforge.tokenize.dataset import TokenDataset
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +49,11 @@ class PretrainResult:
 
 
 def _initial_model(cfg: PretrainConfig) -> torch.nn.Module | None:
-    if not cfg.init_from:
+    if not cfg.model.source:
         return None
-    path = Path(cfg.init_from)
+    path = Path(cfg.model.source)
     if not (path / CONFIG).is_file():
-        raise InputError(f"pretrain.init_from: {path} has no {CONFIG} (give an lmforge checkpoint or an HF model dir)")
+        raise InputError(f"pretrain.model.from: {path} has no {CONFIG} (give an lmforge checkpoint or an HF model dir)")
     import json
 
     model_type = json.loads((path / CONFIG).read_text(encoding="utf-8")).get("model_type", "")
@@ -66,20 +69,20 @@ def _initial_model(cfg: PretrainConfig) -> torch.nn.Module | None:
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int, pad_id: int | None = None) -> torch.nn.Module:
-    """A fresh model of the preset (with overrides), or the one `init_from` names (BERT needs its pad id)."""
+    """A fresh model of the preset (with overrides), or the one `model.from` names (BERT needs its pad id)."""
     torch.manual_seed(cfg.seed)
     model = _initial_model(cfg)
     if model is not None:
         found = model.config.vocab_size
         if found < vocab_size:
-            raise ConfigError(f"pretrain.init_from: the model has {found} token ids but the tokenizer has {vocab_size}")
+            raise ConfigError(f"pretrain.model.from: the model has {found} token ids but the tokenizer has {vocab_size}")
         return model
     config = model_config(cfg, vocab_size, pad_id)
     if cfg.arch == "gpt":
         from lmforge.models.gpt import GPT
 
         if config.block_size < cfg.seq_len:
-            raise ConfigError(f"model.block_size ({config.block_size}) must be at least seq_len ({cfg.seq_len})")
+            raise ConfigError(f"pretrain.model.block_size ({config.block_size}) must be at least seq_len ({cfg.seq_len})")
         return GPT(config)
     from lmforge.models.bert import BertForPretraining
 
@@ -138,15 +141,19 @@ def pretrain(
 
 def pretrain_bert(
     config: PretrainConfig,
-    train_texts: Iterable[str],
-    val_texts: Iterable[str],
+    train: TokenDataset,
+    val: TokenDataset,
     tokenizer_dir: str | Path,
     out_dir: str | Path,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """MLM (+ NSP/SOP) pretraining of a BERT encoder from raw documents and a WordPiece tokenizer."""
+    """MLM (+ NSP/SOP) pretraining of a BERT encoder on WordPiece token shards (`encode_shards`' output).
+
+    Sentence pairs are drawn lazily from the shards (`ShardPairs`), so memory does not grow with
+    the corpus. Re-running with the same `out_dir` resumes like `pretrain`.
+    """
     from lmforge.tokenize.bpe import load_tokenizer
-    from lmforge.train.mlm import BertPretrainSource, MaskedLM, build_examples, eval_source
+    from lmforge.train.mlm import BertPretrainSource, MaskedLM, ShardPairs, eval_source, special_ids
 
     if config.arch != "bert":
         raise ConfigError("pretrain.arch: pretrain_bert() needs arch 'bert'")
@@ -154,21 +161,22 @@ def pretrain_bert(
     for role in ("[CLS]", "[SEP]", "[MASK]", "[PAD]"):
         if tok.token_to_id(role) is None:
             raise ConfigError(f"tokenizer: BERT pretraining needs {role}; train a tokenizer with kind: wordpiece")
+    vocab_size, specials = tok.get_vocab_size(), special_ids(tok)
+    _check_tokens("train tokens", train, 2, vocab_size)
+    _check_tokens("val tokens", val, 2, vocab_size)
     mlm = config.mlm.model_copy(update={"max_seq_len": config.seq_len})
-    train = build_examples(train_texts, tok, mlm, seed=config.seed)
-    val = build_examples(val_texts, tok, mlm, seed=config.seed + 1)
-    if len(train) == 0 or len(val) == 0:
-        raise UserError(f"BERT pretraining built {len(train)} training and {len(val)} validation examples; add text")
-    model = build_model(config, tok.get_vocab_size(), pad_id=train.specials.pad)
-    log.info("model: %s, %.2fM non-embedding params, %d/%d examples", config.preset, model.num_params() / 1e6,
-             len(train), len(val))
+    train_pairs = ShardPairs(train, mlm, specials, vocab_size, seed=config.seed)
+    val_pairs = ShardPairs(val, mlm, specials, vocab_size, seed=config.seed + 1)
+    model = build_model(config, vocab_size, pad_id=specials.pad)
+    log.info("model: %s, %.2fM non-embedding params, %d/%d documents", config.preset, model.num_params() / 1e6,
+             train.num_documents, val.num_documents)
     trainer = Trainer(
         model,
         MaskedLM(mlm),
-        BertPretrainSource(train, mlm, config.batch_size, config.seed),
+        BertPretrainSource(train_pairs, mlm, config.batch_size, config.seed),
         config,
         out_dir,
-        val_source=eval_source(val, mlm, config.batch_size, seed=config.seed + 1),
+        val_source=eval_source(val_pairs, mlm, config.batch_size, seed=config.seed + 1),
         on_step=on_step,
         extra={"pretrain": config.model_dump(mode="json")},
     )

@@ -17,9 +17,10 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
 
-from lmforge.clean.filters.common import QualityFilter, builtin_list, chinese_like, read_list
+from lmforge.clean.filters.common import builtin_list, read_list
 from lmforge.config import StrictModel
-from lmforge.pipeline.stage import KEEP, Drop, Keep
+from lmforge.lang import is_cjk
+from lmforge.pipeline.stage import KEEP, Drop, Filter, Keep
 from lmforge.records import Record
 
 _URL_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
@@ -35,7 +36,7 @@ class UrlBlocklistConfig(StrictModel):
     missing_url: Literal["keep", "drop"] = Field("keep", description="what to do with records without a URL")
 
 
-class UrlBlocklist(QualityFilter):
+class UrlBlocklist(Filter):
     """Drops pages from listed domains (and their subdomains) or with a blocked word in the URL."""
 
     name = "url_blocklist"
@@ -103,7 +104,7 @@ class BadWordsConfig(StrictModel):
     min_matches: int = Field(1, ge=1, description="drop a page with at least this many bad-word occurrences")
 
 
-class BadWords(QualityFilter):
+class BadWords(Filter):
     """Drops pages with words from the list for their language (pornography, slurs, gambling spam).
 
     A record's language is `lang` (its primary subtag) or, without one, Chinese when the text is
@@ -121,7 +122,7 @@ class BadWords(QualityFilter):
 
     def decide(self, record: Record) -> Keep | Drop:
         lang = record.lang.split("-")[0].lower() if record.lang else (
-            "zh" if chinese_like(record.text, None) else self.config.default_lang)
+            "zh" if is_cjk(record.text) else self.config.default_lang)
         pattern = self._patterns[lang] if lang in self._patterns else self._pattern(lang)
         if pattern is None:
             return KEEP

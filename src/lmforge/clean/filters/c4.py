@@ -18,10 +18,10 @@ import re
 
 from pydantic import Field
 
-from lmforge.clean.filters.common import QualityFilter, analyze, count_sentences
-from lmforge.clean.text import words
+from lmforge.clean.filters.common import analyze, count_sentences
 from lmforge.config import StrictModel
-from lmforge.pipeline.stage import KEEP, Drop, Keep
+from lmforge.lang import words
+from lmforge.pipeline.stage import KEEP, Drop, Filter, Keep
 from lmforge.records import Record
 
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
@@ -52,7 +52,7 @@ class C4Config(StrictModel):
     policy_phrases: list[str] = Field(default_factory=lambda: list(POLICY_PHRASES))
 
 
-class C4Filter(QualityFilter):
+class C4Filter(Filter):
     """Removes boilerplate lines (the text is rewritten) and drops pages that are not prose.
 
     A kept record whose lines were removed gets `meta["c4"]["lines_removed"]`.
@@ -107,7 +107,7 @@ class C4Filter(QualityFilter):
                 sentences += count_sentences(line)
             kept.append(line)
         if sentences < cfg.min_num_sentences:
-            return self.reject(record, "c4_too_few_sentences", sentences)
+            return Drop("c4_too_few_sentences", sentences)
         if seen > len(kept):
             record.meta.setdefault(self.name, {})["lines_removed"] = seen - len(kept)
             self.count("lines_removed", seen - len(kept))

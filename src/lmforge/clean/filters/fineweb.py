@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from lmforge.clean.filters.common import TERMINAL, TERMINAL_ZH, QualityFilter, analyze, duplicates
+from lmforge.clean.filters.common import TERMINAL, TERMINAL_ZH, analyze, duplicates
 from lmforge.config import StrictModel
-from lmforge.pipeline.stage import KEEP, Drop, Keep
+from lmforge.pipeline.stage import KEEP, Drop, Filter, Keep
 from lmforge.records import Record
 
 
@@ -36,7 +36,7 @@ class FineWebConfig(StrictModel):
     new_line_ratio: float = Field(0.3, ge=0, description="max newlines per word")
 
 
-class FineWebFilter(QualityFilter):
+class FineWebFilter(Filter):
     """Drops pages that are navigation, lists or repeated lines rather than prose."""
 
     name = "fineweb"
@@ -60,19 +60,19 @@ class FineWebFilter(QualityFilter):
         stops = self._stops_zh if doc.chinese else self._stops
         ratio = sum(1 for line in lines if line.endswith(stops)) / n
         if ratio < cfg.line_punct_thr and not (ratio == 0 and cfg.line_punct_exclude_zero):
-            return self.reject(record, "fineweb_line_punct_ratio", ratio)
+            return Drop("fineweb_line_punct_ratio", ratio)
 
         short = cfg.short_line_length_zh if doc.chinese else cfg.short_line_length
         ratio = sum(1 for line in lines if len(line) <= short) / n
         if ratio > cfg.short_line_thr:
-            return self.reject(record, "fineweb_short_line_ratio", ratio)
+            return Drop("fineweb_short_line_ratio", ratio)
 
         ratio = duplicates(lines)[1] / max(1, len(text) - text.count("\n"))
         if ratio > cfg.char_duplicates_ratio:
-            return self.reject(record, "fineweb_char_dup_ratio", ratio)
+            return Drop("fineweb_char_dup_ratio", ratio)
 
         n_words = len(doc.tokens)
         ratio = text.count("\n") / n_words if n_words else float("inf")
         if ratio > cfg.new_line_ratio:
-            return self.reject(record, "fineweb_list_ratio", ratio)
+            return Drop("fineweb_list_ratio", ratio)
         return KEEP

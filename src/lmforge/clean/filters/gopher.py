@@ -21,7 +21,6 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from lmforge.clean.filters.common import (
-    QualityFilter,
     analyze,
     builtin_list,
     count_without_letter,
@@ -29,7 +28,7 @@ from lmforge.clean.filters.common import (
     symbol_tokens,
 )
 from lmforge.config import StrictModel
-from lmforge.pipeline.stage import KEEP, Drop, Keep
+from lmforge.pipeline.stage import KEEP, Drop, Filter, Keep
 from lmforge.records import Record
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -56,7 +55,7 @@ class GopherRepetitionConfig(StrictModel):
     )
 
 
-class GopherRepetition(QualityFilter):
+class GopherRepetition(Filter):
     """Drops documents that repeat themselves: boilerplate-heavy pages, spam, generated lists."""
 
     name = "gopher_repetition"
@@ -77,16 +76,16 @@ class GopherRepetition(QualityFilter):
         paragraphs = _PARAGRAPH_BREAK.split(text.strip())
         repeats, chars = duplicates(paragraphs)
         if cfg.dup_para_frac is not None and repeats / len(paragraphs) > cfg.dup_para_frac:
-            return self.reject(record, "gopher_rep_dup_para_frac", repeats / len(paragraphs))
+            return Drop("gopher_rep_dup_para_frac", repeats / len(paragraphs))
         if cfg.dup_para_char_frac is not None and chars / size > cfg.dup_para_char_frac:
-            return self.reject(record, "gopher_rep_dup_para_char_frac", chars / size)
+            return Drop("gopher_rep_dup_para_char_frac", chars / size)
 
         lines = _LINE_BREAKS.split(text)
         repeats, chars = duplicates(lines)
         if cfg.dup_line_frac is not None and repeats / len(lines) > cfg.dup_line_frac:
-            return self.reject(record, "gopher_rep_dup_line_frac", repeats / len(lines))
+            return Drop("gopher_rep_dup_line_frac", repeats / len(lines))
         if cfg.dup_line_char_frac is not None and chars / size > cfg.dup_line_char_frac:
-            return self.reject(record, "gopher_rep_dup_line_char_frac", chars / size)
+            return Drop("gopher_rep_dup_line_char_frac", chars / size)
 
         if not (self._top or self._dup):
             return KEEP
@@ -94,11 +93,11 @@ class GopherRepetition(QualityFilter):
         for n, limit in self._top:
             share = index.top_chars(n) / size
             if share > limit:
-                return self.reject(record, f"gopher_rep_top_{n}_gram", share)
+                return Drop(f"gopher_rep_top_{n}_gram", share)
         for n, limit in self._dup:
             share = index.repeated_chars(n) / size
             if share > limit:
-                return self.reject(record, f"gopher_rep_dup_{n}_gram", share)
+                return Drop(f"gopher_rep_dup_{n}_gram", share)
         return KEEP
 
 
@@ -200,7 +199,7 @@ class GopherQualityConfig(StrictModel):
         return self
 
 
-class GopherQuality(QualityFilter):
+class GopherQuality(Filter):
     """Drops documents that do not read like prose: too short or long, odd words, lists, no stop words."""
 
     name = "gopher_quality"
@@ -225,9 +224,9 @@ class GopherQuality(QualityFilter):
         n_words = n_tokens - len(symbols)
 
         if cfg.min_doc_words is not None and n_words < cfg.min_doc_words:
-            return self.reject(record, "gopher_short_doc", n_words)
+            return Drop("gopher_short_doc", n_words)
         if cfg.max_doc_words is not None and n_words > cfg.max_doc_words:
-            return self.reject(record, "gopher_long_doc", n_words)
+            return Drop("gopher_long_doc", n_words)
         if n_words == 0:  # only reachable with min_doc_words switched off
             return Drop("gopher_short_doc")
 
@@ -235,38 +234,38 @@ class GopherQuality(QualityFilter):
         low, high = ((cfg.min_avg_word_length_zh, cfg.max_avg_word_length_zh) if doc.chinese
                      else (cfg.min_avg_word_length, cfg.max_avg_word_length))
         if low is not None and mean < low:
-            return self.reject(record, "gopher_below_avg_word_length", mean)
+            return Drop("gopher_below_avg_word_length", mean)
         if high is not None and mean > high:
-            return self.reject(record, "gopher_above_avg_word_length", mean)
+            return Drop("gopher_above_avg_word_length", mean)
 
         if cfg.max_symbol_word_ratio is not None:
             ratio = text.count("#") / n_tokens
             if ratio > cfg.max_symbol_word_ratio:
-                return self.reject(record, "gopher_too_many_hashes", ratio)
+                return Drop("gopher_too_many_hashes", ratio)
             ellipses = text.count("...") + text.count("…")
             if doc.chinese:
                 ellipses -= text.count("……")  # one Chinese ellipsis is two "…" characters
             ratio = ellipses / n_tokens
             if ratio > cfg.max_symbol_word_ratio:
-                return self.reject(record, "gopher_too_many_ellipsis", ratio)
+                return Drop("gopher_too_many_ellipsis", ratio)
 
         lines = text.splitlines()
         if lines and cfg.max_bullet_lines_ratio is not None:
             ratio = sum(1 for s in lines if s.lstrip().startswith(self._bullets)) / len(lines)
             if ratio > cfg.max_bullet_lines_ratio:
-                return self.reject(record, "gopher_too_many_bullets", ratio)
+                return Drop("gopher_too_many_bullets", ratio)
         if lines and cfg.max_ellipsis_lines_ratio is not None:
             ratio = sum(1 for s in lines if s.rstrip().endswith(("...", "…"))) / len(lines)
             if ratio > cfg.max_ellipsis_lines_ratio:
-                return self.reject(record, "gopher_too_many_end_ellipsis", ratio)
+                return Drop("gopher_too_many_end_ellipsis", ratio)
 
         if cfg.min_alpha_words_ratio is not None:
             ratio = 1 - count_without_letter(joined) / n_tokens
             if ratio < cfg.min_alpha_words_ratio:
-                return self.reject(record, "gopher_below_alpha_threshold", ratio)
+                return Drop("gopher_below_alpha_threshold", ratio)
 
         if cfg.min_stop_words is not None:
             found = len((self._stop_zh if doc.chinese else self._stop).intersection(tokens))
             if found < cfg.min_stop_words:
-                return self.reject(record, "gopher_few_stop_words", found)
+                return Drop("gopher_few_stop_words", found)
         return KEEP

@@ -13,7 +13,7 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,8 @@ from pydantic import Field
 
 from lmforge.config import StrictModel, validate
 from lmforge.errors import InputError
-from lmforge.finetune.data import Example, Kind, RowError, repair_bio, spans_to_bio
+from lmforge.tasks.examples import ClassificationExample, Example, InstructionExample, Kind, NerExample
+from lmforge.tasks.spans import RowError, read_spans, repair_bio
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class LoaderConfig(StrictModel):
     on_error: Literal["raise", "skip"] = "raise"
 
 
-class _Problems:
+class Problems:
     """Bad rows of one file: raise at the first, or count them and log a summary at the end."""
 
     def __init__(self, path: Path, on_error: str) -> None:
@@ -90,50 +91,25 @@ def _sequence(row: Mapping[str, Any], name: str) -> list[str]:
     return value
 
 
-def _spans(value: Any) -> list[tuple[int, int, str]]:
-    """Spans as {start, end, label} objects (or labels: [...] as Label Studio), or [start, end, label] lists."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise RowError(f"spans must be a JSON list of {{start, end, label}} (got {value[:40]!r})") from None
-    if not isinstance(value, list):
-        raise RowError(f"spans must be a list of {{start, end, label}} (got {type(value).__name__})")
-    out = []
-    for s in value:
-        if isinstance(s, dict):
-            label = s.get("label") or (s.get("labels") or [None])[0]
-            out.append((s.get("start"), s.get("end"), label))
-        elif isinstance(s, list | tuple) and len(s) == 3:
-            out.append(tuple(s))
-        else:
-            raise RowError(f"span {s!r} is not {{start, end, label}} or [start, end, label]")
-        if not isinstance(out[-1][2], str) or not out[-1][2]:
-            raise RowError(f"span {s!r} has no label")
-    return out
-
-
 def _example(row: Mapping[str, Any], cfg: LoaderConfig) -> Example:
     if cfg.kind == "classification":
-        return Example(text=_string(row, cfg.text_field), label=_string(row, cfg.label_field))
+        return ClassificationExample(text=_string(row, cfg.text_field), label=_string(row, cfg.label_field))
     if cfg.kind == "instruction":
-        return Example(prompt=_string(row, cfg.prompt_field), response=_string(row, cfg.response_field))
+        return InstructionExample(prompt=_string(row, cfg.prompt_field), response=_string(row, cfg.response_field))
     if cfg.tokens_field in row:
         tokens, tags = _sequence(row, cfg.tokens_field), _sequence(row, cfg.tags_field)
         if len(tokens) != len(tags):
             raise RowError(f"{len(tokens)} tokens but {len(tags)} tags")
-        return Example(tokens=tokens, tags=repair_bio(tags))
+        return NerExample(tokens=tokens, tags=repair_bio(tags))
     text = _string(row, cfg.text_field, strip=False)  # span offsets count from the text as given
-    spans = _spans(row.get(cfg.label_field) or [])
-    tokens, tags, _ = spans_to_bio(text, spans)
-    return Example(text=text, tokens=tokens, tags=tags)
+    return NerExample.from_spans(text, read_spans(row.get(cfg.label_field) or []))[0]
 
 
 def _config(**values: Any) -> LoaderConfig:
     return validate(LoaderConfig, values)
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -159,8 +135,13 @@ def load_jsonl(path: str | Path, kind: Kind = "classification", *, text_field: s
 
 
 def _jsonl(path: Path, cfg: LoaderConfig) -> list[Example]:
-    problems, out = _Problems(path, cfg.on_error), []
-    for lineno, raw in enumerate(_read_bytes(path).split(b"\n"), start=1):
+    return jsonl_examples(path, lambda row: _example(row, cfg), cfg.on_error)
+
+
+def jsonl_examples(path: Path, make: Callable[[dict[str, Any]], Example], on_error: str = "raise") -> list[Example]:
+    """`make(row)` of every JSON object line, with meta where (file:line), id and split from the row."""
+    problems, out = Problems(path, on_error), []
+    for lineno, raw in enumerate(read_bytes(path).split(b"\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -170,7 +151,7 @@ def _jsonl(path: Path, cfg: LoaderConfig) -> list[Example]:
                 raise RowError(f"not valid JSON ({exc})") from None
             if not isinstance(row, dict):
                 raise RowError(f"not a JSON object (got {type(row).__name__})")
-            ex = _example(row, cfg)
+            ex = make(row)
         except RowError as exc:
             problems.bad(lineno, str(exc))
             continue
@@ -195,7 +176,7 @@ def load_csv(path: str | Path, kind: Kind = "classification", *, text_field: str
 
 
 def _csv(path: Path, cfg: LoaderConfig, delimiter: str | None = None) -> list[Example]:
-    data = _read_bytes(path)
+    data = read_bytes(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -208,7 +189,7 @@ def _csv(path: Path, cfg: LoaderConfig, delimiter: str | None = None) -> list[Ex
     except StopIteration:
         raise InputError(f"{path}: empty file (expected a header row)") from None
     _require_columns(path, header, cfg)
-    problems, out = _Problems(path, cfg.on_error), []
+    problems, out = Problems(path, cfg.on_error), []
     while True:
         lineno = reader.line_num + 1
         try:
@@ -277,7 +258,7 @@ def _records(path: Path, cfg: LoaderConfig) -> list[Example]:
     out: list[Example] = []
     row_cfg = cfg.model_copy(update={"label_field": "label", "text_field": "text"})
     for file in _record_files(path):
-        problems = _Problems(file, cfg.on_error)
+        problems = Problems(file, cfg.on_error)
         reader = read_parquet(file) if file.suffix == ".parquet" else read_jsonl(file)
         kept = 0
         for n, rec in enumerate(reader, start=1):
@@ -315,7 +296,7 @@ def load_label_studio(path: str | Path, kind: Kind | None = None, *, text_field:
     path = Path(path)
     tasks = read_label_studio(path)
     cfg = _config(kind=label_studio_kind(tasks, path, kind), text_field=text_field, on_error=on_error)
-    problems, out, counts = _Problems(path, on_error), [], Counter()
+    problems, out, counts = Problems(path, on_error), [], Counter()
     for i, task in enumerate(tasks, start=1):
         annotations = task.get("annotations") or []
         done = [a for a in annotations if not a.get("was_cancelled")]
@@ -342,7 +323,7 @@ def read_label_studio(path: str | Path) -> list[dict]:
     """The tasks of a Label Studio JSON export, checked to be a list of tasks with `data`."""
     path = Path(path)
     try:
-        tasks = json.loads(_read_bytes(path))
+        tasks = json.loads(read_bytes(path))
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t for t in tasks):
@@ -387,7 +368,7 @@ def _label_studio_example(task: dict, annotation: dict, cfg: LoaderConfig, from_
             raise RowError("no choice selected" + (f" in {from_name!r}" if from_name else ""))
         if len(picked) > 1:
             raise RowError(f"{len(picked)} choices selected; exactly one is needed (multi-label is not supported)")
-        return Example(text=text, label=str(picked[0]))
+        return ClassificationExample(text=text, label=str(picked[0]))
     spans = []
     for r in results:
         if r.get("type") != "labels":
@@ -398,10 +379,10 @@ def _label_studio_example(task: dict, annotation: dict, cfg: LoaderConfig, from_
             raise RowError(f"span {value.get('start')}-{value.get('end')} has {len(labels)} labels; one is needed")
         start, end = _offsets(text, value.get("start"), value.get("end"), value.get("text"))
         spans.append((start, end, labels[0]))
-    tokens, tags, dropped = spans_to_bio(text, spans)
+    example, dropped = NerExample.from_spans(text, spans)
     if dropped:
         log.debug("dropped %d overlapping spans of task %s", dropped, task.get("id"))
-    return Example(text=text, tokens=tokens, tags=tags)
+    return example
 
 
 def _offsets(text: str, start: Any, end: Any, quoted: Any) -> tuple[int, int]:

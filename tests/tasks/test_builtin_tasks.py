@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from lmforge.errors import ConfigError
-from lmforge.finetune.builtin_tasks import (
+from lmforge.tasks.builtin import (
     BUILTIN_TASKS,
     NER_LABELS,
     _docstring_pairs,
@@ -148,8 +148,8 @@ def test_load_task_by_name_with_clear_errors():
         load_task("zh_ner", max_per_class=3)
 
 
-def test_importing_finetune_is_light():
-    code = ("import sys, lmforge.finetune.builtin_tasks, lmforge.finetune.data; "
+def test_importing_tasks_is_light():
+    code = ("import sys, lmforge.tasks.builtin, lmforge.tasks.examples, lmforge.tasks.splits, lmforge.tasks.spans; "
             "print(','.join(m for m in ('snownlp', 'pyarrow', 'numpy', 'torch', 'pydoc_data') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

@@ -1,5 +1,7 @@
 """Recipes: YAML files whose top-level keys are the steps of the flow, validated by typed configs.
 
+Each section is one Step (`build_steps`), run in the fixed order of `SECTIONS` by the runner:
+
 ```yaml
 input: {builtin: {}}                      # or {files: ["data/*.jsonl"]}
 executor: {kind: local, workers: 2}       # or {kind: ray, address: "ray://..."}
@@ -8,7 +10,7 @@ pipeline:                                 # streaming and global stages, in orde
   - length_filter: {min_chars: 20}
   - exact_dedup: {}
 tokenizer: {vocab_size: 4096}
-pretrain: {preset: tiny, steps: 300}
+pretrain: {model: {preset: tiny}, steps: 300}
 generate: {prompts: ["人民", "The "]}
 ```
 Every error names the field (`pipeline[1].length_filter.min_chars`), the value and what is allowed.
@@ -24,23 +26,37 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.augment.task import AugmentTaskConfig
-from lmforge.collect.source import InputConfig
 from lmforge.config import StrictModel, load_yaml_file, short_repr, validate
 from lmforge.errors import ConfigError
 from lmforge.finetune.config import FinetuneConfig
+from lmforge.flow.steps.data import InputStep, PipelineStep, StageList
+from lmforge.flow.steps.lm import (
+    GenerateStep,
+    PretrainStep,
+    SampleConfig,
+    TokenizerStep,
+    TokensConfig,
+    TokensStep,
+)
+from lmforge.flow.steps.tasks import (
+    AugmentStep,
+    EvaluateConfig,
+    EvaluateStep,
+    FinetuneStep,
+    LabelConfig,
+    LabelStep,
+    ReportConfig,
+    ReportStep,
+)
 from lmforge.pipeline.executors import ExecutorConfig
+from lmforge.pipeline.input import InputConfig
 from lmforge.pipeline.registry import is_custom, resolve_stage
+from lmforge.pipeline.step import Step
 from lmforge.tokenize.bpe import TokenizerConfig
 from lmforge.train.config import PretrainConfig
 
-
-class SampleConfig(StrictModel):
-    prompts: list[str] = Field(default_factory=lambda: ["The ", "我们"], min_length=1)
-    max_new_tokens: int = Field(48, gt=0)
-    temperature: float = Field(0.8, ge=0.0)
-    top_k: int = Field(40, ge=0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
+SECTIONS = ("input", "pipeline", "tokenizer", "tokens", "pretrain", "generate", "finetune", "augment", "label",
+            "evaluate", "report")
 
 
 class Recipe(StrictModel):
@@ -49,17 +65,22 @@ class Recipe(StrictModel):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     pipeline: list[dict[str, Any]] = Field(default_factory=list)
     tokenizer: TokenizerConfig | None = None
+    tokens: TokensConfig | None = None
     pretrain: PretrainConfig | None = None
     generate: SampleConfig | None = None
     finetune: FinetuneConfig | None = None
     augment: AugmentTaskConfig | None = None
+    label: LabelConfig | None = None
+    evaluate: EvaluateConfig | None = None
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
     def _has_work(self) -> Recipe:
-        if self.input is None and self.finetune is None and self.augment is None:
-            raise ValueError("a recipe needs an 'input' section (data steps) or a 'finetune' section, or an 'augment' section")
-        if self.input is None and (self.pipeline or self.tokenizer or self.pretrain or self.generate):
-            raise ValueError("pipeline, tokenizer, pretrain and generate need an 'input' section")
+        if all(getattr(self, s) is None for s in ("input", "finetune", "augment", "label", "evaluate")):
+            raise ValueError("a recipe needs an 'input' section (data steps), or a 'finetune', 'augment', 'label' "
+                             "or 'evaluate' section")
+        if self.input is None and (self.pipeline or self.tokenizer or self.pretrain or self.generate or self.tokens):
+            raise ValueError("pipeline, tokenizer, tokens, pretrain and generate need an 'input' section")
         return self
 
     @field_validator("pipeline", mode="before")
@@ -87,6 +108,23 @@ class Recipe(StrictModel):
     def resolved(self) -> dict[str, Any]:
         """The config with every default filled in, as saved beside the output."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def build_steps(recipe: Recipe) -> list[Step]:
+    """The recipe's sections as Steps, in run order; `tokens` comes with `pretrain` even when not written."""
+    steps: list[Step] = []
+    if recipe.input is not None:
+        steps += [InputStep(recipe.input), PipelineStep(StageList(stages=recipe.pipeline))]
+    percent = recipe.pretrain.val_percent if recipe.pretrain is not None else 0.0
+    if recipe.tokenizer is not None:
+        steps.append(TokenizerStep(recipe.tokenizer, holdout_percent=percent))
+    if recipe.pretrain is not None:
+        steps += [TokensStep(recipe.tokens or TokensConfig(), default_percent=percent), PretrainStep(recipe.pretrain)]
+    sections = ((GenerateStep, recipe.generate), (FinetuneStep, recipe.finetune), (AugmentStep, recipe.augment),
+                (LabelStep, recipe.label), (EvaluateStep, recipe.evaluate))
+    steps += [cls(cfg) for cls, cfg in sections if cfg is not None]
+    steps.append(ReportStep(recipe.report))
+    return steps
 
 
 def _resolve_pipeline(recipe: Recipe, where: str, allow_custom_stages: bool) -> None:

@@ -35,7 +35,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lmforge.errors import ConfigError
-from lmforge.finetune.data import Example, TaskData, dedupe_examples, make_task
+from lmforge.tasks.examples import ClassificationExample, InstructionExample, NerExample, TaskData
+from lmforge.tasks.spans import char_offsets, spans_to_tags
+from lmforge.tasks.splits import dedupe_examples, make_task
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +64,16 @@ def _meta(task: str, **extra) -> dict:
 # --------------------------------------------------------------------------- Chinese sentiment
 
 
-def _reviews() -> list[Example]:
+def _reviews() -> list[ClassificationExample]:
     """Every distinct review once; a review that is in both files is ambiguous and left out."""
     from lmforge.collect.builtin import corpus_records
 
-    rows = [Example(text=r.text, label=r.meta["reviews"]["label"], meta={"where": r.url})
+    rows = [ClassificationExample(text=r.text, label=r.meta["reviews"]["label"], meta={"where": r.url})
             for r in corpus_records("reviews")]
     return dedupe_examples(rows, "classification")
 
 
-def _sample(rows: list[Example], k: int | None, rng: random.Random) -> list[Example]:
+def _sample(rows: list, k: int | None, rng: random.Random) -> list:
     """At most k rows, drawn with `rng`, in their original order."""
     if k is None or len(rows) <= k:
         return rows
@@ -158,12 +160,7 @@ def parse_tagged_line(line: str) -> tuple[str, list[tuple[int, int, str]]]:
 
 def char_bio(text: str, spans: list[tuple[int, int, str]]) -> list[str]:
     """One BIO tag per character (B- on an entity's first character, I- on the rest)."""
-    tags = ["O"] * len(text)
-    for start, end, kind in spans:
-        tags[start] = f"B-{kind}"
-        for j in range(start + 1, end):
-            tags[j] = f"I-{kind}"
-    return tags
+    return spans_to_tags(char_offsets(text), spans, len(text))[0]
 
 
 def _peoples_daily_sentences() -> Iterator[tuple[str, str, list[tuple[int, int, str]]]]:
@@ -194,7 +191,8 @@ def chinese_ner(seed: int = 0, max_sentences: int | None = None) -> TaskData:
     for where, sentence, spans in _peoples_daily_sentences():
         if max_sentences is not None and len(rows) >= max_sentences:
             break
-        rows.append(Example(text=sentence, tokens=list(sentence), tags=char_bio(sentence, spans), meta={"where": where}))
+        rows.append(NerExample(tokens=list(sentence), tags=char_bio(sentence, spans), text=sentence,
+                               meta={"where": where}))
     task = make_task("ner", rows, seed=seed, labels=NER_LABELS, meta=_meta("zh_ner", lang="zh", scheme="BIO"))
     entities = Counter(t[2:] for e in task.train + task.val + task.test for t in e.tags if t.startswith("B-"))
     task.meta["entities"] = dict(sorted(entities.items()))
@@ -242,7 +240,7 @@ def _pydoc_paragraphs() -> Iterator[tuple[str, str, str]]:
 
 def english_classification(seed: int = 0) -> TaskData:
     """English topic classification: which chapter of the Python docs a paragraph is from (6 labels)."""
-    rows = [Example(text=para, label=chapter, meta={"topic": topic}) for topic, chapter, para in _pydoc_paragraphs()]
+    rows = [ClassificationExample(text=para, label=chapter, meta={"topic": topic}) for topic, chapter, para in _pydoc_paragraphs()]
     return make_task("classification", rows, seed=seed, labels=sorted(CHAPTERS),
                      meta=_meta("en_pydoc_topic", lang="en", python=sys.version.split()[0]))
 
@@ -307,7 +305,7 @@ def instruction_pairs(seed: int = 0, max_per_task: int | None = 300) -> TaskData
     short = [r for r in _reviews() if len(r.text) <= 200]
     reviews = [r for label in ("neg", "pos") for r in
                _sample([r for r in short if r.label == label], max_per_task and max_per_task // 2, rng)]
-    rows = [Example(prompt=f"给这条评论判断情感：{r.text}", response="正面" if r.label == "pos" else "负面",
+    rows: list[InstructionExample] = [InstructionExample(prompt=f"给这条评论判断情感：{r.text}", response="正面" if r.label == "pos" else "负面",
                     meta={"task": "zh_sentiment", "where": r.meta["where"]}) for r in reviews]
     names = {"PER": "人名", "LOC": "地名", "ORG": "机构名"}
     n_entities = 0
@@ -318,11 +316,11 @@ def instruction_pairs(seed: int = 0, max_per_task: int | None = 300) -> TaskData
             continue
         found = {kind: list(dict.fromkeys(sentence[s:e] for s, e, t in spans if t == kind)) for kind in names}
         answer = "；".join(f"{label}：{'、'.join(found[kind]) or '无'}" for kind, label in names.items())
-        rows.append(Example(prompt=f"找出这句话中的人名、地名和机构名：{sentence}", response=answer,
+        rows.append(InstructionExample(prompt=f"找出这句话中的人名、地名和机构名：{sentence}", response=answer,
                             meta={"task": "zh_entities", "where": where}))
         n_entities += 1
     docs = _sample(list(_docstring_pairs()), max_per_task, rng)
-    rows += [Example(prompt=f"Summarize what `{name}` does:", response=sentence,
+    rows += [InstructionExample(prompt=f"Summarize what `{name}` does:", response=sentence,
                      meta={"task": "en_docstring", "where": name}) for name, sentence in docs]
     return make_task("instruction", rows, seed=seed, stratify_by="task",
                      meta=_meta("instructions", lang="zh+en", tasks=dict(Counter(r.meta["task"] for r in rows))))
