@@ -68,7 +68,7 @@ def run_lmforge(data, tok_dir: Path, ckpt: Path, work: Path, args, precision: st
 
     cfg = FinetuneConfig.model_validate({
         "task": "classification", "data": {"builtin": "zh_sentiment"},
-        "model": {"from": str(ckpt), "tokenizer": str(tok_dir), "dropout": 0.1},
+        "model": {"from": str(ckpt), "tokenizer": str(tok_dir)}, "head": {"dropout": 0.1},
         "epochs": args.epochs, "batch_size": args.batch, "seq_len": args.seq_len, "lr": args.lr, "min_lr": 0.0,
         "warmup_steps": args.warmup, "weight_decay": 0.01, "betas": [0.9, 0.999], "grad_clip": 1.0,
         "eval_every": 0, "early_stopping": 0, "tensorboard": False, "precision": precision, "device": "cpu",

@@ -199,7 +199,7 @@ def run_lmforge(batches, held_out, args, compile: bool = False, precision: str =
         trainer.fit()
     seconds = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)]
     model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=trainer.amp_dtype, enabled=trainer.amp):
+    with torch.no_grad(), torch.autocast("cpu", dtype=trainer.rt.amp_dtype, enabled=trainer.rt.amp):
         val = float(np.mean([model(x, y, return_logits=False)[1].item() for x, y in held_out]))
     params = sum(p.numel() for p in model.parameters())
     name = ("lmforge+compile" if compile else "lmforge") + (" fp32" if precision == "fp32" else "")

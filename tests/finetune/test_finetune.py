@@ -210,6 +210,8 @@ def test_model_says_which_model_and_head_holds_the_task_head_options():
     assert (cfg.head.pool, cfg.head.dropout) == ("mean", 0.2)
     old = validate(FinetuneConfig, {**base, "model": {"from": "ckpt", "pool": "mean", "dropout": 0.2}})  # old spelling
     assert old.model == cfg.model and old.head == cfg.head
+    beside_from = validate(FinetuneConfig, {**base, "model": {"from": "ckpt", "dropout": 0.2}})  # the head's, as before
+    assert beside_from.model == cfg.model and beside_from.head.dropout == 0.2
     fresh = validate(FinetuneConfig, {**base, "model": {"arch": "gpt", "n_layer": 1, "pos": "learned"}})
     assert fresh.model.preset == "tiny" and fresh.model.pretrain_model().overrides() == {"n_layer": 1, "pos": "learned"}
     assert validate(FinetuneConfig, base).model.preset == "bert-tiny"

@@ -69,11 +69,12 @@ class HeadConfig(StrictModel):
 def _legacy_model(data: Any) -> Any:
     """The old spelling `model: {from, pool, dropout, overrides: {...}}`: head options move to `head`.
 
-    Recognised by `pool` or `overrides` in `model`; then `dropout` there meant the head's too.
+    Recognised by `pool` or `overrides` in `model`, or by `dropout` beside `from` (a loaded model keeps
+    its architecture, so there `dropout` can only have meant the head's, as it did).
     """
     if not isinstance(data, dict) or not isinstance(model := data.get("model"), dict):
         return data
-    if "pool" not in model and "overrides" not in model:
+    if "pool" not in model and "overrides" not in model and not ("from" in model and "dropout" in model):
         return data
     model, head = dict(model), dict(data.get("head") or {})
     for key in ("pool", "dropout"):
