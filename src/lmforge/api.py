@@ -20,9 +20,10 @@ RecipeLike = Recipe | str | Path
 
 
 def _recipe(recipe: RecipeLike, allow_custom_stages: bool) -> tuple[Recipe, Path]:
-    """The parsed recipe and the directory its relative paths resolve against."""
+    """The parsed recipe (a copy: overrides never change the caller's) and the directory its relative
+    paths resolve against."""
     if isinstance(recipe, Recipe):
-        return recipe, Path(".")
+        return recipe.model_copy(deep=True), Path(".")
     return load_recipe(recipe, allow_custom_stages=allow_custom_stages), Path(recipe).parent
 
 

@@ -133,3 +133,13 @@ def test_a_recipe_with_every_labelled_data_section(work):
         "augment": {"data": {"path": str(work / "labelled.jsonl")}, "operations": [{"eda": {"num_aug": 1}}]}})
     stats = run_twice(["run", str(recipe), "--out", str(work / "labelled")], work / "labelled")
     assert list(stats["steps"]) == ["augment", "label", "report"]
+
+
+def test_api_overrides_leave_the_callers_recipe_alone(work, pretrained, tmp_path):
+    """`lmforge.api.pretrain(recipe, steps=...)` is the command's `--steps`: it changes the run, not the object."""
+    from lmforge import api
+    from lmforge.flow.recipe import load_recipe
+
+    recipe = load_recipe(work / "pretrain.yaml")
+    result = api.pretrain(recipe, tmp_path / "run", steps=2)
+    assert result.steps["pretrain"]["steps"] == 2 and recipe.pretrain.steps == 3
