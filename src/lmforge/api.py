@@ -14,7 +14,6 @@ from lmforge.errors import ConfigError
 from lmforge.flow import run_recipe
 from lmforge.flow.recipe import Recipe, load_recipe, parse_recipe
 from lmforge.flow.runner import RunResult, distributed_rank
-from lmforge.pipeline.executors import ExecutorConfig
 
 RecipeLike = Recipe | str | Path
 
@@ -34,11 +33,21 @@ def _needs(recipe: Recipe, source: RecipeLike, section: str, hint: str) -> None:
         raise ConfigError(f"{where}: needs {article} '{section}:' section ({hint})")
 
 
-def run(recipe: RecipeLike, out: str | Path | None = None, *, executor: ExecutorConfig | None = None,
-        allow_custom_stages: bool = True) -> RunResult:
-    """`lmforge run`: every section of the recipe, resumably, in `out` [default runs/<name>]."""
+def run(recipe: RecipeLike, out: str | Path | None = None, *, executor: str | None = None, workers: int | None = None,
+        ray_address: str | None = None, allow_custom_stages: bool = True) -> RunResult:
+    """`lmforge run`: every section of the recipe, resumably, in `out` [default runs/<name>].
+
+    `executor` (local or ray), `workers` and `ray_address` override the recipe's `executor:` section.
+    """
     r, base = _recipe(recipe, allow_custom_stages)
-    return run_recipe(r, out or Path("runs") / r.name, base_dir=base, executor=executor)
+    ex = r.executor.model_copy()
+    if executor is not None:
+        ex.kind = executor
+    if workers is not None:
+        ex.workers = workers
+    if ray_address is not None:
+        ex.kind, ex.address = "ray", ray_address
+    return run_recipe(r, out or Path("runs") / r.name, base_dir=base, executor=ex)
 
 
 def pretrain(recipe: RecipeLike, out: str | Path | None = None, *, steps: int | None = None,

@@ -37,19 +37,11 @@ def run_command(
     from lmforge.cli.console import rich_progress
     from lmforge.cli.summary import print_run_summary
     from lmforge.errors import Interrupted
-    from lmforge.flow.recipe import load_recipe
 
-    r = load_recipe(recipe, allow_custom_stages=not no_custom_stages)
-    ex = r.executor.model_copy()
-    if executor is not None:
-        ex.kind = executor
-    if workers is not None:
-        ex.workers = workers
-    if ray_address is not None:
-        ex.kind, ex.address = "ray", ray_address
     try:
         with rich_progress():
-            result = run(recipe, out, executor=ex, allow_custom_stages=not no_custom_stages)
+            result = run(recipe, out, executor=executor, workers=workers, ray_address=ray_address,
+                         allow_custom_stages=not no_custom_stages)
     except KeyboardInterrupt:
         raise Interrupted() from None
     print_run_summary(result)

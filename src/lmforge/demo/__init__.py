@@ -85,7 +85,7 @@ def _crawl(out: Path, size: DemoSize) -> RunResult:
     from lmforge.demo.site import DemoSite
 
     target = out / "crawl"
-    if (target / "stats.json").is_file() and step_done(target, "report") is not None:
+    if step_done(target, "report") is not None:
         return finished_run(target)  # its site's port was another one: the config would not match again
     shutil.rmtree(target, ignore_errors=True)  # an unfinished crawl starts over: its site's port has changed
     with DemoSite(pages=size.site_pages) as site:

@@ -97,13 +97,10 @@ class Recipe(StrictModel):
                 )
         return value
 
+
     def stage_specs(self) -> list[tuple[str, dict[str, Any]]]:
-        """(name, fully resolved config) per pipeline entry."""
-        specs = []
-        for entry in self.pipeline:
-            (name, cfg), = entry.items()
-            specs.append((name, cfg))
-        return specs
+        """(name, fully resolved config) per pipeline entry, as the pipeline step reads them."""
+        return StageList(stages=self.pipeline).specs()
 
     def resolved(self) -> dict[str, Any]:
         """The config with every default filled in, as saved beside the output."""

@@ -94,9 +94,9 @@ def run_steps(steps: list[Step], run_dir: str | Path, config: dict[str, Any], *,
                 summary = _run_one(step, ctx)
                 write_json_atomic(marker_path(run_dir, step.name), summary)
                 result.ran.append(step.name)
-            ctx.summaries[step.name] = result.steps[step.name] = summary
-            if result.ran and result.ran[-1] == step.name:
+                result.steps[step.name] = summary
                 result.stats = write_stats(run_dir, result.steps)
+            ctx.summaries[step.name] = result.steps[step.name] = summary
     return result
 
 

@@ -38,6 +38,12 @@ class Executor:
     def close(self) -> None:
         pass
 
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # worker processes or the local Ray go with the block, also when it raises
+
 
 def default_workers() -> int:
     try:

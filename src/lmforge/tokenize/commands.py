@@ -108,13 +108,11 @@ def encode_run(run: Path, tokenizer: Path | None = None, out: Path | None = None
     from lmforge.tokenize.shards import encode_shards
 
     kind = "ray" if ray_address else executor
-    ex = make_executor(validate(ExecutorConfig, {"kind": kind, "workers": workers, "address": ray_address},
-                                where="tokenizer encode"))
+    config = validate(ExecutorConfig, {"kind": kind, "workers": workers, "address": ray_address},
+                      where="tokenizer encode")
     out_dir = out or run / "tokens"
-    try:
+    with make_executor(config) as ex:
         manifest = encode_shards(run, tokenizer or run / "tokenizer", out_dir, ex, batch_size)
-    finally:
-        ex.close()
     return {**manifest, "out": out_dir}
 
 

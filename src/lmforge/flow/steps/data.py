@@ -22,6 +22,10 @@ class StageList(StrictModel):
 
     stages: list[dict[str, Any]] = Field(default_factory=list)
 
+    def specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, resolved config) per entry, in order."""
+        return [next(iter(entry.items())) for entry in self.stages]
+
 
 class InputStep(Step):
     name = "input"
@@ -48,12 +52,9 @@ class PipelineStep(Step):
         return ["stages"]
 
     def run(self, ctx: StepContext) -> Summary:
-        specs = [next(iter(entry.items())) for entry in self.config.stages]
-        ex = make_executor(ctx.executor)
-        try:
+        specs = self.config.specs()
+        with make_executor(ctx.executor) as ex:
             output = run_stages(ctx.run_dir, specs, ex)
-        finally:
-            ex.close()
         totals = collect_stats(ctx.run_dir)["totals"]
         return {"output": output.relative_to(ctx.run_dir).as_posix(), "records": totals["records_out"],
                 "stages": len(specs)}

@@ -76,8 +76,7 @@ class TokensStep(Step):
         from lmforge.tokenize.shards import encode_shards
 
         info: dict[str, Any] = {"documents": {}}
-        ex = make_executor(ctx.executor)
-        try:
+        with make_executor(ctx.executor) as ex:
             for split in ("train", "val"):
                 manifest = encode_shards(data_output(ctx), ctx.path("tokenizer"), ctx.path("tokens") / split, ex,
                                          holdout=(self.percent, split))
@@ -85,8 +84,6 @@ class TokensStep(Step):
                 info[f"{split}_tokens"] = manifest["tokens"]
                 if split == "train":
                     info["chars_per_token"] = round(manifest["chars"] / max(1, manifest["tokens"]), 3)
-        finally:
-            ex.close()
         if not info["documents"]["val"]:
             raise UserError(f"pretrain.val_percent={self.percent} held out no documents; raise it or add data")
         return info
