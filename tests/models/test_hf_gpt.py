@@ -129,7 +129,7 @@ def test_export_replaces_an_existing_directory(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        ({"norm": "layernorm"}, r"model\.pos=rope, model\.norm=layernorm.*supported"),
+        ({"norm": "layernorm"}, r"model\.norm=layernorm cannot be exported as LlamaForCausalLM: it needs pos=rope"),
         ({"pos": "learned", "norm": "layernorm", "mlp": "swiglu"}, r"model\.mlp=swiglu"),
         ({"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": True}, r"model\.qk_norm=True"),
         ({"qk_norm": True, "bias": True}, r"model\.bias.*Qwen3"),
@@ -151,12 +151,14 @@ def edit_config(path: Path, **changes) -> None:
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [
-        ({"model_type": "mistral"}, r"'mistral' is not supported.*LlamaForCausalLM.*GPT2LMHeadModel"),
+        ({"model_type": "gemma"}, r"'gemma' is not supported.*LlamaForCausalLM.*MixtralForCausalLM"),
         (
-            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
-            r"rope_type 'linear'",
+            {"rope_parameters": {"rope_type": "longrope", "factor": 2.0, "rope_theta": 1e4}},
+            r"rope_type 'longrope' is not supported",
         ),
-        ({"num_key_value_heads": 1}, r"grouped-query"),
+        ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}},
+         r"describes a model lmforge cannot build: model.rope_scaling.low_freq_factor is required"),
+        ({"num_key_value_heads": 3}, r"n_head \(2\) must be a multiple of model.n_kv_head \(3\)"),
         ({"hidden_act": "gelu"}, r"hidden_act"),
     ],
 )

@@ -36,6 +36,7 @@ def generate_command(
     stream: bool = typer.Option(False, "--stream", help="Print text as it is generated (one prompt, n=1)."),
     tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: beside the model or its run]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", help="float32, bfloat16, float16, or auto: float32 on a CPU, the checkpoint's dtype on a GPU."),
 ) -> None:
     from lmforge.cli.console import console
     from lmforge.errors import UserError
@@ -46,12 +47,12 @@ def generate_command(
         if len(prompts) > 1 or n > 1:
             raise UserError("--stream prints one completion: give one prompt and -n 1")
         for piece in stream_completion(model, prompts[0], max_new_tokens, temperature, top_k, top_p,
-                                       repetition_penalty, stops, seed, chat, tokenizer, device):
+                                       repetition_penalty, stops, seed, chat, tokenizer, device, dtype):
             console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
         console.print()
         return
     results = generate_completions(model, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, n,
-                                   stops, seed, chat, tokenizer, device)
+                                   stops, seed, chat, tokenizer, device, dtype)
     for prompt, completions in zip(prompts, results, strict=True):
         for i, c in enumerate(completions):
             head = f"[bold]{prompt}[/]" + (f" [dim](sample {i + 1})[/]" if n > 1 else "")

@@ -38,6 +38,7 @@ def serve_command(
     backend: str = typer.Option("lmforge", help="lmforge, or vllm (needs vllm and a GPU)."),
     tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: beside the model or its run]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", help="float32, bfloat16, float16, or auto: float32 on a CPU, the checkpoint's dtype on a GPU."),
 ) -> None:
     from lmforge.serve.commands import serve_model
 
@@ -45,4 +46,4 @@ def serve_command(
     # end in a comma.
     keys = list(api_key) + [k.strip() for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k.strip()]
     serve_model(model, host, port, keys, name, slots, rate_limit, max_tokens, max_request_bytes, max_choices,
-                redact_pii, backend, tokenizer, device)
+                redact_pii, backend, tokenizer, device, dtype)

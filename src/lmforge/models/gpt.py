@@ -19,244 +19,31 @@ Shape letters: B batch, T time (tokens), C channels (n_embd), H heads, D head di
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lmforge.config import DataclassConfig, short_repr
-from lmforge.errors import ConfigError
 from lmforge.models import cpu_kernels
+from lmforge.models.attention import CausalSelfAttention, KVCache, RMSNorm
 from lmforge.models.cpu_kernels import Dropout, Linear
+from lmforge.models.gpt_config import GPTConfig, config_from_preset, default_mlp_hidden
+from lmforge.models.moe import MoE, load_balancing_loss
 from lmforge.models.presets import PRESETS  # torch-free, so recipes can validate preset names
-from lmforge.models.sizes import SizePart, check_fits
+from lmforge.models.rope import apply_rope, is_dynamic, rope_tables
+from lmforge.models.sizes import check_fits
 
-# gelu_tanh is GPT-2's own tanh approximation, kept so GPT-2 checkpoints import exactly.
-_CHOICES = {
-    "pos": ("learned", "rope"),
-    "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "gelu_tanh", "swiglu"),
-}
-
-
-@dataclass
-class GPTConfig(DataclassConfig):
-    vocab_size: int
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-    pos: Literal["learned", "rope"] = "rope"
-    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
-    mlp: Literal["gelu", "gelu_tanh", "swiglu"] = "swiglu"
-    tie_embeddings: bool = True
-    qk_norm: bool = False  # RMSNorm over each head's q and k before rope (Qwen3): steadier attention logits
-    norm_eps: float | None = None  # None: 1e-6 for rmsnorm, 1e-5 (GPT-2's) for layernorm
-    rope_theta: float = 10000.0  # rope base; larger stretches the slowest rotation for long contexts
-    mlp_hidden: int | None = None  # None: 4 * n_embd (gelu) or ~8/3 * n_embd rounded up to 64 (swiglu)
-
-    def __post_init__(self) -> None:
-        optional = {"mlp_hidden", "norm_eps"}  # None means "derive from the other fields"
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_hidden"):
-            value = getattr(self, name)
-            bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
-            if bad and not (value is None and name in optional):
-                raise ConfigError(f"model.{name} must be a positive integer (got {short_repr(value)})")
-        for name in ("norm_eps", "rope_theta"):
-            value = getattr(self, name)
-            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
-            if bad and not (value is None and name in optional):
-                raise ConfigError(f"model.{name} must be a positive number (got {short_repr(value)})")
-        for name in ("bias", "tie_embeddings", "qk_norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"model.{name} must be true or false (got {short_repr(getattr(self, name))})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1) (got {short_repr(self.dropout)})")
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"model.{name} must be one of {list(allowed)} (got {short_repr(getattr(self, name))})"
-                )
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
-            )
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(
-                f"model.n_embd / model.n_head must be even for rope (got head size {self.n_embd // self.n_head})"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    # Defaults resolved on read, not stored, so `dataclasses.replace(cfg, norm=...)` stays right.
-    @property
-    def eps(self) -> float:
-        if self.norm_eps is not None:
-            return self.norm_eps
-        return 1e-6 if self.norm == "rmsnorm" else 1e-5
-
-    @property
-    def mlp_hidden_size(self) -> int:
-        return self.mlp_hidden if self.mlp_hidden is not None else default_mlp_hidden(self.n_embd, self.mlp)
-
-    def size_parts(self) -> list[SizePart]:
-        """What `GPT(self)` allocates, part by part, computed without allocating (see models.sizes)."""
-        C, V, T, H = self.n_embd, self.vocab_size, self.block_size, self.mlp_hidden_size
-        b = int(self.bias)
-        norm = C * (1 + (b if self.norm == "layernorm" else 0))
-        attn = 3 * C * C + 3 * C * b + C * C + C * b + (2 * self.head_dim if self.qk_norm else 0)
-        mlp = C * H * (2 if self.mlp == "swiglu" else 1) + H * (2 if self.mlp == "swiglu" else 1) * b + H * C + C * b
-        parts = [
-            SizePart("embeddings", V * C * (1 if self.tie_embeddings else 2), ("vocab_size", "n_embd")),
-            SizePart("layers", self.n_layer * (2 * norm + attn + mlp), ("n_layer", "n_embd", "mlp_hidden")),
-            SizePart("final norm", norm, ("n_embd",)),
-        ]
-        if self.pos == "learned":
-            parts.append(SizePart("positions", T * C, ("block_size", "n_embd")))
-        else:  # cos and sin tables, (T, D/2) each, rebuilt from the config on load
-            parts.append(SizePart("rotary tables", T * self.head_dim, ("block_size", "n_embd"), stored=False))
-        return parts
-
-
-def default_mlp_hidden(n_embd: int, mlp: str) -> int:
-    """4x for GELU; for SwiGLU 2/3 of that (same parameter count), rounded up to a multiple of 64."""
-    if mlp == "swiglu":
-        return 64 * math.ceil(int(8 * n_embd / 3) / 64)
-    return 4 * n_embd
-
-
-def config_from_preset(preset: str, vocab_size: int, **overrides: Any) -> GPTConfig:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown model preset {preset!r}; allowed: {sorted(PRESETS)}")
-    return GPTConfig.from_dict({**PRESETS[preset], **overrides, "vocab_size": vocab_size})
-
-
-# --------------------------------------------------------------------------- building blocks
-
-
-class RMSNorm(nn.Module):
-    """LayerNorm without mean-centering or bias: cheaper and as good for transformers."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 so bf16 activations do not lose the small-variance channels.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+# Re-exported: callers import the whole decoder's vocabulary from here.
+__all__ = ["GPT", "GPTConfig", "KVCache", "PRESETS", "RMSNorm", "apply_rope", "config_from_preset",
+           "default_mlp_hidden", "rope_tables"]
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd, config.eps)
     return nn.LayerNorm(config.n_embd, eps=config.eps, bias=config.bias)
-
-
-def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (D/2,)
-    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, D/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1[i], x2[i]) by a position-dependent angle so q.k depends on relative position."""
-    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, D/2), broadcast over B and H
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-class KVCache:
-    """Keys and values of every token seen so far, one pair per layer, all rows the same length.
-
-    The attention layers talk to a cache through three calls: `positions(T)` (where the new
-    tokens sit), `update(layer, k, v)` (store them; return every key and value plus the mask of
-    which keys each query may see, or None for plain causal attention) and `length`. A cache with
-    a row per request and rows of different lengths (lmforge.serve.cache.SlotCache) fits the same
-    seam, which is how the server batches requests that arrive at different times.
-    """
-
-    def __init__(self, n_layer: int) -> None:
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
-
-    @property
-    def length(self) -> int:
-        first = self.layers[0]
-        return 0 if first is None else first[0].size(2)
-
-    def positions(self, T: int, device: torch.device) -> torch.Tensor:
-        return torch.arange(self.length, self.length + T, device=device)[None, :]  # (1, T)
-
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        past = self.layers[layer]
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, D)
-            v = torch.cat([past[1], v], dim=2)
-        self.layers[layer] = (k, v)
-        T, S = k.size(2) - (0 if past is None else past[0].size(2)), k.size(2)
-        if S == T:
-            return k, v, None
-        # is_causal aligns the mask to the top-left corner, which is wrong once keys include a
-        # cached prefix: query i sits at absolute position S - T + i and may see keys 0..S-T+i.
-        q_pos = torch.arange(S - T, S, device=k.device)[:, None]  # (T, 1)
-        k_pos = torch.arange(S, device=k.device)[None, :]  # (1, S)
-        return k, v, k_pos <= q_pos
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        self.dropout = config.dropout
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = Dropout(config.dropout)
-        if config.qk_norm:
-            self.q_norm = RMSNorm(config.head_dim, config.eps)
-            self.k_norm = RMSNorm(config.head_dim, config.eps)
-        else:
-            self.q_norm = self.k_norm = None
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        cache: KVCache | None,
-        layer: int,
-    ) -> torch.Tensor:
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
-        q = q.view(B, T, self.n_head, C // self.n_head)  # (B, T, H, D)
-        k = k.view(B, T, self.n_head, C // self.n_head)  # (B, T, H, D)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)  # each head's vector normalised on its own
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-
-        mask = None
-        if cache is not None:
-            k, v, mask = cache.update(layer, k, v)  # (B, H, S, D) with S = past + T; mask (T, S) or (B, 1, T, S)
-
-        dropout = self.dropout if self.training else 0.0
-        if mask is None:
-            y = cpu_kernels.attention(q, k, v, dropout_p=dropout, is_causal=True)
-        else:
-            y = cpu_kernels.attention(q, k, v, mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -281,12 +68,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config) if config.is_moe_layer(layer) else MLP(config)
 
     def forward(self, x, rope, cache: KVCache | None, layer: int) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, cache, layer)
@@ -315,7 +102,7 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 drop=Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=make_norm(config),
             )
         )
@@ -323,7 +110,7 @@ class GPT(nn.Module):
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         else:
             # Not persistent: derived from the config, so they stay out of checkpoints.
-            cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+            cos, sin = self._rope_tables(config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
@@ -341,13 +128,25 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
         if self.config.pos == "rope" and self.rope_cos.device.type != "meta":
-            cos, sin = rope_tables(self.config.head_dim, self.config.block_size, self.config.rope_theta)
+            self.reset_rope()
+
+    @torch.no_grad()
+    def reset_rope(self) -> None:
+        """Recompute the rope tables (after `to_empty()`, which leaves buffers uninitialised)."""
+        if self.config.pos == "rope":
+            cos, sin = self._rope_tables(self.config.block_size)
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 
+    def _rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        return rope_tables(cfg.head_dim, length, cfg.rope_theta, cfg.rope_scaling, cfg.block_size)
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, MoE):
+            module.reset_parameters()
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -372,7 +171,7 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6N for the matmuls plus 12*L*C*T for the attention scores.
+        """Training FLOPs per token: 6N for the matmuls plus 12*L*H*D*T for the attention scores.
 
         N counts the output projection even when tied, because that matmul is real compute. T is
         `seq_len` (the length trained on) or, if not given, the full context; the attention term
@@ -382,8 +181,10 @@ class GPT(nn.Module):
         n = self.num_params(exclude_embeddings=True)
         if cfg.tie_embeddings:
             n += cfg.vocab_size * cfg.n_embd
+        idle_experts = cfg.n_expert - cfg.n_expert_active  # an MoE layer computes k experts per token
+        n -= len(self.moe_layers()) * idle_experts * 3 * cfg.n_embd * cfg.expert_hidden
         T = cfg.block_size if seq_len is None else seq_len
-        return 6 * n + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
 
     def features(
         self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None
@@ -400,14 +201,18 @@ class GPT(nn.Module):
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens exceeds block_size {self.config.block_size}")
 
+        for moe in self.moe_layers():
+            moe.aux = None  # router statistics of this pass only
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos == "learned":
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device) if pos is None else pos)  # (B, T, C)
-        elif pos is None:
-            rope = (self.rope_cos[:T], self.rope_sin[:T])  # (T, D/2) each
         else:
-            rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))  # (1 or B, 1, T, D/2) each
+            cos, sin = self.rope_cos, self.rope_sin  # (block_size, D/2) each
+            if is_dynamic(self.config.rope_scaling):  # the base depends on this sequence's length
+                cos, sin = (t.to(idx.device) for t in self._rope_tables(end))
+            # (T, D/2) each without a cache; (1 or B, 1, T, D/2) each with one
+            rope = (cos[:T], sin[:T]) if pos is None else (cos[pos].unsqueeze(1), sin[pos].unsqueeze(1))
         x = self.transformer.drop(x)
         recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
@@ -443,7 +248,7 @@ class GPT(nn.Module):
             loss = cpu_kernels.linear_cross_entropy(
                 x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), ignore_index, reduction
             )
-            return None, loss
+            return None, self._with_aux_loss(loss, targets, ignore_index, reduction)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -453,7 +258,25 @@ class GPT(nn.Module):
                 ignore_index=ignore_index,
                 reduction=reduction,
             )
+            loss = self._with_aux_loss(loss, targets, ignore_index, reduction)
         return logits, loss
+
+    def moe_layers(self) -> list[MoE]:
+        return [block.mlp for block in self.transformer.h if isinstance(block.mlp, MoE)]
+
+    def _with_aux_loss(self, loss: torch.Tensor, targets: torch.Tensor, ignore_index: int, reduction: str):
+        """Add the experts' load-balancing loss while training; a summed loss gets it once per token."""
+        self.last_aux_loss = None
+        if not self.config.moe_aux_loss or not self.training:
+            return loss
+        aux = load_balancing_loss(self.moe_layers())
+        if aux is None:
+            return loss
+        self.last_aux_loss = aux.detach()
+        weight = self.config.moe_aux_loss
+        if reduction == "sum":  # the trainer divides by the token count afterwards
+            weight = weight * (targets != ignore_index).sum()
+        return loss + weight * aux
 
     def new_kv_cache(self) -> KVCache:
         return KVCache(self.config.n_layer)

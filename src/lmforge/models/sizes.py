@@ -97,7 +97,8 @@ def _blame(config: Any, parts: list[SizePart], field_names: dict[str, str]) -> t
 
 
 def check_fits(config: Any, prefix: str = "model.", field_names: dict[str, str] | None = None,
-               available: int | None = None) -> int:
+               available: int | None = None, bytes_per_element: int = BYTES_PER_ELEMENT,
+               dtype_name: str = "float32") -> int:
     """Refuse a config whose model would not fit in memory; returns the bytes it needs.
 
     `field_names` maps lmforge's field names to the ones the user wrote (an HF config's
@@ -105,13 +106,13 @@ def check_fits(config: Any, prefix: str = "model.", field_names: dict[str, str] 
     """
     parts = config.size_parts()
     elements = sum(p.elements for p in parts)
-    need = elements * BYTES_PER_ELEMENT
+    need = elements * bytes_per_element
     available = available_memory() if available is None else available
     if need > available:
         field, value = _blame(config, parts, field_names or {})
         raise ModelTooLarge(
             f"{prefix}{field}={value:,} makes a model of {elements:,} parameters that needs {need:,} bytes "
-            f"({human(need)}) in float32, more than the {human(available)} of memory available"
+            f"({human(need)}) in {dtype_name}, more than the {human(available)} of memory available"
         )
     return need
 
@@ -175,7 +176,8 @@ def weights_on_disk(files: Iterable[Path]) -> WeightsOnDisk:
 
 
 def check_against_weights(config: Any, files: list[Path], where: str,
-                          field_names: dict[str, str] | None = None, layer_field: str = "n_layer") -> None:
+                          field_names: dict[str, str] | None = None, layer_field: str = "n_layer",
+                          bytes_per_element: int = BYTES_PER_ELEMENT, dtype_name: str = "float32") -> None:
     """Refuse a config that describes far more than its weights hold, or weights that cannot fit in memory.
 
     Run before the model is built: a mismatch found after building has already paid for the model.
@@ -198,11 +200,13 @@ def check_against_weights(config: Any, files: list[Path], where: str,
             "describe these weights"
         )
     available = available_memory()
-    if disk.bytes > available:
-        raise ModelTooLarge(f"{where}: the weights in {shown} take {disk.bytes:,} bytes ({human(disk.bytes)}), more "
-                            f"than the {human(available)} of memory available")
+    if disk.elements * bytes_per_element > available:
+        need = disk.elements * bytes_per_element
+        raise ModelTooLarge(f"{where}: the weights in {shown} take {need:,} bytes ({human(need)}) in {dtype_name}, "
+                            f"more than the {human(available)} of memory available")
     try:
-        check_fits(config, prefix="", field_names=names, available=available)
+        check_fits(config, prefix="", field_names=names, available=available, bytes_per_element=bytes_per_element,
+                   dtype_name=dtype_name)
     except ModelTooLarge as exc:
         raise ModelTooLarge(f"{where}: {exc}") from None
 

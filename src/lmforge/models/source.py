@@ -98,9 +98,13 @@ def resolve_source(path: str | Path, tokenizer: str | Path | None = None) -> Mod
     return ModelSource(p, kind, tok, meta)
 
 
-def load_causal_lm(source: ModelSource, device: str = "auto") -> nn.Module:
+def load_causal_lm(source: ModelSource, device: str = "auto", dtype: str = "auto") -> nn.Module:
     """lmforge's GPT behind `source`, for generation: a fine-tuned instruction model's backbone, an
-    lmforge GPT checkpoint, or a Hugging Face Llama/Qwen3/GPT-2 directory imported into it."""
+    lmforge GPT checkpoint, or a Hugging Face directory of a supported family imported into it.
+
+    dtype "auto" keeps an lmforge model's dtype and imports an HF one in float32 on a CPU (exact,
+    and fast everywhere) or in the checkpoint's own dtype on a GPU.
+    """
     from lmforge.models.checkpoint_io import load_checkpoint, resolve_device
     from lmforge.models.heads import load_task_model
     from lmforge.models.protocols import CausalLM, HasBackbone
@@ -110,15 +114,29 @@ def load_causal_lm(source: ModelSource, device: str = "auto") -> nn.Module:
         if not isinstance(model, HasBackbone) or not isinstance(model.backbone, CausalLM) \
                 or info.get("head") != "CausalLMAdapter":
             raise InputError(f"{source.path} is a fine-tuned {info.get('kind')} model; only causal LMs generate text")
-        return model.backbone.to(resolve_device(device))
+        return _to_dtype(model.backbone.to(resolve_device(device)), dtype)
     if source.kind is SourceKind.CHECKPOINT:
         model = load_checkpoint(source.path, device=device)
         if not isinstance(model, CausalLM):
             raise InputError(f"{source.path} holds a {source.meta.get('model_type')} encoder; only a GPT generates text")
-        return model
+        return _to_dtype(model, dtype)
     from lmforge.models.hf import import_gpt_hf
 
-    return import_gpt_hf(source.path).to(resolve_device(device))
+    target = resolve_device(device)
+    if dtype == "auto":
+        stored = source.meta.get("dtype") or source.meta.get("torch_dtype")
+        dtype = stored if target.type == "cuda" and stored in ("bfloat16", "float16") else "float32"
+    return import_gpt_hf(source.path, dtype=dtype).to(target)
+
+
+def _to_dtype(model: nn.Module, dtype: str) -> nn.Module:
+    if dtype == "auto":
+        return model
+    from lmforge.models.hf import DTYPES
+
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be auto or one of {sorted(DTYPES)} (got {dtype!r})")
+    return model.to(DTYPES[dtype])
 
 
 _KIND_BY_ARCH = {"ForSequenceClassification": "classification", "ForTokenClassification": "ner",

@@ -15,11 +15,11 @@ if TYPE_CHECKING:
 
 
 def _load(model: Path, prompts: Sequence[str], chat: bool, tokenizer: Path | None,
-          device: str) -> tuple[LoadedModel, list[str]]:
+          device: str, dtype: str = "auto") -> tuple[LoadedModel, list[str]]:
     from lmforge.serve.chat import ChatEncoder
     from lmforge.serve.loading import load_generator
 
-    loaded = load_generator(model, tokenizer, device=device)
+    loaded = load_generator(model, tokenizer, device=device, dtype=dtype)
     # With chat each prompt is a user turn: its special token strings are text, as the server reads them.
     chat_encoder = ChatEncoder(loaded.tokenizer, loaded.chat_template) if chat else None
     texts = [chat_encoder.encode([{"role": "user", "content": p}]) if chat_encoder else p for p in prompts]
@@ -35,11 +35,11 @@ def _params(**sampling: Any):
 def generate_completions(model: Path, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.8,
                          top_k: int = 50, top_p: float = 1.0, repetition_penalty: float = 1.0, n: int = 1,
                          stop: Sequence[str] = (), seed: int = 0, chat: bool = False, tokenizer: Path | None = None,
-                         device: str = "auto") -> list[list[Completion]]:
+                         device: str = "auto", dtype: str = "auto") -> list[list[Completion]]:
     """`n` completions per prompt, all prompts decoded together (continuous batching)."""
     from lmforge.serve.generate import generate_batch
 
-    loaded, texts = _load(model, prompts, chat, tokenizer, device)
+    loaded, texts = _load(model, prompts, chat, tokenizer, device, dtype)
     params = _params(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, n=n, stop=list(stop), seed=seed)
     return generate_batch(loaded.model, loaded.tokenizer, texts, params, loaded.stop_ids)
@@ -47,11 +47,12 @@ def generate_completions(model: Path, prompts: Sequence[str], max_new_tokens: in
 
 def stream_completion(model: Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8, top_k: int = 50,
                       top_p: float = 1.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (), seed: int = 0,
-                      chat: bool = False, tokenizer: Path | None = None, device: str = "auto") -> Iterator[str]:
+                      chat: bool = False, tokenizer: Path | None = None, device: str = "auto",
+                      dtype: str = "auto") -> Iterator[str]:
     """One completion's text pieces as they are decoded (the model loads on the first `next`)."""
     from lmforge.serve.generate import stream
 
-    loaded, texts = _load(model, [prompt], chat, tokenizer, device)
+    loaded, texts = _load(model, [prompt], chat, tokenizer, device, dtype)
     params = _params(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, n=1, stop=list(stop), seed=seed)
     yield from stream(loaded.model, loaded.tokenizer, texts[0], params, loaded.stop_ids)
@@ -60,7 +61,8 @@ def stream_completion(model: Path, prompt: str, max_new_tokens: int = 64, temper
 def serve_model(model: Path, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence[str] = (),
                 name: str | None = None, slots: int = 8, rate_limit: float = 0, max_tokens: int | None = None,
                 max_request_bytes: int = 1 << 20, max_choices: int = 64, redact_pii: bool = False,
-                backend: str = "lmforge", tokenizer: Path | None = None, device: str = "auto") -> None:
+                backend: str = "lmforge", tokenizer: Path | None = None, device: str = "auto",
+                dtype: str = "auto") -> None:
     """Serve a model over the OpenAI-compatible API until SIGINT/SIGTERM; bad settings raise ConfigError."""
     from pydantic import ValidationError
 
@@ -75,7 +77,7 @@ def serve_model(model: Path, host: str = "127.0.0.1", port: int = 8000, api_keys
                              max_request_bytes=max_request_bytes, max_choices=max_choices, redact_pii=redact_pii)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "serve")) from None
-    serve(model, config, tokenizer, device)
+    serve(model, config, tokenizer, device, dtype)
 
 
 __all__ = ["generate_completions", "serve_model", "stream_completion"]

@@ -335,7 +335,7 @@ async def _stream_end(service: Service, req, rid, created, kind, prompt_tokens, 
 
 
 def build_service(model: str | Path, config: ServeConfig, tokenizer: str | Path | None = None,
-                  device: str = "auto") -> Service:
+                  device: str = "auto", dtype: str = "auto") -> Service:
     from lmforge.serve.worker import make_backend
 
     if config.backend == "vllm":
@@ -344,7 +344,7 @@ def build_service(model: str | Path, config: ServeConfig, tokenizer: str | Path 
     else:
         from lmforge.serve.loading import load_generator
 
-        loaded = load_generator(model, tokenizer, device=device, name=config.model_name)
+        loaded = load_generator(model, tokenizer, device=device, name=config.model_name, dtype=dtype)
         backend = make_backend("lmforge", loaded, config.slots)
         name = loaded.name
     return Service(backend, config, name)
@@ -364,9 +364,10 @@ def uvicorn_server(service: Service, log_level: str = "warning") -> Any:
                                          timeout_graceful_shutdown=cfg.shutdown_timeout, access_log=False))
 
 
-def serve(model: str | Path, config: ServeConfig, tokenizer: str | Path | None = None, device: str = "auto") -> None:
+def serve(model: str | Path, config: ServeConfig, tokenizer: str | Path | None = None, device: str = "auto",
+          dtype: str = "auto") -> None:
     """Load the model and serve until SIGINT/SIGTERM, letting in-flight requests finish."""
-    service = build_service(model, config, tokenizer, device)
+    service = build_service(model, config, tokenizer, device, dtype)
     logger.info("serving %s on http://%s:%d/v1 (%s backend, %d slots)", service.name, config.host, config.port,
                 config.backend, config.slots)
     uvicorn_server(service, log_level="info").run()
