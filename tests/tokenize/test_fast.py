@@ -121,15 +121,30 @@ def test_merges_in_the_old_string_format_and_duplicate_merges(tok):
     assert_same(_variant(tok, old_format), EDGES[:25] + [MIXED])
 
 
+def test_ignore_merges_and_plain_added_tokens_encode_as_tokenizers_does(tok_8k, texts):
+    """Whole-word lookups (Llama 3's ignore_merges) and non-special added tokens, cut out before the BPE."""
+    def edit(spec):
+        spec["model"]["ignore_merges"] = True
+        size = len(spec["model"]["vocab"])
+        for i, content in enumerate(["数据", "<tool>", "<tool", "'s"]):
+            spec["added_tokens"].append({"id": size + i, "content": content, "single_word": False, "lstrip": False,
+                                         "rstrip": False, "normalized": False, "special": False})
+
+    other = _variant(tok_8k, edit)
+    assert_same(other, texts[:300] + EDGES + ["<tool><tool>x<toolbox it's 数据数", "<|endoftext|><tool"])
+    ids, _ = fast.encoder_for(other).encode(["a<tool>b"], 0)
+    assert len(other.get_vocab(with_added_tokens=False)) + 1 in ids.tolist()  # the added token's own id
+
+
 @pytest.mark.parametrize(("edit", "reason"), [
     (lambda s: s.update(normalizer={"type": "NFKC"}), "normalizer"),
     (lambda s: s["pre_tokenizer"]["pretokenizers"][1].update(add_prefix_space=True), "add_prefix_space=False"),
     (lambda s: s["model"].update(dropout=0.1), "dropout"),
-    (lambda s: s["model"].update(ignore_merges=True), "ignore_merges"),
+    (lambda s: s["model"].update(byte_fallback=True), "byte_fallback"),
     (lambda s: s["added_tokens"].append({"id": 5, "content": "数据", "single_word": False, "lstrip": False,
-                                         "rstrip": False, "normalized": False, "special": False}), "non-special"),
+                                         "rstrip": False, "normalized": True, "special": False}), "non-special"),
     (lambda s: s.update(pre_tokenizer={"type": "Whitespace"}), "pre-tokenizer"),
-], ids=["normalizer", "prefix-space", "dropout", "ignore-merges", "plain-added-token", "other-pre-tokenizer"])
+], ids=["normalizer", "prefix-space", "dropout", "byte-fallback", "normalized-added-token", "other-pre-tokenizer"])
 def test_layouts_it_cannot_reproduce_fall_back_to_tokenizers(tok, edit, reason):
     other = _variant(tok, edit)
     encoder, why = fast.status(other)

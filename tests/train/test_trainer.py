@@ -84,13 +84,22 @@ class FixedRows:
         return {"input_ids": self.ids[sl], "labels": self.labels[sl]}
 
 
-def test_grad_accumulation_equals_the_large_batch_gradient(tmp_path):
+LAYOUTS = {
+    "dense": {},
+    "gqa": {"n_head": 4, "n_kv_head": 1, "head_size": 16, "qkv_bias": True},
+    "moe": {"n_kv_head": 1, "n_expert": 4, "n_expert_active": 2, "moe_hidden": 24, "moe_dense_layers": [1]},
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grad_accumulation_equals_the_large_batch_gradient(layout, tmp_path):
     torch.manual_seed(0)
     ids = torch.randint(0, 50, (8, 16))
     labels = torch.roll(ids, -1, dims=1)
     for row, keep in enumerate([16, 3, 16, 9, 1, 16, 12, 5]):  # padded rows: uneven token counts
         labels[row, keep:] = IGNORE
-    config = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    config = GPTConfig(**{"vocab_size": 50, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                          **LAYOUTS[layout]})
     grads = {}
     for accum, rows in ((1, 8), (4, 2), (8, 1)):
         torch.manual_seed(1)
@@ -121,8 +130,15 @@ def test_grad_accumulation_equals_the_large_batch_gradient(tmp_path):
 # ------------------------------------------------------------------ exact resume
 
 
-def test_resume_after_sigkill_continues_the_loss_curve_bitwise(tokens_file, tmp_path):
-    cfg = {**BASE, "steps": 16, "save_every": 4, "model": {**BASE["model"], "dropout": 0.1}}
+RESUMED = {  # the second is grouped-query and a mixture of experts, with its load-balancing loss
+    "dense": {},
+    "gqa-moe": {"n_kv_head": 2, "n_expert": 4, "n_expert_active": 2, "moe_hidden": 32, "moe_aux_loss": 0.01},
+}
+
+
+@pytest.mark.parametrize("layout", RESUMED)
+def test_resume_after_sigkill_continues_the_loss_curve_bitwise(layout, tokens_file, tmp_path):
+    cfg = {**BASE, "steps": 16, "save_every": 4, "model": {**BASE["model"], "dropout": 0.1, **RESUMED[layout]}}
     run_script(tokens_file, tmp_path / "straight", cfg)
 
     out = tmp_path / "killed"

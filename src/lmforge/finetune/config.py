@@ -90,8 +90,10 @@ def _legacy_model(data: Any) -> Any:
 class LoraSettings(StrictModel):
     r: int = Field(default=8, gt=0)
     alpha: int = Field(default=16, gt=0)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="on the projections' updates (experts' have none)")
     target_modules: list[str] | None = Field(default=None, description="None: every attention and MLP projection")
+    target_parameters: list[str] | None = Field(
+        default=None, description="MoE expert weights to adapt (gate_up, down); None: both, [] none")
 
 
 class FinetuneConfig(TrainConfig):

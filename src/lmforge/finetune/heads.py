@@ -1,6 +1,8 @@
 """Build the model a fine-tuning run trains: a task head on an lmforge backbone (checkpoint or fresh),
 or the matching `AutoModelFor*` class for a Hugging Face directory (the head is then HF's own), so
-`from: path/to/bert-base-chinese` fine-tunes a downloaded checkpoint offline.
+`from: path/to/bert-base-chinese` fine-tunes a downloaded checkpoint offline. Decoder families that
+lmforge's GPT holds exactly (Llama, Qwen2/3, Qwen MoE, Mistral, Mixtral) are imported into it
+instead, so they train with lmforge's kernels, LoRA on experts, and export back to HF or GGUF.
 
 The heads themselves and their saved form live in `lmforge.models.heads`, where serving and
 evaluation load them without importing fine-tuning.
@@ -39,6 +41,13 @@ def _hf_task_model(kind: str, source: Path, labels: list[str], fresh: bool) -> n
     return model.train()
 
 
+def _imports_natively(meta: dict[str, Any]) -> bool:
+    """A decoder family lmforge's GPT holds exactly (GPT-2 keeps going through transformers' own classes)."""
+    from lmforge.models.families import FAMILIES
+
+    return meta.get("model_type") in FAMILIES and meta.get("model_type") != "gpt2"
+
+
 def build_task_model(kind: str, source: str | Path | None, labels: list[str], dropout: float,
                      scratch: nn.Module | None = None, fresh: bool = False, pool: str = "auto") -> nn.Module:
     """The task model on the backbone at `source`, or on `scratch` (a fresh backbone).
@@ -47,12 +56,17 @@ def build_task_model(kind: str, source: str | Path | None, labels: list[str], dr
     the result is a Hugging Face model is asked of the model later (`models.protocols.is_hf_model`).
     """
     resolved = None if source is None else resolve_source(source)
-    if resolved is not None and resolved.kind is SourceKind.HF:
+    native = resolved is not None and resolved.kind is SourceKind.HF and _imports_natively(resolved.meta)
+    if resolved is not None and resolved.kind is SourceKind.HF and not native:
         return _hf_task_model(kind, resolved.path, labels, fresh)
-    if resolved is not None and resolved.kind is not SourceKind.CHECKPOINT:
+    if resolved is not None and resolved.kind not in (SourceKind.CHECKPOINT, SourceKind.HF):
         raise UserError(f"finetune.model.from: {resolved.path} is already a fine-tuned {resolved.meta.get('kind')} "
                         "model; give the pretrained checkpoint or Hugging Face directory it came from")
-    if resolved is not None:
+    if native:  # Llama, Qwen, Mistral, ... run as lmforge's own GPT: its Trainer, LoRA, engine, export
+        from lmforge.models.hf import import_gpt_hf
+
+        backbone = import_gpt_hf(resolved.path).train()
+    elif resolved is not None:
         from lmforge.models.checkpoint_io import load_checkpoint
 
         backbone = load_checkpoint(resolved.path).train()

@@ -12,6 +12,7 @@ and evaluation load fine-tuned models too and must not depend on the fine-tuning
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -103,8 +104,9 @@ def save_task_model(model: nn.Module, out: Path, info: dict[str, Any], tokenizer
     tmp = temp_sibling(out)
     tmp.mkdir()
     try:
-        if isinstance(model, MergesAdapters):
-            model = model.merge_and_unload()
+        if isinstance(model, MergesAdapters):  # merged on a copy: the live model keeps training its adapters
+            model = copy.deepcopy(model).merge_and_unload()
+            _merge_expert_lora(model)
             _retie(model)
         if is_hf_model(model):
             model.save_pretrained(str(tmp), safe_serialization=True)
@@ -123,6 +125,13 @@ def save_task_model(model: nn.Module, out: Path, info: dict[str, Any], tokenizer
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _merge_expert_lora(model: nn.Module) -> None:
+    """MoE experts carry lmforge's own LoRA (peft adapts Linear modules only): fold it in too."""
+    for module in model.modules():
+        if callable(getattr(module, "merge_lora", None)):
+            module.merge_lora()
 
 
 def _retie(model: nn.Module) -> None:

@@ -72,6 +72,7 @@ class MoE(nn.Module):
             self.shared_gate = Linear(C, 1, bias=False)
         self.dropout = Dropout(config.dropout)
         self.aux: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.lora: list[str] = []  # expert weights with LoRA updates (add_lora)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -93,8 +94,42 @@ class MoE(nn.Module):
         return logits, weights, experts
 
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
-        """Expert `e` on its tokens x (n, C); LoRA replaces this to add its low-rank updates."""
-        return expert_ffn(x, self.gate_up[e], self.down[e])
+        """Expert `e` on its tokens x (n, C), plus its LoRA updates while they are being trained."""
+        if not self.lora:
+            return expert_ffn(x, self.gate_up[e], self.down[e])
+        h = F.linear(x, self.gate_up[e]) + self._lora_delta(x, "gate_up", e)  # (n, 2*Hm)
+        gate, up = h.chunk(2, dim=-1)
+        h = F.silu(gate) * up
+        return F.linear(h, self.down[e]) + self._lora_delta(h, "down", e)
+
+    # ---- LoRA on the stacked experts: one rank-r update B[e] @ A[e] per expert and weight
+
+    def add_lora(self, r: int, alpha: float, weights: tuple[str, ...] = ("gate_up", "down")) -> None:
+        """Trainable low-rank updates for each expert; named lora_* so peft leaves them trainable."""
+        self.lora_scale = alpha / r
+        for name in weights:
+            out_dim, in_dim = getattr(self, name).shape[1:]
+            a = torch.empty(self.gate_up.size(0), r, in_dim, device=self.gate_up.device, dtype=self.gate_up.dtype)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # as peft initialises A; B starts at zero
+            setattr(self, f"lora_{name}_A", nn.Parameter(a))
+            setattr(self, f"lora_{name}_B", nn.Parameter(a.new_zeros(a.size(0), out_dim, r)))
+            self.lora.append(name)
+
+    def _lora_delta(self, x: torch.Tensor, name: str, e: int) -> torch.Tensor | float:
+        if name not in self.lora:
+            return 0.0
+        a, b = getattr(self, f"lora_{name}_A")[e], getattr(self, f"lora_{name}_B")[e]  # (r, in), (out, r)
+        return F.linear(F.linear(x, a), b) * self.lora_scale
+
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """Fold the updates into the expert weights and drop them: the result is a plain MoE again."""
+        for name in self.lora:
+            a, b = getattr(self, f"lora_{name}_A"), getattr(self, f"lora_{name}_B")
+            getattr(self, name).add_(torch.bmm(b, a) * self.lora_scale)  # (E, out, r) @ (E, r, in)
+            delattr(self, f"lora_{name}_A")
+            delattr(self, f"lora_{name}_B")
+        self.lora = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape

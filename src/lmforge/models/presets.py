@@ -35,7 +35,9 @@ def presets_of(arch: str) -> dict[str, dict[str, Any]]:
 # Architecture fields a recipe may override, per arch: the GPTConfig / BertConfig fields except the
 # ones the data decides (vocab_size from the tokenizer, BERT's pad_id from its [PAD]).
 GPT_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "pos", "norm", "mlp",
-              "tie_embeddings", "qk_norm", "norm_eps", "rope_theta", "mlp_hidden")
+              "tie_embeddings", "qk_norm", "norm_eps", "rope_theta", "mlp_hidden", "n_kv_head", "head_size",
+              "qkv_bias", "rope_scaling", "sliding_window", "window_layers", "n_expert", "n_expert_active",
+              "moe_hidden", "moe_renorm", "moe_shared_hidden", "moe_dense_layers", "moe_aux_loss")
 BERT_FIELDS = ("max_position", "n_layer", "n_head", "n_embd", "intermediate", "dropout", "attn_dropout",
                "type_vocab_size", "layer_norm_eps")
 ARCH_FIELDS = {"gpt": GPT_FIELDS, "bert": BERT_FIELDS}
@@ -71,6 +73,19 @@ class ModelSpec(StrictModel):
     norm_eps: float | None = Field(default=None, gt=0)
     rope_theta: float | None = Field(default=None, gt=0)
     mlp_hidden: int | None = Field(default=None, gt=0)
+    n_kv_head: int | None = Field(default=None, gt=0, description="gpt: key/value heads (grouped-query attention)")
+    head_size: int | None = Field(default=None, gt=0, description="gpt: head width [default: n_embd / n_head]")
+    qkv_bias: bool | None = None
+    rope_scaling: dict[str, Any] | None = Field(default=None, description="gpt: {type: linear|dynamic|llama3|yarn, ...}")
+    sliding_window: int | None = Field(default=None, gt=0)
+    window_layers: list[int] | None = None
+    n_expert: int | None = Field(default=None, ge=0, description="gpt: experts per MoE layer (0: dense)")
+    n_expert_active: int | None = Field(default=None, gt=0, description="gpt: experts each token is routed to")
+    moe_hidden: int | None = Field(default=None, gt=0)
+    moe_renorm: bool | None = None
+    moe_shared_hidden: int | None = Field(default=None, ge=0)
+    moe_dense_layers: list[int] | None = None
+    moe_aux_loss: float | None = Field(default=None, ge=0, description="gpt: load-balancing loss weight")
     intermediate: int | None = Field(default=None, gt=0)
     attn_dropout: float | None = Field(default=None, ge=0, lt=1)
     type_vocab_size: int | None = Field(default=None, gt=0)

@@ -81,7 +81,7 @@ class Service:
         self.limiter = RateLimiter(config.rate_limit)
         self.redactor = Redactor() if config.redact_pii else None
         self.created = int(time.time())
-        self.chat = ChatEncoder(self.tokenizer, backend.loaded.chat_template)
+        self.chat = ChatEncoder(self.tokenizer, backend.loaded.chat_template, **backend.loaded.chat_tokens)
         self.token_text = TokenText(self.tokenizer)
         self.vocab = self.tokenizer.get_vocab_size()
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),

@@ -11,7 +11,9 @@ template's own markers become control tokens and a user cannot open a system tur
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -22,21 +24,52 @@ CHATML = (
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 ROLES = ("system", "user", "assistant", "tool", "developer")
+# Message fields besides role and content that templates read (tool calls and their results, Qwen3's
+# reasoning), passed on when a message has them: Llama 3.1's template tests `'tool_calls' in message`.
+PASSED_FIELDS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
 PLACEHOLDERS = 0xF0000  # supplementary private-use area: stand-ins for special token strings in content
 
 
 @lru_cache(maxsize=8)
 def _compile(template: str) -> Any:
+    """The template compiled as transformers' `apply_chat_template` compiles it, so it renders the same text.
+
+    Hugging Face templates rely on what transformers adds to Jinja: loop controls (`{% break %}`),
+    `{% generation %}` blocks, `raise_exception`, `strftime_now` (Llama 3.2's date) and a `tojson`
+    that keeps non-ASCII text and key order and takes `indent` (Jinja's own escapes `<` and sorts).
+    """
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols", _generation_extension()])
 
     def raise_exception(message: str) -> None:  # HF templates call this to reject bad conversations
         raise TemplateError(message)
 
+    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+               separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template)
+
+
+def _generation_extension() -> type:
+    """`{% generation %}...{% endgeneration %}` marks the assistant's text for transformers' training
+    masks; to a prompt it is just its body."""
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return Generation
 
 
 def message_text(content: Any) -> str:
@@ -55,7 +88,14 @@ def message_text(content: Any) -> str:
     raise InputError(f"message content must be a string or a list of text parts (got {type(content).__name__})")
 
 
-def render_chat(messages: list[dict[str, Any]], template: str | None, eos_token: str = "<|endoftext|>") -> str:
+def render_chat(messages: list[dict[str, Any]], template: str | None, eos_token: str = "<|endoftext|>",
+                bos_token: str = "", tools: list[dict[str, Any]] | None = None, **variables: Any) -> str:
+    """The prompt text, as transformers' `apply_chat_template(..., add_generation_prompt=True)` renders it.
+
+    `bos_token` and `eos_token` are the strings of tokenizer_config.json (Llama 3's template writes
+    `bos_token` itself), `tools` are JSON schemas, and `variables` reach the template as they are
+    (`date_string`, Qwen3's `enable_thinking`).
+    """
     from jinja2.exceptions import TemplateError
 
     if not messages:
@@ -65,10 +105,12 @@ def render_chat(messages: list[dict[str, Any]], template: str | None, eos_token:
         role = m.get("role")
         if role not in ROLES:
             raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)} (got {role!r})")
-        clean.append({"role": role, "content": message_text(m.get("content"))})
+        fields = {k: m[k] for k in PASSED_FIELDS if m.get(k) is not None}
+        clean.append({"role": role, "content": message_text(m.get("content")), **fields})
     try:
-        return _compile(template or CHATML).render(messages=clean, add_generation_prompt=True,
-                                                   bos_token="", eos_token=eos_token)
+        return _compile(template or CHATML).render(**variables, messages=clean, tools=tools, documents=None,
+                                                   add_generation_prompt=True, bos_token=bos_token,
+                                                   eos_token=eos_token)
     except TemplateError as exc:
         raise InputError(f"the model's chat template rejected the messages: {exc}") from None
 
@@ -81,14 +123,17 @@ class ChatEncoder:
     The text is cut at those, and each piece between them is encoded with special tokens read
     as text and the placeholders restored, so the content's `<|im_end|>` becomes `<`, `|`, `im`...
     A tokenizer splits its input at special tokens before anything else, so for content without
-    special token strings the ids are exactly those of encoding the rendered text.
+    special token strings the ids are exactly those of encoding the rendered text. Everything the
+    caller gives (content, tool calls, tool schemas) is treated alike.
     """
 
-    def __init__(self, tokenizer: Any, template: str | None) -> None:
+    def __init__(self, tokenizer: Any, template: str | None, bos_token: str = "",
+                 eos_token: str = "<|endoftext|>") -> None:
         from tokenizers import Tokenizer
 
         self.tokenizer = tokenizer
         self.template = template
+        self.tokens = {"bos_token": bos_token, "eos_token": eos_token}
         added = tokenizer.get_added_tokens_decoder()  # id -> AddedToken
         self.special_ids = {t.content: i for i, t in added.items() if t.special and t.content}
         self.specials = sorted(self.special_ids, key=len, reverse=True)  # longest first, as tokenizers match
@@ -101,15 +146,15 @@ class ChatEncoder:
         self.esc = next(chr(c) for c in range(0x10FFFD, 0x100000, -1) if chr(c) not in source)
         self._hidden = re.compile(re.escape(self.esc) + "(.)", re.DOTALL)
 
-    def render(self, messages: list[dict[str, Any]]) -> str:
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text (specials in content shown as they are), for logs and echo."""
-        return render_chat(messages, self.template)
+        return render_chat(messages, self.template, tools=tools, **self.tokens)
 
-    def encode(self, messages: list[dict[str, Any]]) -> list[int]:
+    def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         if self._split is None:
-            return encode_texts(self.tokenizer, [self.render(messages)])[0]
-        hidden = [{**m, "content": self._hide(message_text(m.get("content")))} for m in messages]
-        text = render_chat(hidden, self.template)
+            return encode_texts(self.tokenizer, [self.render(messages, tools)])[0]
+        hidden = [self._hide_all({**m, "content": message_text(m.get("content"))}) for m in messages]
+        text = render_chat(hidden, self.template, tools=self._hide_all(tools), **self.tokens)
         pieces: list[str] = []
         controls: list[int] = []
         start = 0
@@ -128,6 +173,16 @@ class ChatEncoder:
     def _hide(self, content: str) -> str:
         content = content.replace(self.esc, self.esc * 2)
         return self._split.sub(lambda m: self.esc + self._placeholder[m.group()], content)
+
+    def _hide_all(self, value: Any) -> Any:
+        """`value` with `_hide` applied to every string in it (dict keys aside)."""
+        if isinstance(value, str):
+            return self._hide(value)
+        if isinstance(value, dict):
+            return {k: self._hide_all(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._hide_all(v) for v in value]
+        return value
 
     def _restore(self, text: str) -> str:
         def back(m: re.Match) -> str:

@@ -21,7 +21,7 @@ def _load(model: Path, prompts: Sequence[str], chat: bool, tokenizer: Path | Non
 
     loaded = load_generator(model, tokenizer, device=device, dtype=dtype)
     # With chat each prompt is a user turn: its special token strings are text, as the server reads them.
-    chat_encoder = ChatEncoder(loaded.tokenizer, loaded.chat_template) if chat else None
+    chat_encoder = ChatEncoder(loaded.tokenizer, loaded.chat_template, **loaded.chat_tokens) if chat else None
     texts = [chat_encoder.encode([{"role": "user", "content": p}]) if chat_encoder else p for p in prompts]
     return loaded, texts
 

@@ -112,8 +112,9 @@ class Trainer:
         resume = self.checkpointer.restore_weights(self.model)
         torch.manual_seed(self.cfg.seed + 1000 + self.dist.rank)  # dropout draws differ per rank
         self.model.to(self.device)
-        if isinstance(self.model, CheckpointsActivations):
-            self.model.checkpoint_activations = self.cfg.activation_checkpointing
+        for module in self.model.modules():  # the GPT may sit inside a task head or a peft wrapper
+            if isinstance(module, CheckpointsActivations):
+                module.checkpoint_activations = self.cfg.activation_checkpointing
         self.wrapped = distributed.wrap(self.model, self.dist, self.cfg.distributed, self.device)
         if self.cfg.compile:
             self.wrapped.compile()  # in place: parameter names (and checkpoints) stay unchanged
