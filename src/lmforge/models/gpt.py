@@ -1,9 +1,12 @@
 """A decoder-only transformer in one readable file.
 
-The same class covers the original GPT-2 layout (learned positions, LayerNorm, GELU MLP) and
-the modern one (rotary positions, RMSNorm, SwiGLU, optionally Qwen3's per-head q/k RMSNorm) so
-that presets can reproduce GPT-2 sizes while the small defaults use what trains best at small
-scale; `lmforge.models.hf` maps these layouts to GPT2/Llama/Qwen3 in transformers. Generation
+The same class covers the original GPT-2 layout (learned positions, LayerNorm, GELU MLP), the
+modern one lmforge trains by default (rotary positions, RMSNorm, SwiGLU) and the open-weight
+families built on it: Llama 3, Qwen2.5/3, Mistral and the mixtures of experts Qwen3-MoE, Qwen2-MoE
+and Mixtral. Their differences are config fields (models.gpt_config) handled by three pieces, each
+in its own file: attention with grouped-query heads, biases, q/k norms and sliding windows
+(models.attention), rope and its scalings (models.rope), and the expert layer (models.moe).
+`lmforge.models.hf` moves weights to and from each family's `transformers` class. Generation
 uses a KV cache: each new token attends to stored keys/values instead of re-running the prefix.
 
 Speed: q, k, v come from one fused matmul and the SwiGLU gate and up projections from another;
