@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.errors import ConfigError, InputError
 from lmforge.models.gpt import GPT
 from lmforge.models.hf import export_gpt_hf, import_gpt_hf
 
@@ -111,3 +112,23 @@ def test_half_precision_import_keeps_the_stored_values(dtype, tmp_path):
     with torch.no_grad():
         logits, _ = model(torch.tensor([PROMPTS[0]]))
     assert logits.dtype == getattr(torch, dtype) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("changes", "needle"), [
+    ({"num_experts": 100_000, "num_local_experts": 100_000}, r"num_experts=100,000 describes"),
+    ({"num_key_value_heads": 3}, r"n_head \(4\) must be a multiple of model.n_kv_head \(3\)"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, r"rope_scaling.factor is required"),
+    ({"model_type": "deepseek_v3"}, r"'deepseek_v3' is not supported"),
+])
+def test_absurd_or_unsupported_configs_are_refused_before_allocation(changes, needle, tmp_path):
+    import json
+
+    hf_model("mixtral").save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.update(changes)
+    if "num_experts" in changes:
+        raw["model_type"] = "qwen3_moe"
+        raw.update(moe_intermediate_size=96, head_dim=16)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises((ConfigError, InputError), match=needle):
+        import_gpt_hf(tmp_path)
