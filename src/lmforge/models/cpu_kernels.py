@@ -242,10 +242,61 @@ def linear_cross_entropy(
 
 
 class Linear(torch.nn.Linear):
-    """nn.Linear whose float32 CPU matmuls run on oneDNN (2x MKL on AMD CPUs); same parameters and math."""
+    """nn.Linear whose float32 CPU matmuls run on oneDNN (2x MKL on AMD CPUs); same parameters and math.
+
+    For decoding, `pack_for_inference` may give it a copy of its weight in oneDNN's blocked layout:
+    a token's matmuls are then 1.5-2x faster (the weight is not re-laid out on every call), with
+    bit-identical bf16 results. The copy is used only without autograd and only while the weight
+    is unchanged since packing (its version counter), so training never sees a stale copy.
+    """
+
+    packed: Packed | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return packed_linear(x, self.packed, self.weight, self.bias)
+
+
+Packed = tuple[int, torch.Tensor]  # (the weight's version counter when packed, the packed copy)
+
+
+def pack(weight: torch.Tensor) -> Packed:
+    with torch.no_grad():
+        return weight._version, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+
+
+def packed_linear(x: torch.Tensor, packed: Packed | None, weight: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`linear(x, weight, bias)`, through the packed copy when it is usable and still current."""
+    if packed is not None and not torch.is_grad_enabled() and x.device.type == "cpu" \
+            and packed[0] == weight._version and x.dtype == packed[1].dtype:
+        return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "none", [], "")
+    return linear(x, weight, bias)
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    return (ENABLED and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and weight.device.type == "cpu"
+            and weight.dtype in (torch.float32, torch.bfloat16))
+
+
+def pack_for_inference(model: torch.nn.Module, budget_bytes: int) -> int:
+    """Give the model's CPU Linear layers packed weight copies, largest first, within `budget_bytes`,
+    then let modules with a `pack_weights(budget)` method (MoE experts) use what is left.
+
+    Returns the bytes used. A tied output layer gets its own copy like any other; layers that do
+    not fit the budget keep the plain path, so a model that fills memory still decodes.
+    """
+    layers = [m for m in model.modules() if isinstance(m, Linear) and can_pack(m.weight)]
+    used = 0
+    for layer in sorted(layers, key=lambda m: m.weight.numel(), reverse=True):
+        size = layer.weight.numel() * layer.weight.element_size()
+        stale = layer.packed is None or layer.packed[0] != layer.weight._version
+        if stale and used + size <= budget_bytes:
+            layer.packed = pack(layer.weight)
+            used += size
+    for module in model.modules():
+        if callable(getattr(module, "pack_weights", None)):
+            used += module.pack_weights(budget_bytes - used)
+    return used
 
 
 # --------------------------------------------------------------------------- dropout and attention

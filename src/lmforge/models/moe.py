@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.models.cpu_kernels import Dropout, Linear
+from lmforge.models.cpu_kernels import Dropout, Linear, Packed, can_pack, pack, packed_linear
 from lmforge.models.gpt_config import GPTConfig
 
 
@@ -73,6 +73,7 @@ class MoE(nn.Module):
         self.dropout = Dropout(config.dropout)
         self.aux: tuple[torch.Tensor, torch.Tensor] | None = None
         self.lora: list[str] = []  # expert weights with LoRA updates (add_lora)
+        self.packed: list[tuple[Packed, Packed]] = []  # per expert (gate_up, down), for CPU decoding
         self.reset_parameters()
 
     @torch.no_grad()
@@ -95,12 +96,24 @@ class MoE(nn.Module):
 
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         """Expert `e` on its tokens x (n, C), plus its LoRA updates while they are being trained."""
+        if self.packed and not self.lora:  # decoding on a CPU (cpu_kernels.pack_for_inference)
+            gate, up = packed_linear(x, self.packed[e][0], self.gate_up[e]).chunk(2, dim=-1)
+            return packed_linear(F.silu(gate) * up, self.packed[e][1], self.down[e])
         if not self.lora:
             return expert_ffn(x, self.gate_up[e], self.down[e])
         h = F.linear(x, self.gate_up[e]) + self._lora_delta(x, "gate_up", e)  # (n, 2*Hm)
         gate, up = h.chunk(2, dim=-1)
         h = F.silu(gate) * up
         return F.linear(h, self.down[e]) + self._lora_delta(h, "down", e)
+
+    def pack_weights(self, budget_bytes: int) -> int:
+        """Packed per-expert copies for CPU decoding (see cpu_kernels.Linear), if they fit the budget."""
+        size = (self.gate_up.numel() + self.down.numel()) * self.gate_up.element_size()
+        current = self.packed and self.packed[0][0][0] == self.gate_up._version
+        if current or self.lora or size > budget_bytes or not can_pack(self.gate_up):
+            return 0
+        self.packed = [(pack(self.gate_up[e]), pack(self.down[e])) for e in range(self.gate_up.size(0))]
+        return size
 
     # ---- LoRA on the stacked experts: one rank-r update B[e] @ A[e] per expert and weight
 

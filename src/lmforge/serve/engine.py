@@ -10,6 +10,7 @@ one thread calls `step()`; `submit()` and `cancel()` may come from any thread.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from typing import Any
 import torch
 
 from lmforge.errors import InputError
+from lmforge.models import cpu_kernels
 from lmforge.models.gpt import GPT
+from lmforge.models.sizes import available_memory
 from lmforge.serve.cache import SlotCache
 from lmforge.serve.detok import IncrementalText
 from lmforge.serve.sampling import SamplingParams, choose
@@ -101,6 +104,7 @@ class Engine:
         self.cache = SlotCache(model, slots, max_len)
         self.max_len = self.cache.max_len
         self.device = next(model.parameters()).device
+        self._pack_weights()
         self.stop_ids = frozenset(stop_ids or [])
         self.vocab = model.config.vocab_size
         self.seen = torch.zeros(slots, self.vocab, dtype=torch.bool, device=self.device)  # repetition penalty
@@ -108,6 +112,15 @@ class Engine:
         self._running: dict[int, _Seq] = {}  # slot -> sequence
         self._waiting: deque[Request] = deque()
         self._lock = threading.Lock()
+
+    def _pack_weights(self) -> None:
+        """On a CPU, oneDNN-packed weight copies make decoding 1.5-2x faster; they cost the weights'
+        memory again, so they are made only while half of the available memory stays free."""
+        if self.device.type != "cpu" or os.environ.get("LMFORGE_PACK_WEIGHTS", "1") == "0":
+            return
+        used = cpu_kernels.pack_for_inference(self.model, available_memory() // 2)
+        if used:
+            logger.info("decoding with %.0f MB of packed weights (LMFORGE_PACK_WEIGHTS=0 turns this off)", used / 1e6)
 
     # ---- any thread
 

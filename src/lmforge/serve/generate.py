@@ -55,7 +55,11 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str] | list[list[in
     stop_ids = list(stop_ids or [])
     params = replace(params, max_new_tokens=min(params.max_new_tokens, model.config.block_size - 1))
     was_training = model.training
-    engine = Engine(model, tokenizer, slots=max(slots, params.n), stop_ids=stop_ids)
+    ids = [fit_prompt(_prompt_ids(prompt, tokenizer, stop_ids), params, model.config.block_size) for prompt in prompts]
+    # The cache holds what these prompts need, not the model's whole context (32k slots of Qwen2.5 are GBs).
+    need = max((len(i) for i in ids), default=1) + params.max_new_tokens + 1
+    engine = Engine(model, tokenizer, slots=max(slots, params.n), stop_ids=stop_ids,
+                    max_len=min(need, model.config.block_size))
     results = [[Completion() for _ in range(params.n)] for _ in prompts]
 
     def sink_for(i: int):
@@ -67,9 +71,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str] | list[list[in
         return sink
 
     try:
-        for i, prompt in enumerate(prompts):
-            ids = fit_prompt(_prompt_ids(prompt, tokenizer, stop_ids), params, engine.max_len)
-            engine.submit(ids, params, sink_for(i))
+        for i, prompt_ids in enumerate(ids):
+            engine.submit(prompt_ids, params, sink_for(i))
         engine.run()
     finally:
         model.train(was_training)
