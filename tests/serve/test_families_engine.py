@@ -96,3 +96,20 @@ def test_openai_server_chats_with_an_imported_llama3_using_its_own_template(tmp_
     # so the prompt is longer than the same chat without it by that text's pieces, never by one control token
     assert usage["prompt_tokens"] > len(expected) + 1
     assert expected[0] == 0 and usage["completion_tokens"] <= 6
+
+
+def test_max_model_len_caps_the_kv_cache_and_the_prompts_it_takes(tmp_path):
+    import httpx
+    import serving
+
+    running = serving.start_server(llama3_dir(tmp_path / "llama3"), max_model_len=24)
+    try:
+        engine = running.service.backend.engine
+        assert engine.max_len == 24 and engine.cache.k.shape[3] == 24  # not the model's 256 positions
+        body = {"model": "llama3", "prompt": list(range(10, 40)), "max_tokens": 2}
+        too_long = httpx.post(f"{running.base}/v1/completions", json=body, timeout=60)
+        fits = httpx.post(f"{running.base}/v1/completions", json={**body, "prompt": list(range(10, 20))}, timeout=60)
+    finally:
+        running.stop()
+    assert too_long.status_code == 400 and "24" in too_long.json()["error"]["message"]
+    assert fits.status_code == 200 and fits.json()["usage"]["prompt_tokens"] == 10

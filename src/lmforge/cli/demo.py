@@ -25,12 +25,12 @@ import typer
 
 def demo_command(
     out: Path = typer.Option(Path("lmforge-demo"), "--out", "-o", help="Run directory."),
-    steps: int | None = typer.Option(None, min=1, help="GPT pretraining steps [default: the recipe's]."),
-    workers: int | None = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
+    steps: int | None = typer.Option(None, min=1, help="GPT pretraining steps (default: the recipe's)."),
+    workers: int | None = typer.Option(None, min=1, help="Local worker processes (default: CPU cores)."),
     quick: bool = typer.Option(False, "--quick", help="A much smaller run (about a minute) to try the flow."),
     serve: bool = typer.Option(False, "--serve", help="Serve the pretrained GPT afterwards (OpenAI API)."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port for --serve (on 127.0.0.1)."),
-    api_key: str | None = typer.Option(None, "--api-key", help="Key for --serve [default: a random one, printed]."),
+    api_key: str | None = typer.Option(None, "--api-key", help="Key for --serve (default: a random one, printed)."),
 ) -> None:
     from lmforge.cli.console import out as console_out
     from lmforge.cli.console import rich_progress

@@ -22,7 +22,7 @@ def evaluate_command(
     model: Path = typer.Argument(..., help="Fine-tuned model, lmforge checkpoint or HF causal LM directory."),
     data: str = typer.Argument(..., help="Labelled file, builtin:NAME, or text for perplexity."),
     metrics: str = typer.Option("auto", help="auto (by task), or perplexity."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: the model's own]."),
+    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (default: the model's own)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory: report.json, report.md, report.html, stats.json."),
     max_docs: int = typer.Option(2000, help="Perplexity: documents to score at most."),
 ) -> None:

@@ -23,7 +23,7 @@ from lmforge.cli.run import NO_CUSTOM_STAGES
 
 def finetune_command(
     recipe: Path = typer.Argument(..., help="YAML recipe with a `finetune:` section."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory [default: runs/<recipe name>]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: runs/<recipe name>)."),
     source: str | None = typer.Option(None, "--from", help="Override finetune.model.from (checkpoint or HF dir)."),
     epochs: float | None = typer.Option(None, min=0.01, help="Override finetune.epochs."),
     no_custom_stages: bool = NO_CUSTOM_STAGES,

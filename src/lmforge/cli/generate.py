@@ -34,7 +34,7 @@ def generate_command(
     seed: int = typer.Option(0, help="Same seed, same text."),
     chat: bool = typer.Option(False, "--chat", help="Apply the model's chat template (user turn)."),
     stream: bool = typer.Option(False, "--stream", help="Print text as it is generated (one prompt, n=1)."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: beside the model or its run]."),
+    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (default: beside the model or its run)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", help="float32, bfloat16, float16, or auto: float32 on a CPU, the checkpoint's dtype on a GPU."),
 ) -> None:

@@ -54,7 +54,7 @@ def _table(title: str, columns: list[str], rows: list[list[object]]):
 def serve_command(
     dataset: str = typer.Argument(..., help="Items to label: JSONL/CSV (text, optional id, prediction, score), "
                                             "Label Studio tasks .json, or builtin:NAME."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Answer log (JSONL) \\[default: DATASET.answers.jsonl]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Answer log (JSONL) \\(default: DATASET.answers.jsonl)."),
     labels: str | None = typer.Option(None, help="Comma-separated classes or entity types \\[default: from the "
                                                  "built-in task or the predictions]."),
     kind: str = KIND,
@@ -67,10 +67,10 @@ def serve_command(
     allow_host: str | None = typer.Option(None, "--allow-host", help="Comma-separated extra host names the app "
                                                                      "answers to (e.g. a reverse proxy's)."),
     max_body: int | None = typer.Option(None, "--max-body", help="Largest request body in bytes; larger ones get "
-                                                                   "413 \\[default: 1048576]."),
+                                                                   "413 \\(default: 1048576)."),
     max_comment: int | None = typer.Option(None, "--max-comment", help="Longest comment in characters "
-                                                                       "\\[default: 2000]."),
-    annotator: str | None = typer.Option(None, help="Name saved with each answer \\[default: the login name]."),
+                                                                       "\\(default: 2000)."),
+    annotator: str | None = typer.Option(None, help="Name saved with each answer \\(default: the login name)."),
     text_field: str = typer.Option("text", help="Field holding the text."),
 ) -> None:
     """Open a labelling web app at http://HOST:PORT (one item at a time, keyboard shortcuts, undo)."""
@@ -154,7 +154,7 @@ def export_ls_command(
 def import_ls_command(
     export: Path = typer.Argument(..., help="Label Studio JSON export (Export → JSON)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the dataset to."),
-    kind: str | None = typer.Option(None, help="classification or ner \\[default: from the annotations]."),
+    kind: str | None = typer.Option(None, help="classification or ner \\(default: from the annotations)."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl, csv or hf."),
     seed: int = typer.Option(0, help="Seed of the split."),
 ) -> None:

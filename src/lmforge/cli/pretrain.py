@@ -28,7 +28,7 @@ from lmforge.cli.run import NO_CUSTOM_STAGES
 
 def pretrain_command(
     recipe: Path = typer.Argument(..., help="YAML recipe with a `pretrain:` section."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<recipe name>]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
     steps: int | None = typer.Option(None, min=1, help="Override pretrain.steps."),
     device: str | None = typer.Option(None, help="Override pretrain.device: auto, cpu, cuda, cuda:N."),
     init_from: Path | None = typer.Option(None, help="Continue from an lmforge checkpoint or an HF model directory."),

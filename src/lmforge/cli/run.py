@@ -27,9 +27,9 @@ NO_CUSTOM_STAGES = typer.Option(
 
 def run_command(
     recipe: Path = typer.Argument(..., help="YAML recipe file."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<recipe name>]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
     executor: str | None = typer.Option(None, help="Override the recipe's executor: local or ray."),
-    workers: int | None = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
+    workers: int | None = typer.Option(None, min=1, help="Local worker processes (default: CPU cores)."),
     ray_address: str | None = typer.Option(None, help="Address of an existing Ray cluster."),
     no_custom_stages: bool = NO_CUSTOM_STAGES,
 ) -> None:

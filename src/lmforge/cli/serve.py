@@ -28,15 +28,17 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to bind."),
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable)."),
-    name: str | None = typer.Option(None, help="Model id clients send [default: the model directory's name]."),
+    name: str | None = typer.Option(None, help="Model id clients send (default: the model directory's name)."),
     slots: int = typer.Option(8, min=1, help="Sequences decoded together."),
     rate_limit: float = typer.Option(0, min=0, help="Requests per minute per key (0: unlimited)."),
-    max_tokens: int | None = typer.Option(None, min=1, help="Cap on a request's max_tokens [default: context]."),
+    max_tokens: int | None = typer.Option(None, min=1, help="Cap on a request's max_tokens (default: context)."),
     max_request_bytes: int = typer.Option(1 << 20, min=1024, help="Largest request body accepted."),
     max_choices: int = typer.Option(64, min=1, help="Most completions (prompts x n) one request may ask for."),
     redact_pii: bool = typer.Option(False, "--redact-pii", help="Mask PII in prompts and outputs."),
+    max_model_len: int | None = typer.Option(None, "--max-model-len", min=16,
+                                             help="Tokens per sequence the KV cache holds (default: the model's context)."),
     backend: str = typer.Option("lmforge", help="lmforge, or vllm (needs vllm and a GPU)."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: beside the model or its run]."),
+    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (default: beside the model or its run)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", help="float32, bfloat16, float16, or auto: float32 on a CPU, the checkpoint's dtype on a GPU."),
 ) -> None:
@@ -46,4 +48,4 @@ def serve_command(
     # end in a comma.
     keys = list(api_key) + [k.strip() for k in os.environ.get("LMFORGE_API_KEYS", "").split(",") if k.strip()]
     serve_model(model, host, port, keys, name, slots, rate_limit, max_tokens, max_request_bytes, max_choices,
-                redact_pii, backend, tokenizer, device, dtype)
+                redact_pii, max_model_len, backend, tokenizer, device, dtype)

@@ -50,7 +50,7 @@ def train_command(
 @app.command("inspect")
 def inspect_command(
     tokenizers: list[Path] = typer.Argument(..., help="Tokenizer directories to measure."),
-    text: list[Path] = typer.Option(None, "--text", help="Measure on these runs/files [default: held-out built-in text]."),
+    text: list[Path] = typer.Option(None, "--text", help="Measure on these runs/files (default: held-out built-in text)."),
     corpus: list[str] = CORPUS,
     compare: bool = typer.Option(True, help="Add cl100k_base, o200k_base and GPT-2 (built offline when possible)."),
     limit_chars: int = typer.Option(1_000_000, min=1, help="At most this many characters per language."),
@@ -87,10 +87,10 @@ def inspect_command(
 @app.command("encode")
 def encode_command(
     run: Path = typer.Argument(..., help="Run directory (its final stage is encoded) or a stage directory."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory [default: RUN/tokenizer]."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Token shard directory [default: RUN/tokens]."),
+    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (default: RUN/tokenizer)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Token shard directory (default: RUN/tokens)."),
     executor: str = typer.Option("local", help="local or ray."),
-    workers: int | None = typer.Option(None, min=1, help="Local worker processes [default: CPU cores]."),
+    workers: int | None = typer.Option(None, min=1, help="Local worker processes (default: CPU cores)."),
     ray_address: str | None = typer.Option(None, help="Address of an existing Ray cluster."),
     batch_size: int = typer.Option(1024, min=1, help="Documents per encode call."),
 ) -> None:

@@ -61,6 +61,7 @@ def stream_completion(model: Path, prompt: str, max_new_tokens: int = 64, temper
 def serve_model(model: Path, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence[str] = (),
                 name: str | None = None, slots: int = 8, rate_limit: float = 0, max_tokens: int | None = None,
                 max_request_bytes: int = 1 << 20, max_choices: int = 64, redact_pii: bool = False,
+                max_model_len: int | None = None,
                 backend: str = "lmforge", tokenizer: Path | None = None, device: str = "auto",
                 dtype: str = "auto") -> None:
     """Serve a model over the OpenAI-compatible API until SIGINT/SIGTERM; bad settings raise ConfigError."""
@@ -74,7 +75,8 @@ def serve_model(model: Path, host: str = "127.0.0.1", port: int = 8000, api_keys
     try:
         config = ServeConfig(host=host, port=port, api_keys=list(api_keys), model_name=name, backend=backend,
                              slots=slots, rate_limit=rate_limit, max_tokens_limit=max_tokens,
-                             max_request_bytes=max_request_bytes, max_choices=max_choices, redact_pii=redact_pii)
+                             max_request_bytes=max_request_bytes, max_choices=max_choices, redact_pii=redact_pii,
+                             max_model_len=max_model_len)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "serve")) from None
     serve(model, config, tokenizer, device, dtype)

@@ -104,6 +104,10 @@ class Engine:
         self.cache = SlotCache(model, slots, max_len)
         self.max_len = self.cache.max_len
         self.device = next(model.parameters()).device
+        kv_bytes = 2 * self.cache.k.numel() * self.cache.k.element_size()
+        if kv_bytes > 256 << 20:  # worth knowing when it is large (a 32k context has GBs per slot)
+            logger.info("KV cache: %d slots x %d tokens = %.1f GB (--max-model-len caps it)", slots, self.max_len,
+                        kv_bytes / 1e9)
         self._pack_weights()
         self.stop_ids = frozenset(stop_ids or [])
         self.vocab = model.config.vocab_size

@@ -98,9 +98,10 @@ def generate_tokens(model: Any, prompt_ids: list[int], params: SamplingParams, e
 def stream(model: Any, tokenizer: Any, prompt: str | list[int], params: SamplingParams,
            stop_ids: list[int] | None = None) -> Iterator[str]:
     """Text pieces of one completion as they are decoded (the CLI's --stream)."""
-    engine = Engine(model, tokenizer, slots=1, stop_ids=stop_ids)
+    ids = fit_prompt(_prompt_ids(prompt, tokenizer, list(stop_ids or [])), params, model.config.block_size)
+    engine = Engine(model, tokenizer, slots=1, stop_ids=stop_ids,
+                    max_len=min(len(ids) + params.max_new_tokens + 1, model.config.block_size))
     pieces: list[Event] = []
-    ids = fit_prompt(_prompt_ids(prompt, tokenizer, list(stop_ids or [])), params, engine.max_len)
     engine.submit(ids, params, pieces.append)
     while engine.busy:
         engine.step()

@@ -345,7 +345,7 @@ def build_service(model: str | Path, config: ServeConfig, tokenizer: str | Path 
         from lmforge.serve.loading import load_generator
 
         loaded = load_generator(model, tokenizer, device=device, name=config.model_name, dtype=dtype)
-        backend = make_backend("lmforge", loaded, config.slots)
+        backend = make_backend("lmforge", loaded, config.slots, config.max_model_len)
         name = loaded.name
     return Service(backend, config, name)
 

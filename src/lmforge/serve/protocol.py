@@ -30,6 +30,9 @@ class ServeConfig(StrictModel):
     model_name: str | None = None  # the id clients send as `model`; default: the model directory's name
     backend: Literal["lmforge", "vllm"] = "lmforge"
     slots: int = Field(8, ge=1, le=1024)  # sequences decoded together (continuous batching)
+    # Tokens per sequence the KV cache holds (prompt + completion); default: the model's whole context,
+    # which for a 32k-context model is GBs per slot on a CPU.
+    max_model_len: int | None = Field(None, ge=16)
     rate_limit: float = Field(0, ge=0)  # requests per minute per API key; 0 is unlimited
     max_request_bytes: int = Field(1 << 20, ge=1024)  # larger bodies get 413
     max_tokens_limit: int | None = Field(None, ge=1)  # a cap on max_tokens (default: the context length)

@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 class EngineWorker:
     """lmforge's own backend: the continuous-batching engine on a background thread."""
 
-    def __init__(self, loaded: LoadedModel, slots: int = 8) -> None:
+    def __init__(self, loaded: LoadedModel, slots: int = 8, max_len: int | None = None) -> None:
         self.loaded = loaded
-        self.engine = Engine(loaded.model, loaded.tokenizer, slots=slots, stop_ids=loaded.stop_ids)
+        self.engine = Engine(loaded.model, loaded.tokenizer, slots=slots, stop_ids=loaded.stop_ids, max_len=max_len)
         self.max_len = self.engine.max_len
         self.batch_sizes: list[int] = []  # read (and cleared) by the metrics collector
         self._wake = threading.Event()
@@ -98,9 +98,9 @@ class EngineWorker:
                 self.engine.cancel(req)
 
 
-def make_backend(kind: str, loaded: Any, slots: int) -> Any:
+def make_backend(kind: str, loaded: Any, slots: int, max_len: int | None = None) -> Any:
     if kind == "lmforge":
-        return EngineWorker(loaded, slots)
+        return EngineWorker(loaded, slots, max_len)
     from lmforge.serve.vllm_backend import VLLMBackend
 
     return VLLMBackend(loaded, slots)
