@@ -39,7 +39,7 @@ def test_packed_copy_is_exact_and_dropped_when_the_weight_changes():
     x = torch.randint(0, 300, (2, 9))
     with torch.no_grad():
         before = model(x)[0]
-        assert cpu_kernels.pack_for_inference(model, 1 << 30) > 0
+        assert model.pack_for_inference(1 << 30) > 0
         assert torch.equal(model(x)[0], before)  # bf16: bit for bit
         model.lm_head.weight.mul_(2)  # an optimizer step or a merged adapter changes weights in place
         model.transformer.h[1].mlp.down.mul_(0.5)
@@ -48,13 +48,13 @@ def test_packed_copy_is_exact_and_dropped_when_the_weight_changes():
     model.transformer.h[1].mlp.packed = []
     with torch.no_grad():
         assert torch.equal(changed, model(x)[0])
-    assert cpu_kernels.pack_for_inference(model, 1 << 30) > 0  # stale copies are packed again
+    assert model.pack_for_inference(1 << 30) > 0  # stale copies are packed again
 
 
 def test_packed_copies_are_not_used_with_autograd_or_past_the_budget():
     model = moe_model(torch.float32).train()
-    assert cpu_kernels.pack_for_inference(model, 0) == 0 and model.lm_head.packed is None
-    cpu_kernels.pack_for_inference(model, 1 << 30)
+    assert model.pack_for_inference(0) == 0 and model.lm_head.packed is None
+    model.pack_for_inference(1 << 30)
     loss = model(torch.randint(0, 300, (2, 9)), torch.randint(0, 300, (2, 9)))[1]
     loss.backward()
     assert model.lm_head.weight.grad is not None and model.transformer.h[0].mlp.gate_up.grad is not None

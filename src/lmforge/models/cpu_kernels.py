@@ -279,8 +279,7 @@ def can_pack(weight: torch.Tensor) -> bool:
 
 
 def pack_for_inference(model: torch.nn.Module, budget_bytes: int) -> int:
-    """Give the model's CPU Linear layers packed weight copies, largest first, within `budget_bytes`,
-    then let modules with a `pack_weights(budget)` method (MoE experts) use what is left.
+    """Give the model's CPU Linear layers packed weight copies, largest first, within `budget_bytes`.
 
     Returns the bytes used. A tied output layer gets its own copy like any other; layers that do
     not fit the budget keep the plain path, so a model that fills memory still decodes.
@@ -293,9 +292,6 @@ def pack_for_inference(model: torch.nn.Module, budget_bytes: int) -> int:
         if stale and used + size <= budget_bytes:
             layer.packed = pack(layer.weight)
             used += size
-    for module in model.modules():
-        if callable(getattr(module, "pack_weights", None)):
-            used += module.pack_weights(budget_bytes - used)
     return used
 
 

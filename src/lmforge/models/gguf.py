@@ -128,42 +128,45 @@ def export_gguf_dir(hf_dir: Path, out: Path, dtype: DType = "f16", tokenizer_dir
     Tensors are read lazily through safetensors (never pickle). The tokenizer comes from
     `tokenizer_dir`, else from `hf_dir` when it holds a tokenizer.json.
     """
+    from lmforge.models.hf import read_hf_json
+
     hf_dir = Path(hf_dir)
-    if not (hf_dir / "config.json").is_file():
-        raise InputError(f"{hf_dir} holds no config.json")
     if tokenizer_dir is None and (hf_dir / "tokenizer.json").is_file():
         tokenizer_dir = hf_dir
-    return write_gguf(read_json(hf_dir / "config.json"), SafetensorsDir(hf_dir), tokenizer_dir, out, dtype)
+    tensors = SafetensorsDir(hf_dir)
+    try:
+        return write_gguf(read_hf_json(hf_dir / "config.json"), tensors, tokenizer_dir, out, dtype)
+    finally:
+        tensors.close()
 
 
 class SafetensorsDir(Mapping[str, torch.Tensor]):
-    """The tensors of a model.safetensors file or sharded index, each read only when asked for."""
+    """The tensors of a model.safetensors file or sharded index, each read only when asked for.
+
+    The files are those `models.hf.weight_files` accepts (shard names checked, pickles refused) and
+    they are read through `models.weights_io.WeightReader`, as an import reads them.
+    """
 
     def __init__(self, hf_dir: Path):
-        self._safe_open = require("safetensors", "train").safe_open
-        hf_dir = Path(hf_dir)
-        if (hf_dir / "model.safetensors.index.json").is_file():
-            index = read_json(hf_dir / "model.safetensors.index.json")["weight_map"]
-            self._files = {name: hf_dir / file for name, file in index.items()}
-        elif (hf_dir / "model.safetensors").is_file():
-            with self._safe_open(hf_dir / "model.safetensors", "pt") as f:
-                self._files = dict.fromkeys(f.keys(), hf_dir / "model.safetensors")
-        else:
-            raise InputError(f"{hf_dir} holds no model.safetensors (pickled checkpoints are not read)")
+        from lmforge.models.hf import weight_files
+        from lmforge.models.weights_io import WeightReader
+
+        self._reader = WeightReader(weight_files(Path(hf_dir)))
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        with self._safe_open(self._files[name], "pt") as f:
-            return f.get_tensor(name)
+        return self._reader.tensor(name)
 
     def shape_of(self, name: str) -> tuple[int, ...]:
-        with self._safe_open(self._files[name], "pt") as f:
-            return tuple(f.get_slice(name).get_shape())
+        return self._reader.shape(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._files)
+        return iter(self._reader.names())
 
     def __len__(self) -> int:
-        return len(self._files)
+        return len(self._reader.names())
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 def _checked_config(hf_config: dict) -> dict:

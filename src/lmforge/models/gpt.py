@@ -264,6 +264,14 @@ class GPT(nn.Module):
             loss = self._with_aux_loss(loss, targets, ignore_index, reduction)
         return logits, loss
 
+    def pack_for_inference(self, budget_bytes: int) -> int:
+        """Packed weight copies for CPU decoding (cpu_kernels.Linear), Linear layers first, then each
+        MoE layer's experts, within `budget_bytes`; returns the bytes used."""
+        used = cpu_kernels.pack_for_inference(self, budget_bytes)
+        for moe in self.moe_layers():
+            used += moe.pack_weights(budget_bytes - used)
+        return used
+
     def moe_layers(self) -> list[MoE]:
         return [block.mlp for block in self.transformer.h if isinstance(block.mlp, MoE)]
 

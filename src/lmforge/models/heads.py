@@ -129,8 +129,10 @@ def save_task_model(model: nn.Module, out: Path, info: dict[str, Any], tokenizer
 
 def _merge_expert_lora(model: nn.Module) -> None:
     """MoE experts carry lmforge's own LoRA (peft adapts Linear modules only): fold it in too."""
+    from lmforge.models.moe import MoE
+
     for module in model.modules():
-        if callable(getattr(module, "merge_lora", None)):
+        if isinstance(module, MoE):
             module.merge_lora()
 
 

@@ -71,11 +71,6 @@ def family_of(config: GPTConfig) -> Family:
     return family
 
 
-def hf_family(config: GPTConfig) -> str:
-    """The `model_type` of the transformers family this layout exports as, or a ConfigError."""
-    return family_of(config).model_type
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -92,7 +87,8 @@ def hf_state_dict(model: GPT, family: Family | None = None) -> dict[str, torch.T
     for pair in family.weights(model.config):
         tensor = ours.get(pair.ours)
         if tensor is None:  # a GPT-2 bias of a bias-free model: zeros compute the same function
-            tensor = ours[pair.ours.replace(".bias", ".weight")].new_zeros(ours[pair.ours.replace(".bias", ".weight")].size(0))
+            weight = ours[pair.ours.replace(".bias", ".weight")]
+            tensor = weight.new_zeros(weight.size(0))
         for hf_name, part in _cut(pair, tensor, model.config):
             out[hf_name] = (part.t() if pair.transposed else part).contiguous()
     return out
@@ -262,7 +258,7 @@ def import_gpt_hf(path: str | Path, dtype: str | torch.dtype | None = None) -> G
     file = path / "config.json"
     raw = read_hf_json(file)
     family = family_named(raw.get("model_type"), file)
-    target = _dtype(dtype)
+    target = torch_dtype(dtype)
     fields = family.config_from_hf(raw)
     config = _build_config(fields, file)
     files = weight_files(path)
@@ -270,8 +266,7 @@ def import_gpt_hf(path: str | Path, dtype: str | torch.dtype | None = None) -> G
                           bytes_per_element=target.itemsize, dtype_name=str(target).removeprefix("torch."))
     with WeightReader(files) as reader:
         names = _prefixed(reader, family)
-        if hasattr(family, "refine"):  # GPT-2: all-zero biases mean a bias-free model
-            config = _build_config(family.refine(fields, _Renamed(reader, names)), file)
+        config = _build_config(family.refine(fields, _Renamed(reader, names)), file)  # GPT-2: zero biases
         with torch.device("meta"):
             model = GPT(config)
         model.to(target).to_empty(device="cpu")
@@ -287,7 +282,8 @@ def import_gpt_hf(path: str | Path, dtype: str | torch.dtype | None = None) -> G
     return model.eval()
 
 
-def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """float32 (None), bfloat16 or float16, by name or as a torch dtype; a ConfigError otherwise."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():

@@ -132,11 +132,9 @@ def load_causal_lm(source: ModelSource, device: str = "auto", dtype: str = "auto
 def _to_dtype(model: nn.Module, dtype: str) -> nn.Module:
     if dtype == "auto":
         return model
-    from lmforge.models.hf import DTYPES
+    from lmforge.models.hf import torch_dtype
 
-    if dtype not in DTYPES:
-        raise UserError(f"dtype must be auto or one of {sorted(DTYPES)} (got {dtype!r})")
-    return model.to(DTYPES[dtype])
+    return model.to(torch_dtype(dtype))
 
 
 _KIND_BY_ARCH = {"ForSequenceClassification": "classification", "ForTokenClassification": "ner",

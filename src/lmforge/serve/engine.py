@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from lmforge.errors import InputError
-from lmforge.models import cpu_kernels
 from lmforge.models.gpt import GPT
 from lmforge.models.sizes import available_memory
 from lmforge.serve.cache import SlotCache
@@ -122,7 +121,7 @@ class Engine:
         memory again, so they are made only while half of the available memory stays free."""
         if self.device.type != "cpu" or os.environ.get("LMFORGE_PACK_WEIGHTS", "1") == "0":
             return
-        used = cpu_kernels.pack_for_inference(self.model, available_memory() // 2)
+        used = self.model.pack_for_inference(available_memory() // 2)
         if used:
             logger.info("decoding with %.0f MB of packed weights (LMFORGE_PACK_WEIGHTS=0 turns this off)", used / 1e6)
 

@@ -67,6 +67,10 @@ class Family:
     def check_exportable(self, config: GPTConfig) -> None:
         """A ConfigError naming the field when `config` has something this family cannot hold."""
 
+    def refine(self, fields: dict[str, Any], read: Any) -> dict[str, Any]:
+        """The fields again once the weights can be read (`read.names/shape/tensor`); most need nothing."""
+        return fields
+
     # ---- helpers shared by the adapters
 
     def need(self, raw: dict[str, Any], key: str) -> Any:
