@@ -10,8 +10,8 @@ import httpx
 import pytest
 from serve_fixtures import AUTH, MODEL, serve_model_dir, served  # noqa: F401
 
-from lmforge.serve.chat import render_chat
 from lmforge.serve.loading import load_generator
+from lmforge.tokenize.chat import render_chat
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _as_text(tok, text: str) -> list[int]:
 
 
 def test_special_token_strings_in_content_are_text(loaded):
-    from lmforge.serve.chat import ChatEncoder
+    from lmforge.tokenize.chat import ChatEncoder
 
     tok = loaded.tokenizer
     specials = _specials(tok)
@@ -54,7 +54,7 @@ def test_special_token_strings_in_content_are_text(loaded):
 
 
 def test_benign_chat_encodes_exactly_as_before(loaded):
-    from lmforge.serve.chat import ChatEncoder
+    from lmforge.tokenize.chat import ChatEncoder
 
     tok = loaded.tokenizer
     messages = [{"role": "system", "content": "简短回答。"}, {"role": "user", "content": " The  quick\n\nfox "},

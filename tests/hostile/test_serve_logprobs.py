@@ -168,7 +168,7 @@ def test_lm_evaluation_harness_reads_the_loglikelihood(server, ref):
 
 
 def test_chat_logprobs_with_top_alternatives(server, ref):
-    from lmforge.serve.chat import ChatEncoder
+    from lmforge.tokenize.chat import ChatEncoder
 
     messages = [{"role": "user", "content": "你好"}]
     body = _post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 8, "temperature": 0,

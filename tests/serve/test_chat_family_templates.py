@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.errors import InputError
-from lmforge.serve.chat import ChatEncoder, render_chat
+from lmforge.tokenize.chat import ChatEncoder, render_chat
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from lmforge.errors import ConfigError, InputError, MissingDependencyError, UserError
-from lmforge.serve.chat import CHATML, render_chat
 from lmforge.serve.protocol import ServeConfig
 from lmforge.serve.ratelimit import RateLimiter
 from lmforge.serve.redact import Redactor
+from lmforge.tokenize.chat import CHATML, render_chat
 
 
 def test_serving_beyond_loopback_needs_an_api_key():

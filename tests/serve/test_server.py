@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lmforge.serve.chat import render_chat
 from lmforge.serve.generate import generate_batch
 from lmforge.serve.loading import load_generator
 from lmforge.serve.sampling import SamplingParams
+from lmforge.tokenize.chat import render_chat
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serving import KEY, start_server  # noqa: E402

@@ -3,7 +3,6 @@ import json
 import pytest
 
 from lmforge.errors import InputError
-from lmforge.tasks.chat import load_conversations, load_preferences
 from lmforge.tasks.examples import (
     ClassificationExample,
     ConversationExample,
@@ -13,6 +12,7 @@ from lmforge.tasks.examples import (
     Turn,
     example_from_dict,
 )
+from lmforge.tasks.loaders import load_conversations, load_examples, load_preferences
 from lmforge.tasks.splits import make_task
 
 
@@ -43,7 +43,7 @@ def test_conversation_roles_are_checked_with_file_and_line(tmp_path):
            {"conversations": [{"from": "alien", "value": "x"}]},
            {"text": "not a chat"}]
     messages = ["role 'bot' is not one of system, user, assistant, tool", "a system turn may only come first",
-                "needs at least one assistant turn", "speaker 'alien' is not one of", "no field 'messages' or 'conversations'"]
+                "needs at least one assistant turn", "speaker 'alien' is not one of", "no conversation: expected messages, conversations"]
     for i, (row, message) in enumerate(zip(bad, messages, strict=True)):
         path = _write(tmp_path / f"bad{i}.jsonl", [row])
         with pytest.raises(InputError, match=rf"bad{i}\.jsonl:1: .*{message}"):
@@ -96,3 +96,55 @@ def test_examples_are_typed_per_kind():
     assert example_from_dict("classification", cls.to_dict()) == cls and not hasattr(cls, "tokens")
     with pytest.raises(AttributeError):
         cls.label = "neg"  # frozen: a loaded example does not change under its task
+
+
+ALPACA = {"instruction": "把这句话翻译成英文", "input": "今天天气很好。", "output": "The weather is nice today.",
+          "system": "You translate.", "history": [["你好", "Hello"]]}
+
+
+def test_alpaca_rows_become_conversations_with_history_and_input():
+    from lmforge.tasks.chat import chat_from_row
+
+    turns = chat_from_row(ALPACA).messages
+    assert [t.role for t in turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert turns[3].content == "把这句话翻译成英文\n\n今天天气很好。" and turns[4].content == ALPACA["output"]
+    assert chat_from_row({"prompt": "q", "response": "a"}).messages[1] == Turn("assistant", "a")
+
+
+def test_scored_completions_pair_the_best_with_the_worst(tmp_path):
+    rows = [{"instruction": "Name a colour.", "completions": [
+        {"response": "Blue.", "overall_score": 8.5}, {"response": "Dunno", "overall_score": 2},
+        {"response": "Red, obviously.", "overall_score": 7}]},
+        {"prompt": "x", "completions": [{"text": "a", "score": 3}, {"text": "b", "score": 3}]}]
+    path = _write(tmp_path / "uf.jsonl", rows)
+    with pytest.raises(InputError, match=r"uf\.jsonl:2: every completion has the same score"):
+        load_preferences(path)
+    (pair,) = load_preferences(path, on_error="skip")
+    assert (pair.prompt, pair.chosen, pair.rejected, pair.meta["scores"]) == ("Name a colour.", "Blue.", "Dunno",
+                                                                                [8.5, 2.0])
+
+
+def test_conversations_from_parquet_tables_datasets_directories_and_records(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmforge.records import Record, write_parquet
+
+    messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！有什么可以帮你？"}]
+    pq.write_table(pa.Table.from_pylist([{"messages": messages}, {"messages": messages[:1] + messages},
+                                         {"messages": [{"role": "user", "content": None}]}]), tmp_path / "train.parquet")
+    with pytest.raises(InputError, match=r"train\.parquet:row 3: the content of a user turn must be a string"):
+        load_conversations(tmp_path / "train.parquet")
+    assert [len(r.messages) for r in load_conversations(tmp_path / "train.parquet", on_error="skip")] == [2, 3]
+    pq.write_table(pa.Table.from_pylist([ALPACA, {**ALPACA, "input": None, "history": None}]), tmp_path / "a.parquet")
+    assert [len(r.messages) for r in load_conversations(tmp_path / "a.parquet")] == [5, 3]
+    ds = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"messages": messages}] * 3),
+                               "test": datasets.Dataset.from_list([{"messages": messages}])})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    rows = load_conversations(tmp_path / "ds")
+    assert [r.meta["split"] for r in rows] == ["train", "train", "train", "test"]
+    assert rows[0].messages[1].content == "你好！有什么可以帮你？"
+    write_parquet(tmp_path / "rec.parquet", [Record(id="r1", text="unused", source="s", meta={"chat": messages})])
+    (rec,) = load_examples(tmp_path / "rec.parquet", kind="conversation", label_field="chat")
+    assert rec.messages[0].content == "你好" and rec.meta["id"] == "r1"

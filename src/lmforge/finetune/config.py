@@ -96,13 +96,42 @@ class LoraSettings(StrictModel):
         default=None, description="MoE expert weights to adapt (gate_up, down); None: both, [] none")
 
 
+class ChatSettings(StrictModel):
+    """Conversation tuning (task: conversation)."""
+
+    packing: bool = Field(default=True, description="several conversations per row of seq_len tokens, each "
+                                                     "attending only to itself with its own positions")
+
+
+class PreferenceSettings(StrictModel):
+    """Preference tuning (task: preference); see finetune.preference for the losses."""
+
+    loss: Literal["dpo", "ipo", "simpo", "orpo"] = "dpo"
+    beta: float = Field(default=0.1, gt=0, description="dpo/ipo/simpo: the inverse temperature β; orpo: the "
+                                                        "odds-ratio weight λ")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5,
+                                   description="dpo/simpo: the share of pairs assumed mislabelled (conservative DPO)")
+    length_normalize: bool | None = Field(
+        default=None, description="average log-probabilities over the answer's tokens [default: no for dpo; yes for "
+                                  "ipo, simpo and orpo]")
+    simpo_gamma: float = Field(default=0.5, ge=0, description="simpo: the target reward margin γ")
+    reference: str | None = Field(
+        default=None, description="reference model directory [default: the model training starts from]")
+
+    @property
+    def normalized(self) -> bool:
+        return self.length_normalize if self.length_normalize is not None else self.loss != "dpo"
+
+
 class FinetuneConfig(TrainConfig):
-    task: Literal["classification", "ner", "instruction"]
+    task: Literal["classification", "ner", "instruction", "conversation", "preference"]
     data: TaskDataConfig
     model: FinetuneModel = Field(default_factory=FinetuneModel)
     head: HeadConfig = Field(default_factory=HeadConfig)
     epochs: float | None = Field(default=3.0, gt=0, description="sets steps from the training set size; null uses steps")
     lora: LoraSettings | None = None
+    chat: ChatSettings = Field(default_factory=ChatSettings)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     class_weights: bool = Field(default=False, description="weight the loss by inverse class frequency")
     metric: str | None = Field(default=None, description="selects the best checkpoint [default: accuracy / f1 / loss]")
     generate_examples: int = Field(default=100, ge=0, description="instruction: test prompts answered greedily and scored")
@@ -125,5 +154,5 @@ class FinetuneConfig(TrainConfig):
 
     def selection(self) -> tuple[str, str]:
         """(metric, "max" | "min") that picks the best validation."""
-        name = self.metric or {"classification": "accuracy", "ner": "f1", "instruction": "loss"}[self.task]
+        name = self.metric or {"classification": "accuracy", "ner": "f1"}.get(self.task, "loss")
         return name, "min" if name == "loss" or name.endswith("loss") else "max"

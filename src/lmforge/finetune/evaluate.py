@@ -112,16 +112,19 @@ def evaluate_lm(model_path: str | Path, data: str, tokenizer: str | Path | None,
 
 
 def evaluate_saved(model_dir: Path, data: TaskData, cfg: FinetuneConfig, tokenizer,
-                   predictions: Path | None = None) -> dict[str, float]:
+                   predictions: Path | None = None, pairs=None) -> dict[str, float]:
     """Test metrics of a model `finetune` saved (lmforge head or HF directory).
 
     With `predictions`, each test example's gold and predicted labels (or its generated answer)
     are also written there as JSON lines: the run report draws its confusion matrix from them.
+    `pairs` are the test preference pairs with their reference log-probabilities.
     """
     from lmforge.models.source import load_saved_model
 
     spec = spec_for(cfg.task)
-    model, _, _ = load_saved_model(model_dir, cfg.task)
+    model, _, _ = load_saved_model(model_dir, "instruction" if spec.generative else cfg.task)
+    if cfg.task in ("conversation", "preference"):
+        return _score_chat(model, data, cfg, tokenizer, pairs)
     if spec.generative:
         return _score_generative(model, data, cfg, tokenizer, predictions)
     gold, pred, _ = _predict(model, spec, data.test, tokenizer, data.labels, cfg.seq_len, cfg.batch_size)
@@ -147,6 +150,39 @@ def _score_generative(model: torch.nn.Module, data: TaskData, cfg: FinetuneConfi
     scores = generation_metrics(model, data.test, tokenizer, cfg, answers)
     _write_predictions(predictions, answers)
     return {"loss": loss, "perplexity": math.exp(loss), **scores}
+
+
+def _score_chat(model: torch.nn.Module, data: TaskData, cfg: FinetuneConfig, tokenizer, pairs) -> dict[str, float]:
+    """Conversations: the assistant tokens' loss and perplexity. Pairs: the preference loss, rewards and accuracy."""
+    from lmforge.finetune.chat_data import ChatLM, ChatSource, encode_conversations
+    from lmforge.finetune.specs import chat_encoder
+    from lmforge.finetune.tasks import pad_id_of
+    from lmforge.models.protocols import is_hf_model
+
+    if cfg.task == "preference":
+        from lmforge.finetune.preference import PreferenceObjective
+
+        objective, source = PreferenceObjective(cfg.preference), pairs
+    else:
+        encoded, _ = encode_conversations(data.test, chat_encoder(tokenizer), cfg.seq_len, pad_id_of(tokenizer))
+        objective, source = ChatLM(fused=not is_hf_model(model)), ChatSource(encoded, cfg.batch_size, 0, shuffle=False)
+    if source is None:
+        return {}
+    names = (*objective.terms, *getattr(objective, "metrics", ()))
+    sums = dict.fromkeys(names, 0.0)
+    counts = dict.fromkeys(names, 0)
+    with torch.no_grad():
+        for i in range(source.num_batches):
+            batch = source.micro_batch(i)
+            parts, n = objective.sums(model, batch), objective.counts(batch)
+            for k in names:
+                sums[k] += float(parts[k])
+                counts[k] += n[k]
+    out = {k: sums[k] / max(counts[k], 1) for k in names}
+    out["loss"] = sum(out[t] for t in objective.terms)
+    if cfg.task == "conversation":
+        out["perplexity"] = math.exp(min(out["loss"], 50.0))
+    return out
 
 
 def generation_metrics(model: torch.nn.Module, examples: list, tokenizer, cfg: FinetuneConfig,

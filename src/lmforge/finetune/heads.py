@@ -59,6 +59,12 @@ def build_task_model(kind: str, source: str | Path | None, labels: list[str], dr
     native = resolved is not None and resolved.kind is SourceKind.HF and _imports_natively(resolved.meta)
     if resolved is not None and resolved.kind is SourceKind.HF and not native:
         return _hf_task_model(kind, resolved.path, labels, fresh)
+    if resolved is not None and resolved.kind is SourceKind.TASK and kind == "instruction" \
+            and resolved.meta.get("kind") == "instruction":  # SFT, then preference tuning: go on from the chat model
+        from lmforge.models.heads import load_task_model
+
+        tuned, _ = load_task_model(resolved.path)
+        return CausalLMAdapter(type(tuned.backbone)(tuned.backbone.config) if fresh else tuned.backbone).train()
     if resolved is not None and resolved.kind not in (SourceKind.CHECKPOINT, SourceKind.HF):
         raise UserError(f"finetune.model.from: {resolved.path} is already a fine-tuned {resolved.meta.get('kind')} "
                         "model; give the pretrained checkpoint or Hugging Face directory it came from")

@@ -91,7 +91,8 @@ def _build_model(cfg: FinetuneConfig, labels: list[str], tokenizer) -> torch.nn.
 
     torch.manual_seed(cfg.seed)
     scratch = None if cfg.model.source else _scratch_backbone(cfg, len(tokenizer), tasks.pad_id_of(tokenizer))
-    model = build_task_model(cfg.task, cfg.model.source, labels, cfg.head.dropout, scratch,
+    kind = "instruction" if cfg.task in ("conversation", "preference") else cfg.task  # a causal LM either way
+    model = build_task_model(kind, cfg.model.source, labels, cfg.head.dropout, scratch,
                              fresh=cfg.model.init == "scratch", pool=cfg.head.pool)
     if cfg.lora is not None:
         from lmforge.finetune.lora import apply_lora
@@ -111,22 +112,22 @@ def _train_config(cfg: FinetuneConfig, n_train: int, val_batches: int) -> Finetu
 
 def _trainer(cfg: FinetuneConfig, spec: TaskSpec, data: TaskData, tokenizer, out: Path,
              on_step: Callable[[int, float], None] | None):
-    from lmforge.finetune import tasks
     from lmforge.train.evaluation import Selection, ValidationPolicy
     from lmforge.train.trainer import Trainer
 
-    train, val = (spec.encode(rows, tokenizer, data.labels, cfg.seq_len) for rows in (data.train, data.val))
     model = _build_model(cfg, data.labels, tokenizer)
-    val_source = tasks.ExampleSource(val, cfg.batch_size, cfg.seed, shuffle=False)
-    tcfg = _train_config(cfg, len(train), val_source.num_batches)
+    parts = spec.trainer_parts(cfg, data, tokenizer, model, out)
+    tcfg = _train_config(cfg, parts.rows, parts.val.num_batches)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    policy = ValidationPolicy(metrics=spec.metrics(val_source, data.labels, device), select=Selection(*cfg.selection()),
+    policy = ValidationPolicy(metrics=spec.metrics(parts.val, data.labels, device), select=Selection(*cfg.selection()),
                               keep_best=True)
-    info = {"kind": cfg.task, "labels": data.labels, "config": cfg.model_dump(mode="json", by_alias=True)}
-    return Trainer(model, spec.objective(data, cfg.class_weights), tasks.ExampleSource(train, cfg.batch_size, cfg.seed),
-                   tcfg, out, val_source=val_source, on_step=on_step, policy=policy,
-                   export=TaskModelExport(info, tokenizer))
+    kind = "instruction" if spec.generative else cfg.task  # chat-tuned models load and serve as causal LMs
+    info = {"kind": kind, "trained_as": cfg.task, "labels": data.labels,
+            "config": cfg.model_dump(mode="json", by_alias=True)}
+    trainer = Trainer(model, parts.objective, parts.train, tcfg, out, val_source=parts.val, on_step=on_step,
+                      policy=policy, export=TaskModelExport(info, tokenizer))
+    return trainer, parts
 
 
 def finetune(cfg: FinetuneConfig, out_dir: str | Path, on_step: Callable[[int, float], None] | None = None,
@@ -140,15 +141,17 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, on_step: Callable[[int, f
     data = data or load_task_data(cfg)
     data.save(out / "task")
     tokenizer = load_tokenizer(cfg)
-    result = _trainer(cfg, spec_for(cfg.task), data, tokenizer, out, on_step).fit()
+    trainer, parts = _trainer(cfg, spec_for(cfg.task), data, tokenizer, out, on_step)
+    result = trainer.fit()
     best_val = _best(result.val_losses, cfg.selection())
-    test = evaluate_saved(out / "best", data, cfg, tokenizer, predictions=out / "test_predictions.jsonl") \
-        if data.test else {}
+    test = evaluate_saved(out / "best", data, cfg, tokenizer, predictions=out / "test_predictions.jsonl",
+                          pairs=parts.test) if data.test else {}
     seconds = time.perf_counter() - t0
     examples_per_second = result.steps * cfg.batch_size * cfg.grad_accum / max(result.train_seconds, 1e-9)
     report = {"task": cfg.task, "data": data.meta, "sizes": {k: len(v) for k, v in data.splits().items()},
               "steps": result.steps, "stopped_early": result.stopped_early, "val": best_val, "test": test,
-              "seconds": round(seconds, 2), "train_examples_per_second": round(examples_per_second, 1)}
+              "seconds": round(seconds, 2), "train_examples_per_second": round(examples_per_second, 1),
+              "train_tokens_per_second": round(result.tokens_per_second, 1), **parts.facts}
     write_report(out / "report", report, title=f"fine-tuning: {cfg.task}")
     return FinetuneResult(out, out / "best", best_val, test, result.steps, seconds, examples_per_second,
                           result.val_losses)

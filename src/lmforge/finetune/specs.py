@@ -8,6 +8,8 @@ runner and the evaluator ask the spec instead of branching on the kind.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -16,12 +18,31 @@ from lmforge.errors import UserError
 from lmforge.finetune import tasks
 from lmforge.tasks.examples import Example, TaskData
 from lmforge.train.evaluation import ValidationMetrics
-from lmforge.train.objectives import Objective
+from lmforge.train.objectives import BatchSource, Objective
+
+
+@dataclass
+class TrainerParts:
+    """What a spec hands the Trainer: the loss, the batches, the rows per epoch, and facts for the report."""
+
+    objective: Objective
+    train: BatchSource
+    val: BatchSource
+    rows: int
+    facts: dict[str, Any] = field(default_factory=dict)
+    test: BatchSource | None = None  # scored after training by the objective (preference pairs)
 
 
 class TaskSpec:
     kind: ClassVar[str]
     generative: ClassVar[bool] = False  # scored by generation and perplexity, not by predicted labels
+
+    def trainer_parts(self, cfg, data: TaskData, tokenizer, model: torch.nn.Module, out: Path) -> TrainerParts:
+        """Encoded examples in padded batches; the chat kinds pack, pair and precompute instead."""
+        train, val = (self.encode(rows, tokenizer, data.labels, cfg.seq_len) for rows in (data.train, data.val))
+        return TrainerParts(self.objective(data, cfg.class_weights),
+                            tasks.ExampleSource(train, cfg.batch_size, cfg.seed),
+                            tasks.ExampleSource(val, cfg.batch_size, cfg.seed, shuffle=False), len(train))
 
     def encode(self, examples: Sequence[Example], tokenizer, labels: list[str], max_len: int) -> tasks.Encoded:
         raise NotImplementedError
@@ -105,7 +126,71 @@ class InstructionSpec(TaskSpec):
         return None
 
 
-SPECS: dict[str, TaskSpec] = {s.kind: s for s in (ClassificationSpec(), NerSpec(), InstructionSpec())}
+def chat_encoder(tokenizer):
+    """The server's chat encoder for the tokenizer's directory (see finetune.chat_data)."""
+    from lmforge.tokenize.chat import chat_encoder_for
+
+    return chat_encoder_for(tokenizer.name_or_path)
+
+
+class ConversationSpec(TaskSpec):
+    """Multi-turn chat tuning: every assistant turn learned, conversations packed (config `chat`)."""
+
+    kind = "conversation"
+    generative = True
+
+    def trainer_parts(self, cfg, data, tokenizer, model, out):
+        from lmforge.finetune.chat_data import ChatLM, ChatSource, encode_conversations
+        from lmforge.models.protocols import is_hf_model
+
+        fused = not is_hf_model(model)
+        if cfg.chat.packing and not fused:
+            raise UserError("finetune.chat.packing: packing needs a model lmforge runs itself (its checkpoints and "
+                            "the Llama/Qwen/Mistral families); set chat.packing: false for this one")
+        chat, pad = chat_encoder(tokenizer), tasks.pad_id_of(tokenizer)
+        (train, stats), (val, _) = (encode_conversations(rows, chat, cfg.seq_len, pad) for rows in (data.train, data.val))
+        sources = [ChatSource(enc, cfg.batch_size, cfg.seed, shuffle=shuffle, packed=cfg.chat.packing,
+                              capacity=cfg.seq_len) for enc, shuffle in ((train, True), (val, False))]
+        padding = {"unpacked": ChatSource(train, cfg.batch_size, cfg.seed, shuffle=False).padding()}
+        if cfg.chat.packing:
+            padding["packed"] = ChatSource(train, cfg.batch_size, cfg.seed, shuffle=False, packed=True,
+                                           capacity=cfg.seq_len).padding()
+        return TrainerParts(ChatLM(fused), sources[0], sources[1], len(sources[0].data),
+                            {"encoding": stats.as_dict(), "padding": padding})
+
+    def metrics(self, source, labels, device):
+        return None
+
+
+class PreferenceSpec(TaskSpec):
+    """DPO, IPO, SimPO, ORPO (config `preference`), reference log-probabilities computed before training."""
+
+    kind = "preference"
+    generative = True
+
+    def trainer_parts(self, cfg, data, tokenizer, model, out):
+        from lmforge.finetune.chat_data import PairSource, encode_pairs
+        from lmforge.finetune.preference import REFERENCE_FREE, PreferenceObjective
+
+        chat, pad = chat_encoder(tokenizer), tasks.pad_id_of(tokenizer)
+        encoded = {name: encode_pairs(rows, chat, cfg.seq_len, pad)
+                   for name, rows in (("train", data.train), ("val", data.val), ("test", data.test)) if rows}
+        sources = {name: PairSource(enc, cfg.batch_size, cfg.seed, shuffle=name == "train")
+                   for name, (enc, _) in encoded.items()}
+        if cfg.preference.loss not in REFERENCE_FREE:
+            from lmforge.finetune.preference import reference_pass
+
+            reference_pass(cfg, model, sources, out / "reference")
+        return TrainerParts(PreferenceObjective(cfg.preference), sources["train"], sources["val"],
+                            len(sources["train"].data), {"encoding": encoded["train"][1].as_dict()},
+                            test=sources.get("test"))
+
+    def metrics(self, source, labels, device):
+        return None
+
+
+SPECS: dict[str, TaskSpec] = {s.kind: s for s in (ClassificationSpec(), NerSpec(), InstructionSpec(),
+                                                   ConversationSpec(), PreferenceSpec())}
 
 
 def spec_for(kind: str) -> TaskSpec:

@@ -23,6 +23,8 @@ def load_task_data(cfg: FinetuneConfig) -> TaskData:
                          seed=cfg.seed)
     if d.train_limit is not None and d.train_limit < len(data.train):
         limit_train(data, d.train_limit, cfg.seed)
+    if data.kind == "instruction" and cfg.task == "conversation":
+        data.kind = "conversation"  # a prompt and its response is a one-turn conversation
     if data.kind != cfg.task:
         raise UserError(f"finetune.task is {cfg.task!r} but the data is a {data.kind!r} task")
     if not data.train or not data.val:

@@ -86,6 +86,34 @@ class KVCache:
         return k, v, visible(q_pos, k_pos, window)
 
 
+class PackedDocuments:
+    """Several documents per row (packed fine-tuning): attention stays inside each one, positions restart.
+
+    It plugs into the KV-cache seam but stores nothing: `positions` are each token's place in its
+    own document, and `update` hands back the keys and values it is given with a mask where a
+    query sees only earlier keys of the same document. Packed rows then compute exactly what each
+    document alone would (tests/finetune/test_chat.py holds losses and gradients to 1e-5).
+    """
+
+    length = 0
+
+    def __init__(self, doc_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        self.doc_ids, self.pos = doc_ids, positions  # (B, T) each
+        self._masks: dict[int | None, torch.Tensor] = {}
+
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        return self.pos.to(device)  # (B, T)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, window: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if window not in self._masks:  # one mask per window size, shared by the layers
+            doc, pos = self.doc_ids.to(k.device), self.pos.to(k.device)
+            same = doc[:, :, None] == doc[:, None, :]  # (B, T, T)
+            self._masks[window] = (same & visible(pos[:, :, None], pos[:, None, :], window)).unsqueeze(1)
+        return k, v, self._masks[window]  # mask (B, 1, T, T)
+
+
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                       dropout: float) -> torch.Tensor:
     """Attention of H query heads over K <= H key/value heads; q (B, H, T, D), k/v (B, K, S, D)."""

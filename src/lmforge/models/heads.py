@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.errors import InputError, UserError
+from lmforge.models.attention import PackedDocuments
 from lmforge.models.cpu_kernels import Dropout
 from lmforge.models.protocols import CausalLM, Encoder, HasBackbone, MergesAdapters, is_hf_model
 from lmforge.models.sizes import check_against_weights
@@ -91,8 +92,16 @@ class CausalLMAdapter(nn.Module):
         super().__init__()
         self.backbone = gpt
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.backbone(input_ids)[0]  # (B, T, V); right padding needs no mask under causal attention
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V); with `targets` (B, T) instead the summed next-token loss, computed without
+        materialising the logits. `doc_ids`/`positions` (B, T) mark packed documents. Right padding
+        needs no mask under causal attention."""
+        packed = None if doc_ids is None else PackedDocuments(doc_ids, positions)
+        if targets is None:
+            return self.backbone(input_ids, kv_cache=packed)[0]
+        return self.backbone(input_ids, targets, kv_cache=packed, reduction="sum", return_logits=False)[1]
 
 
 def save_task_model(model: nn.Module, out: Path, info: dict[str, Any], tokenizer=None) -> Path:

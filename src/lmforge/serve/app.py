@@ -27,7 +27,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from lmforge.errors import UserError
-from lmforge.serve.chat import ChatEncoder, encode_texts
 from lmforge.serve.engine import Event
 from lmforge.serve.logprobs import TokenText
 from lmforge.serve.metrics import Metrics
@@ -35,6 +34,7 @@ from lmforge.serve.protocol import ChatRequest, CompletionRequest, ServeConfig
 from lmforge.serve.ratelimit import RateLimiter
 from lmforge.serve.redact import Redactor
 from lmforge.serve.sampling import SamplingParams
+from lmforge.tokenize.chat import ChatEncoder, encode_texts
 
 logger = logging.getLogger(__name__)
 

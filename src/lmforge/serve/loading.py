@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import InputError
+from lmforge.tokenize.chat import chat_template_of, chat_tokens_of, tokenizer_config
 
 logger = logging.getLogger(__name__)
 
@@ -33,33 +34,6 @@ class LoadedModel:
     chat_template: str | None = None
     stop_ids: list[int] = field(default_factory=list)  # end-of-text and end-of-turn ids
     chat_tokens: dict[str, str] = field(default_factory=dict)  # bos_token / eos_token the template may write
-
-
-def _tokenizer_config(tok_dir: Path) -> dict[str, Any]:
-    cfg = tok_dir / "tokenizer_config.json"
-    if not cfg.is_file() or cfg.stat().st_size > 64 << 20:
-        return {}
-    raw = json.loads(cfg.read_text(encoding="utf-8"))
-    return raw if isinstance(raw, dict) else {}
-
-
-def _chat_template(config: dict[str, Any]) -> str | None:
-    template = config.get("chat_template")
-    if isinstance(template, list):  # HF's named templates: [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next(iter(named.values()), None)
-    return template if isinstance(template, str) else None
-
-
-def _chat_tokens(config: dict[str, Any]) -> dict[str, str]:
-    """bos/eos token strings for templates that write them (Llama 3's starts with {{ bos_token }})."""
-    tokens = {}
-    for role in ("bos_token", "eos_token"):
-        value = config.get(role)
-        value = value.get("content") if isinstance(value, dict) else value  # {"content": ..., ...} form
-        if isinstance(value, str):
-            tokens[role] = value
-    return tokens
 
 
 def _generation_eos(model_dir: Path) -> Any:
@@ -93,5 +67,5 @@ def load_generator(path: str | Path, tokenizer: str | Path | None = None, device
                 stop_ids.append(i)
     label = name or (p.parent.parent.name if p.name == "checkpoint" else p.name)
     logger.info("loaded %s (%s) on %s", label, p, next(model.parameters()).device)
-    config = _tokenizer_config(tok_dir)
-    return LoadedModel(model, tok, label, p, _chat_template(config), stop_ids, _chat_tokens(config))
+    config = tokenizer_config(tok_dir)
+    return LoadedModel(model, tok, label, p, chat_template_of(config), stop_ids, chat_tokens_of(config))

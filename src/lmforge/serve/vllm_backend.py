@@ -48,8 +48,8 @@ class VLLMBackend:
             raise MissingDependencyError(f"the vllm backend needs the 'vllm' package and a GPU ({exc})") from None
         if not torch.cuda.is_available():
             raise UserError("the vllm backend needs a CUDA GPU; use --backend lmforge on this machine")
-        from lmforge.serve.loading import _chat_template
         from lmforge.tokenize.bpe import load_tokenizer
+        from lmforge.tokenize.chat import chat_template_of, chat_tokens_of, tokenizer_config
 
         self._tmp = tempfile.TemporaryDirectory(prefix="lmforge-vllm-")
         model, tokenizer = Path(source[0]), source[1]
@@ -60,8 +60,9 @@ class VLLMBackend:
         tok = load_tokenizer(tok_dir)
         self.max_len = int(self.engine.engine.model_config.max_model_len) if hasattr(self.engine, "engine") \
             else args.max_model_len or 2048
+        config = tokenizer_config(Path(tok_dir))
         self.loaded = LoadedModel(model=None, tokenizer=tok, name=model.name, path=hf,
-                                  chat_template=_chat_template(tok_dir))
+                                  chat_template=chat_template_of(config), chat_tokens=chat_tokens_of(config))
         self.running = self.waiting = 0
 
     def start(self) -> None:  # vLLM runs its own loop

@@ -21,7 +21,16 @@ from pydantic import Field
 
 from lmforge.config import StrictModel, validate
 from lmforge.errors import InputError
-from lmforge.tasks.examples import ClassificationExample, Example, InstructionExample, Kind, NerExample
+from lmforge.tasks import tables
+from lmforge.tasks.chat import any_preference_from_row, chat_from_row
+from lmforge.tasks.examples import (
+    ClassificationExample,
+    Example,
+    InstructionExample,
+    Kind,
+    NerExample,
+    TaskKind,
+)
 from lmforge.tasks.spans import RowError, read_spans, repair_bio
 
 log = logging.getLogger(__name__)
@@ -33,10 +42,11 @@ log = logging.getLogger(__name__)
 class LoaderConfig(StrictModel):
     """How to read a labelled file: what kind of task, which fields hold what, what a bad row does."""
 
-    kind: Kind = "classification"
-    format: Literal["auto", "jsonl", "csv", "label_studio", "records"] = Field(
+    kind: TaskKind = "classification"
+    format: Literal["auto", "jsonl", "csv", "label_studio", "records", "parquet", "datasets"] = Field(
         "auto", description="auto: by suffix (.jsonl/.jsonl.gz/.ndjson, .csv/.tsv, .json = Label Studio, "
-                            ".parquet or a directory = lmforge records)")
+                            ".parquet = lmforge records or plain rows, a directory = lmforge records or a "
+                            "`datasets` save_to_disk directory)")
     text_field: str = "text"
     label_field: str = Field("label", description="the class; for ner, spans [{start, end, label}] over the "
                                                   "text; for records, a dotted path in meta")
@@ -44,6 +54,10 @@ class LoaderConfig(StrictModel):
     tags_field: str = "tags"
     prompt_field: str = "prompt"
     response_field: str = "response"
+    messages_field: str | None = Field(None, description="conversation: the messages field [default: messages, "
+                                                         "then conversations (ShareGPT)]")
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
     on_error: Literal["raise", "skip"] = "raise"
 
 
@@ -92,6 +106,10 @@ def _sequence(row: Mapping[str, Any], name: str) -> list[str]:
 
 
 def _example(row: Mapping[str, Any], cfg: LoaderConfig) -> Example:
+    if cfg.kind == "conversation":
+        return chat_from_row(row, cfg.messages_field, cfg.prompt_field, cfg.response_field)
+    if cfg.kind == "preference":
+        return any_preference_from_row(row, cfg.prompt_field, cfg.chosen_field, cfg.rejected_field)
     if cfg.kind == "classification":
         return ClassificationExample(text=_string(row, cfg.text_field), label=_string(row, cfg.label_field))
     if cfg.kind == "instruction":
@@ -124,7 +142,7 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
-def load_jsonl(path: str | Path, kind: Kind = "classification", *, text_field: str = "text",
+def load_jsonl(path: str | Path, kind: TaskKind = "classification", *, text_field: str = "text",
                label_field: str = "label", tokens_field: str = "tokens", tags_field: str = "tags",
                prompt_field: str = "prompt", response_field: str = "response",
                on_error: Literal["raise", "skip"] = "raise") -> list[Example]:
@@ -162,7 +180,7 @@ def jsonl_examples(path: Path, make: Callable[[dict[str, Any]], Example], on_err
     return out
 
 
-def load_csv(path: str | Path, kind: Kind = "classification", *, text_field: str = "text",
+def load_csv(path: str | Path, kind: TaskKind = "classification", *, text_field: str = "text",
              label_field: str = "label", tokens_field: str = "tokens", tags_field: str = "tags",
              prompt_field: str = "prompt", response_field: str = "response",
              on_error: Literal["raise", "skip"] = "raise", delimiter: str | None = None) -> list[Example]:
@@ -216,6 +234,7 @@ def _csv(path: Path, cfg: LoaderConfig, delimiter: str | None = None) -> list[Ex
 
 def _require_columns(path: Path, header: list[str], cfg: LoaderConfig) -> None:
     needed = {"classification": ["text_field", "label_field"], "instruction": ["prompt_field", "response_field"],
+              "conversation": [], "preference": [],
               "ner": ["tokens_field", "tags_field"] if cfg.tokens_field in header else ["text_field", "label_field"]}
     for option in needed[cfg.kind]:
         column = getattr(cfg, option)
@@ -224,7 +243,7 @@ def _require_columns(path: Path, header: list[str], cfg: LoaderConfig) -> None:
                              f"set {option} to the column that holds it")
 
 
-def load_records(run_or_stage_dir: str | Path, label_field: str = "label", kind: Kind = "classification", *,
+def load_records(run_or_stage_dir: str | Path, label_field: str = "label", kind: TaskKind = "classification", *,
                  on_error: Literal["raise", "skip"] = "raise") -> list[Example]:
     """Examples from lmforge records: a run directory (its last stage), a stage directory or one shard.
 
@@ -271,6 +290,8 @@ def _records(path: Path, cfg: LoaderConfig) -> list[Example]:
                         raise RowError(f"no meta.{cfg.label_field} (meta keys: {', '.join(rec.meta) or 'none'})")
                     value = value[part]
                 row = {"prompt": rec.text, "response": value} if cfg.kind == "instruction" else \
+                    {"messages": value} if cfg.kind == "conversation" and isinstance(value, list) else \
+                    {"prompt": rec.text, "response": value} if cfg.kind == "conversation" else \
                     value if isinstance(value, dict) else {"text": rec.text, "label": value}
                 ex = _example(row, row_cfg)
             except RowError as exc:
@@ -282,6 +303,44 @@ def _records(path: Path, cfg: LoaderConfig) -> list[Example]:
             kept += 1
         problems.done(kept)
     return out
+
+
+def _rows_examples(path: Path, rows, cfg: LoaderConfig) -> list[Example]:
+    """Examples of dict rows (a Parquet table or a `datasets` split), with meta where = file:row."""
+    problems, out = Problems(path, cfg.on_error), []
+    for n, row in enumerate(rows, start=1):
+        row = {k: v for k, v in row.items() if v is not None}  # a column another layout's rows fill is null here
+        try:
+            ex = _example(row, cfg)
+        except RowError as exc:
+            problems.bad(f"row {n}", str(exc))
+            continue
+        ex.meta.update({"where": f"{path.name}:row {n}", **({"id": row["id"]} if row.get("id") is not None else {}),
+                        **({"split": row["split"]} if row.get("split") else {})})
+        out.append(ex)
+    problems.done(len(out))
+    return out
+
+
+def _parquet_rows(path: Path, cfg: LoaderConfig) -> list[Example]:
+    return _rows_examples(path, tables.parquet_rows(path), cfg)
+
+
+def _datasets_dir(path: Path, cfg: LoaderConfig) -> list[Example]:
+    return _rows_examples(path, tables.datasets_rows(path), cfg)
+
+
+def load_conversations(path: str | Path, *, messages_field: str | None = None,
+                       on_error: Literal["raise", "skip"] = "raise") -> list[Example]:
+    """Conversations from any supported file (messages, ShareGPT, Alpaca or prompt/response rows)."""
+    return load_examples(path, kind="conversation", messages_field=messages_field, on_error=on_error)
+
+
+def load_preferences(path: str | Path, *, prompt_field: str = "prompt", chosen_field: str = "chosen",
+                     rejected_field: str = "rejected", on_error: Literal["raise", "skip"] = "raise") -> list[Example]:
+    """Preference pairs from any supported file (prompt/chosen/rejected, or scored completions)."""
+    return load_examples(path, kind="preference", prompt_field=prompt_field, chosen_field=chosen_field,
+                         rejected_field=rejected_field, on_error=on_error)
 
 
 def load_label_studio(path: str | Path, kind: Kind | None = None, *, text_field: str = "text",
@@ -408,7 +467,9 @@ def load_examples(path: str | Path, config: LoaderConfig | dict | None = None, *
     fmt = cfg.format
     if fmt == "auto":
         suffixes = [s.lower() for s in path.suffixes]
-        fmt = ("records" if path.is_dir() or suffixes[-1:] == [".parquet"] else
+        fmt = ("datasets" if tables.is_datasets_dir(path) else
+               "records" if path.is_dir() or (suffixes[-1:] == [".parquet"] and tables.is_record_shard(path)) else
+               "parquet" if suffixes[-1:] == [".parquet"] else
                "jsonl" if {".jsonl", ".ndjson"} & set(suffixes) else
                "csv" if {".csv", ".tsv"} & set(suffixes) else
                "label_studio" if suffixes[-1:] == [".json"] else "")
@@ -421,4 +482,11 @@ def load_examples(path: str | Path, config: LoaderConfig | dict | None = None, *
         return _csv(path, cfg)
     if fmt == "records":
         return _records(path, cfg)
+    if fmt == "parquet":
+        return _parquet_rows(path, cfg)
+    if fmt == "datasets":
+        return _datasets_dir(path, cfg)
+    if cfg.kind in ("conversation", "preference"):
+        raise InputError(f"{path}: {cfg.kind} data is read from JSONL, Parquet, datasets directories or records, "
+                         "not Label Studio exports")
     return load_label_studio(path, cfg.kind, text_field=cfg.text_field, on_error=cfg.on_error)

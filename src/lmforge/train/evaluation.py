@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.train import distributed
-from lmforge.train.objectives import BatchSource, Objective
+from lmforge.train.objectives import BatchSource, Objective, reported
 from lmforge.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -89,17 +89,17 @@ class Evaluator:
             model.train()
 
     def _loss(self, model: nn.Module, rt: Runtime) -> dict[str, float]:
-        terms, d = self.objective.terms, rt.dist
-        sums = torch.zeros(2 * len(terms), dtype=torch.float64)
+        names, d = reported(self.objective), rt.dist
+        sums = torch.zeros(2 * len(names), dtype=torch.float64)
         for i in range(math.ceil(self.eval_batches / d.world_size)):
             batch = self.source.micro_batch(i * d.world_size + d.rank)
             counts = self.objective.counts(batch)
             with rt.autocast():
                 parts = self.objective.sums(model, rt.to_device(batch))
-            sums += torch.tensor([float(parts[t]) for t in terms] + [counts[t] for t in terms], dtype=torch.float64)
+            sums += torch.tensor([float(parts[t]) for t in names] + [counts[t] for t in names], dtype=torch.float64)
         sums = distributed.all_sum(sums, d).tolist()
-        out = {t: sums[i] / max(sums[len(terms) + i], 1.0) for i, t in enumerate(terms)}
-        out["loss"] = sum(out[t] for t in terms)
+        out = {t: sums[i] / max(sums[len(names) + i], 1.0) for i, t in enumerate(names)}
+        out["loss"] = sum(out[t] for t in self.objective.terms)
         return out
 
     def first(self, val: dict[str, float]) -> None:

@@ -33,12 +33,18 @@ class Objective(Protocol):
     terms: tuple[str, ...]
 
     def counts(self, batch: Batch) -> dict[str, int]:
-        """Units each term sums over in this micro-batch, read from the batch alone (no forward)."""
+        """Units each term (and each of `reported(self)`) sums over in this micro-batch, read from the batch alone."""
         ...
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         """Each term's loss summed over its units (float32 scalars)."""
         ...
+
+
+def reported(objective: Objective) -> tuple[str, ...]:
+    """The loss terms and then the objective's `metrics`: sums it returns that are logged, averaged like
+    the terms over their units, but never trained on (preference rewards and accuracy)."""
+    return (*objective.terms, *getattr(objective, "metrics", ()))
 
 
 @runtime_checkable

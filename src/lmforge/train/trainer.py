@@ -36,7 +36,7 @@ from lmforge.train import distributed
 from lmforge.train.checkpointer import Checkpointer, ModelExport
 from lmforge.train.config import TrainConfig
 from lmforge.train.evaluation import Evaluator, ValidationPolicy
-from lmforge.train.objectives import BatchSource, Objective
+from lmforge.train.objectives import BatchSource, Objective, reported
 from lmforge.train.optim import build_optimizers, lr_factor, set_lr
 from lmforge.train.runtime import Runtime, autocast_settings, bf16_is_fast
 from lmforge.train.trainlog import PEAK_FLOPS, TrainLogger, peak_flops
@@ -145,28 +145,29 @@ class Trainer:
         return contextlib.nullcontext() if last else self.wrapped.no_sync()
 
     def backward(self, step: int) -> tuple[dict[str, float], int]:
-        """Forward/backward every micro-batch of 0-based `step`; (mean loss per term, tokens).
+        """Forward/backward every micro-batch of 0-based `step`; (mean per term and metric, tokens).
 
         Afterwards each parameter's .grad is the gradient of the whole step's token-mean loss.
         """
         cfg, d, terms = self.cfg, self.dist, self.objective.terms
+        names = reported(self.objective)
         first = step * cfg.grad_accum
         batches = [self.train_source.micro_batch((first + m) * d.world_size + d.rank) for m in range(cfg.grad_accum)]
-        local = [sum(self.objective.counts(b)[t] for b in batches) for t in terms]
+        local = [sum(self.objective.counts(b)[t] for b in batches) for t in names]
         local.append(sum(b["input_ids"].numel() for b in batches))
         totals = distributed.all_sum(torch.tensor(local, dtype=torch.float64), d).tolist()
         counts, tokens = totals[:-1], int(totals[-1])
-        sums = torch.zeros(len(terms), dtype=torch.float64, device=self.device)
+        sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)
         for m, batch in enumerate(batches):
             with self._sync(m == len(batches) - 1):
                 with self.rt.autocast():
                     parts = self.objective.sums(self.wrapped, self.rt.to_device(batch))
                 # DDP and FSDP average gradients over ranks; scaling by world_size makes that a sum.
-                loss = sum(parts[t] / max(c, 1.0) for t, c in zip(terms, counts, strict=True)) * d.world_size
+                loss = sum(parts[t] / max(c, 1.0) for t, c in zip(terms, counts, strict=False)) * d.world_size
                 self.scaler.scale(loss).backward()
-            sums += torch.stack([parts[t].detach().double() for t in terms])  # no GPU sync per micro-batch
+            sums += torch.stack([parts[t].detach().double() for t in names])  # no GPU sync per micro-batch
         sums = distributed.all_sum(sums.cpu(), d)
-        return {t: float(s / max(c, 1.0)) for t, s, c in zip(terms, sums.tolist(), counts, strict=True)}, tokens
+        return {t: float(s / max(c, 1.0)) for t, s, c in zip(names, sums.tolist(), counts, strict=True)}, tokens
 
     def update(self) -> float | None:
         """Clip, step every optimizer, clear gradients; returns the gradient norm before clipping."""
@@ -194,7 +195,8 @@ class Trainer:
         grad_norm = self.update()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        loss = logger.step(step, losses, tokens, time.perf_counter() - t0, self.cfg.lr * factor, grad_norm)
+        metrics = {k: losses.pop(k) for k in reported(self.objective)[len(self.objective.terms):]}
+        loss = logger.step(step, losses, tokens, time.perf_counter() - t0, self.cfg.lr * factor, grad_norm, metrics)
         if self.on_step is not None and self.dist.main:
             self.on_step(step, loss)
         if not math.isfinite(loss):

@@ -106,24 +106,27 @@ class TrainLogger:
         self.window_start = time.perf_counter()
 
     def step(self, step: int, losses: dict[str, float], tokens: int, seconds: float, lr: float,
-             grad_norm: float | None) -> float:
-        """Record one optimizer step; writes a log line at the end of each window. Returns the total loss."""
+             grad_norm: float | None, metrics: dict[str, float] | None = None) -> float:
+        """Record one optimizer step; writes a log line at the end of each window. Returns the total loss.
+
+        `metrics` (the objective's reported figures that are not loss terms) go into the log line as they are."""
         loss = sum(losses.values())
         self.train_seconds += seconds
         self.train_tokens += tokens
         self.window_tokens += tokens
         self.train_losses.append((step, loss))
         if step % self.cfg.log_every == 0 or step in (self.start + 1, self.cfg.steps):
-            self._window(step, loss, losses, lr, grad_norm)
+            self._window(step, loss, losses, lr, grad_norm, metrics or {})
         return loss
 
-    def _window(self, step: int, loss: float, losses: dict[str, float], lr: float, grad_norm: float | None) -> None:
+    def _window(self, step: int, loss: float, losses: dict[str, float], lr: float, grad_norm: float | None,
+                metrics: dict[str, float]) -> None:
         now = time.perf_counter()
         tps = self.window_tokens / max(now - self.window_start, 1e-9)
         flops, peak = self.flops_per_token, self.peak
         mfu = flops * tps / (peak * self.world_size) if flops and peak else None
-        self.file.write({"step": step, "loss": loss, "terms": losses, "lr": lr, "grad_norm": grad_norm,
-                         "tokens_per_s": tps, "mfu": mfu, "tokens": self.train_tokens, "elapsed": now - self.t_start})
+        self.file.write({"step": step, "loss": loss, "terms": losses, **({"metrics": metrics} if metrics else {}),
+                         "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps, "mfu": mfu, "tokens": self.train_tokens, "elapsed": now - self.t_start})
         log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s%s", step, self.cfg.steps, loss, lr, tps,
                  f" mfu {mfu:.1%}" if mfu else "")
         self.window_start, self.window_tokens = time.perf_counter(), 0

@@ -15,6 +15,7 @@ import json
 import re
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from lmforge.errors import InputError
@@ -89,8 +90,12 @@ def message_text(content: Any) -> str:
 
 
 def render_chat(messages: list[dict[str, Any]], template: str | None, eos_token: str = "<|endoftext|>",
-                bos_token: str = "", tools: list[dict[str, Any]] | None = None, **variables: Any) -> str:
+                bos_token: str = "", tools: list[dict[str, Any]] | None = None, add_generation_prompt: bool = True,
+                **variables: Any) -> str:
     """The prompt text, as transformers' `apply_chat_template(..., add_generation_prompt=True)` renders it.
+
+    Training renders whole conversations with `add_generation_prompt=False`, through this same
+    function, so a fine-tuned model sees the prompt the server will give it.
 
     `bos_token` and `eos_token` are the strings of tokenizer_config.json (Llama 3's template writes
     `bos_token` itself), `tools` are JSON schemas, and `variables` reach the template as they are
@@ -109,7 +114,7 @@ def render_chat(messages: list[dict[str, Any]], template: str | None, eos_token:
         clean.append({"role": role, "content": message_text(m.get("content")), **fields})
     try:
         return _compile(template or CHATML).render(**variables, messages=clean, tools=tools, documents=None,
-                                                   add_generation_prompt=True, bos_token=bos_token,
+                                                   add_generation_prompt=add_generation_prompt, bos_token=bos_token,
                                                    eos_token=eos_token)
     except TemplateError as exc:
         raise InputError(f"the model's chat template rejected the messages: {exc}") from None
@@ -146,15 +151,20 @@ class ChatEncoder:
         self.esc = next(chr(c) for c in range(0x10FFFD, 0x100000, -1) if chr(c) not in source)
         self._hidden = re.compile(re.escape(self.esc) + "(.)", re.DOTALL)
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+               add_generation_prompt: bool = True) -> str:
         """The prompt text (specials in content shown as they are), for logs and echo."""
-        return render_chat(messages, self.template, tools=tools, **self.tokens)
+        return render_chat(messages, self.template, tools=tools, add_generation_prompt=add_generation_prompt,
+                           **self.tokens)
 
-    def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+    def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+               add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of the rendered messages; without the generation prompt for a conversation to learn."""
         if self._split is None:
-            return encode_texts(self.tokenizer, [self.render(messages, tools)])[0]
+            return encode_texts(self.tokenizer, [self.render(messages, tools, add_generation_prompt)])[0]
         hidden = [self._hide_all({**m, "content": message_text(m.get("content"))}) for m in messages]
-        text = render_chat(hidden, self.template, tools=self._hide_all(tools), **self.tokens)
+        text = render_chat(hidden, self.template, tools=self._hide_all(tools),
+                           add_generation_prompt=add_generation_prompt, **self.tokens)
         pieces: list[str] = []
         controls: list[int] = []
         start = 0
@@ -193,6 +203,48 @@ class ChatEncoder:
             return self.specials[k] if 0 <= k < len(self.specials) else c  # a pair the template cut: drop the escape
 
         return self._hidden.sub(back, text) if self.esc in text else text
+
+
+def tokenizer_config(tok_dir: Path) -> dict[str, Any]:
+    """tokenizer_config.json of a tokenizer directory ({} without one; a file over 64 MB is not read)."""
+    cfg = tok_dir / "tokenizer_config.json"
+    if not cfg.is_file() or cfg.stat().st_size > 64 << 20:
+        return {}
+    try:
+        raw = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{cfg}: not valid JSON ({exc})") from None
+    return raw if isinstance(raw, dict) else {}
+
+
+def chat_template_of(config: dict[str, Any]) -> str | None:
+    template = config.get("chat_template")
+    if isinstance(template, list):  # HF's named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
+
+
+def chat_tokens_of(config: dict[str, Any]) -> dict[str, str]:
+    """bos/eos token strings for templates that write them (Llama 3's starts with {{ bos_token }})."""
+    tokens = {}
+    for role in ("bos_token", "eos_token"):
+        value = config.get(role)
+        value = value.get("content") if isinstance(value, dict) else value  # {"content": ..., ...} form
+        if isinstance(value, str):
+            tokens[role] = value
+    return tokens
+
+
+def chat_encoder_for(tok_dir: str | Path) -> ChatEncoder:
+    """The encoder the server builds for a tokenizer directory: its tokenizer, template and bos/eos strings.
+
+    Fine-tuning builds its encoder here too, so training and serving cannot render a conversation
+    differently."""
+    from lmforge.tokenize.bpe import load_tokenizer
+
+    config = tokenizer_config(Path(tok_dir))
+    return ChatEncoder(load_tokenizer(tok_dir), chat_template_of(config), **chat_tokens_of(config))
 
 
 def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
