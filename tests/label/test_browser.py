@@ -177,3 +177,110 @@ def test_ner_spans_are_tagged_from_a_selection_and_saved_in_characters(browser, 
     saved = json.loads(answers.read_text(encoding="utf-8").splitlines()[-1])
     assert saved["spans"] == [[0, 3, "ORG"], [4, 6, "LOC"]]
     assert [text[s:e] for s, e, _ in saved["spans"]] == ["𠮷野家", "北京"]
+
+
+@pytest.fixture
+def sampled(tmp_path: Path) -> Path:
+    """Four Chinese prompts with three answers each (12 pairs), shaped like `lmforge generate --out`.
+
+    The answers are real reviews; the first pair holds a long answer (it must scroll in its box) and
+    one with HTML in it (it must show as text).
+    """
+    reviews = [e.text for e in load_task("zh_sentiment", max_per_class=40).train[:60]]
+    long_answer = "\n".join(reviews[20:60])
+    rows = [{"id": "q1", "prompt": "写一条购物评价。", "samples": [long_answer, "<b>加粗</b>不是标签：" + reviews[0], reviews[1]]}]
+    rows += [{"id": f"q{i}", "prompt": f"第{i}个问题：评价一下你最近买的东西。",
+              "samples": reviews[3 * i:3 * i + 3]} for i in range(2, 5)]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def shown_pair(page) -> tuple[str, str, str]:
+    """(pair id, left answer, right answer) as the page holds them."""
+    return page.evaluate("""() => [document.querySelector('#item').dataset.item,
+                                   document.querySelector('#left .answer-text').textContent,
+                                   document.querySelector('#right .answer-text').textContent]""")
+
+
+def test_ten_pairs_compared_by_keyboard_survive_a_kill_and_become_a_preference_set(browser, sampled, tmp_path):
+    from lmforge.cli.main import main
+    from lmforge.tasks.loaders import load_preferences
+
+    log = tmp_path / "pairs.answers.jsonl"
+    args = (str(sampled), "--kind", "pairwise", "--out", str(log), "--annotator", "tester", "--seed", "3")
+    proc, base = start_server(tmp_path, *args)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    keys = ["a", "b", "t", "x", "a", "b", "b", "a", "x", "a"]
+    expected: dict[str, tuple] = {}  # pair id -> (chosen, rejected), or the outcome of a tie / both bad
+    comments: dict[str, str] = {}
+    try:
+        page.goto(base + "/")
+        page.wait_for_function("document.body.dataset.ready === '1'")
+        current, left, right = shown_pair(page)
+        # side by side, the long answer scrolls inside its own box, HTML in an answer is text
+        boxes = [page.locator(f"#{side} .answer-text").bounding_box() for side in ("left", "right")]
+        assert boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"] and abs(boxes[0]["y"] - boxes[1]["y"]) < 2
+        assert page.evaluate("Math.max(...[...document.querySelectorAll('.answer-text')]"
+                             ".map(e => e.scrollHeight - e.clientHeight))") > 200
+        assert page.evaluate("document.querySelectorAll('.answer-text b').length") == 0
+        assert "<b>加粗</b>不是标签" in left + right
+        cdp = page.context.new_cdp_session(page)
+        for n, key in enumerate(keys):
+            if n == 3:
+                # a Chinese comment committed by an input method; letters typed in the box are text, not choices
+                page.keyboard.press("c")
+                page.keyboard.insert_text("两个都答非所问")
+                page.keyboard.press("a")
+                assert page.input_value("#comment") == "两个都答非所问a"
+                page.keyboard.press("Escape")
+            if n == 5:
+                # a real composition (pinyin "hao" → 好): the key pressed while composing is not a shortcut
+                page.keyboard.press("c")
+                cdp.send("Input.imeSetComposition", {"text": "hao", "selectionStart": 3, "selectionEnd": 3})
+                page.keyboard.press("b")
+                cdp.send("Input.insertText", {"text": "好"})
+                page.keyboard.press("Escape")
+                # and composing keys outside the box (isComposing, or the keyCode 229 some IMEs send) do nothing
+                page.evaluate("""() => {
+                    document.body.dispatchEvent(new KeyboardEvent('keydown', {key: 'a', isComposing: true, bubbles: true}));
+                    document.body.dispatchEvent(new KeyboardEvent('keydown', {key: 'x', keyCode: 229, bubbles: true}));
+                }""")
+                page.wait_for_timeout(300)
+                assert "好" in page.input_value("#comment")
+                assert page.locator("#item").get_attribute("data-item") == current
+                assert get_json(base + "/api/state")["answered"] == 5
+            if page.input_value("#comment"):
+                comments[current] = page.input_value("#comment").strip()
+            if n == 3:
+                page.screenshot(path=str(tmp_path / "pair-ui.png"), full_page=True)
+            expected[current] = {"a": (left, right), "b": (right, left), "t": "tie", "x": "both_bad"}[key]
+            current = press_and_wait(page, key, current)
+            _, left, right = shown_pair(page)
+        assert current not in expected
+        assert page.locator("#progress").inner_text().startswith("10 / 12 pairs compared")
+        assert (tmp_path / "pair-ui.png").stat().st_size > 10_000
+    finally:
+        kill(proc)
+
+    lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [e["event"] for e in lines] == ["answer"] * 10 and {e["item"] for e in lines} == set(expected)
+
+    proc, base = start_server(tmp_path, *args)
+    try:
+        state = get_json(base + "/api/state")
+        assert state["answered"] == 10 and state["counts"]["tie"] == 1 and state["counts"]["both_bad"] == 2
+        assert {k: v["comment"] for k, v in state["answers"].items() if v["comment"]} == comments
+        assert len(comments) == 2 and all(v["annotator"] == "tester" for v in state["answers"].values())
+        page.goto(base + "/")
+        page.wait_for_function("document.body.dataset.ready === '1'")
+        assert page.locator("#progress").inner_text().startswith("10 / 12 pairs compared")
+        assert page.locator("#item").get_attribute("data-item") not in expected
+    finally:
+        kill(proc)
+        page.close()
+
+    out = tmp_path / "preferences.jsonl"
+    assert main(["label", "answers", str(log), "--out", str(out)]) == 0
+    prefs = {e.meta["id"]: (e.chosen, e.rejected) for e in load_preferences(out)}
+    assert prefs == {k: v for k, v in expected.items() if isinstance(v, tuple)} and len(prefs) == 7

@@ -11,6 +11,10 @@ Examples:
 
   lmforge label answers reviews.answers.jsonl --out labelled.jsonl
 
+  lmforge label serve samples.jsonl --kind pairwise --max-pairs 3
+
+  lmforge label answers samples.answers.jsonl --out preferences.jsonl
+
   lmforge label split labelled.jsonl --out data/reviews --format hf
 
   lmforge label export-ls reviews.jsonl --labels neg,pos --out tasks.json
@@ -53,11 +57,17 @@ def _table(title: str, columns: list[str], rows: list[list[object]]):
 @app.command("serve")
 def serve_command(
     dataset: str = typer.Argument(..., help="Items to label: JSONL/CSV (text, optional id, prediction, score), "
-                                            "Label Studio tasks .json, or builtin:NAME."),
+                                            "Label Studio tasks .json, or builtin:NAME; for --kind pairwise "
+                                            "JSONL of a prompt and samples (as `lmforge generate --out` writes) "
+                                            "or answer_a and answer_b."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Answer log (JSONL) \\(default: DATASET.answers.jsonl)."),
     labels: str | None = typer.Option(None, help="Comma-separated classes or entity types \\[default: from the "
                                                  "built-in task or the predictions]."),
-    kind: str = KIND,
+    kind: str = typer.Option("classification", "--kind", help="classification, ner, or pairwise (which of two "
+                                                              "answers is better)."),
+    max_pairs: int | None = typer.Option(None, "--max-pairs", min=1, help="Pairwise: compare at most this many "
+                                         "pairs per prompt, a seeded choice \\[default: every pair]."),
+    seed: int = typer.Option(0, help="Pairwise: seed of the left/right coin and of the --max-pairs choice."),
     strategy: str = typer.Option("entropy", help="Next item by: entropy, margin, least_confidence, diversity, "
                                                  "entropy+diversity, random or order."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; another host needs --key."),
@@ -78,7 +88,8 @@ def serve_command(
     from lmforge.label.app import serve
     from lmforge.label.commands import open_session
 
-    session = open_session(dataset, out, _labels(labels), kind, strategy, annotator, max_comment, text_field)
+    session = open_session(dataset, out, _labels(labels), kind, strategy, annotator, max_comment, text_field,
+                           max_pairs, seed)
     query = "?key=<your key>" if key else ""
     console.print(f"labelling {len(session.items):,} items ({len(session.store.current()):,} done) at "
                   f"http://{host}:{port}/{query} ; answers go to {session.store.path}. Ctrl+C stops.", highlight=False)
@@ -88,13 +99,24 @@ def serve_command(
 @app.command("answers")
 def answers_command(
     log: Path = typer.Argument(..., help="Answer log written by `lmforge label serve`."),
-    out: Path = typer.Option(..., "--out", "-o", help="JSONL of the labelled examples."),
-    kind: str = KIND,
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL of the labelled examples, or of the preference "
+                                                     "pairs {prompt, chosen, rejected, meta} of a pairwise log."),
+    kind: str = typer.Option("classification", "--kind", help="classification or ner; a pairwise log is "
+                                                              "recognised as one."),
 ) -> None:
-    """Write the standing answers (undone ones left out, the latest per item) as a labelled JSONL file."""
-    from lmforge.cli.console import out as stdout
-    from lmforge.label.commands import write_answers
+    """Write the standing answers (undone ones left out, the latest per item) as a labelled JSONL file.
 
+    A pairwise log becomes a preference set: one row per pair decided a or b (its latest decision);
+    ties and both-bad decisions are left out and counted.
+    """
+    from lmforge.cli.console import out as stdout
+    from lmforge.label.commands import is_pairwise, write_answers, write_preferences
+
+    if kind == "pairwise" or is_pairwise(log):
+        prefs = write_preferences(log, out)
+        stdout.print(f"{len(prefs.rows):,} preference pairs written to {out}; left out: {prefs.counts['tie']:,} "
+                     f"ties, {prefs.counts['both_bad']:,} both bad", highlight=False)
+        return
     stdout.print(f"{write_answers(log, out, kind):,} labelled examples written to {out}")
 
 

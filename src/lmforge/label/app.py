@@ -2,7 +2,9 @@
 
 Server-rendered HTML (Jinja2) with one small script for the keyboard: number keys pick a label
 (or, for NER, tag the selected text), Enter accepts the suggestion (or saves the spans), u or
-Ctrl+Z undoes, s skips, c goes to the comment box. Every answer is in the append-only log on disk
+Ctrl+Z undoes, s skips, c goes to the comment box. A pairwise session (`pairwise.PairSession`)
+shows a prompt and two answers side by side instead: a / b pick the left / right one, t is a
+tie, x both bad. Every answer is in the append-only log on disk
 (`store.AnswerStore`, fsynced) before the request returns, so killing the server loses nothing,
 and undo works across restarts. Binds 127.0.0.1 unless told otherwise; with an access key
 (required off loopback) every request must carry it: `?key=` once in the URL (it is then kept in
@@ -23,6 +25,7 @@ from urllib.parse import quote
 
 from lmforge.errors import UserError
 from lmforge.label.guard import Guard, LabelServerConfig, is_loopback
+from lmforge.label.pairwise import Pair, PairSession
 from lmforge.label.session import Item, Session
 
 log = logging.getLogger(__name__)
@@ -47,11 +50,23 @@ def segments(text: str, spans: list[list[Any]] | None) -> list[dict[str, Any]]:
     return out
 
 
-def _url(item: Item | None) -> str:
+def _url(item: Item | Pair | None) -> str:
     return "/done" if item is None else f"/item/{quote(item.id, safe='')}"
 
 
-def create_app(session: Session, access_key: str | None = None, config: LabelServerConfig | None = None):
+def _pair_page(env: Any, session: PairSession, pair: Pair) -> str:
+    """The pair page: the prompt, the answers on the sides the pair's coin chose, the decision if there is one."""
+    answer = session.store.current().get(pair.id)
+    shown = pair.shown(answer["label"]) if answer else None
+    turns = [{"role": "", "content": pair.prompt}] if isinstance(pair.prompt, str) else pair.prompt
+    config = {"item": pair.id, "kind": "pairwise", "labels": [], "choice": shown,
+              "answer": {"comment": answer.get("comment")} if answer else None}
+    return env.get_template("pair.html").render(pair=pair, turns=turns, state=session.state(), answer=answer,
+                                                shown=shown, config=config, max_comment=session.max_comment_chars)
+
+
+def create_app(session: Session | PairSession, access_key: str | None = None,
+               config: LabelServerConfig | None = None):
     """The FastAPI app over one labelling session, behind `guard.Guard` (Host, origin, body size, access key).
 
     `config` says where it is served (default 127.0.0.1:8765), which decides the Host names it answers to.
@@ -82,12 +97,14 @@ def create_app(session: Session, access_key: str | None = None, config: LabelSer
     def done() -> str:
         return env.get_template("done.html").render(state=session.state())
 
-    @app.get("/item/{item_id}", response_class=HTMLResponse)
+    @app.get("/item/{item_id:path}", response_class=HTMLResponse)
     def show(item_id: str) -> str:
         try:
             item = session.item(item_id)
         except UserError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
+        if isinstance(session, PairSession):
+            return _pair_page(env, session, item)
         answer = session.store.current().get(item.id)
         suggestion = session.suggestion(item)
         spans = None
@@ -104,8 +121,12 @@ def create_app(session: Session, access_key: str | None = None, config: LabelSer
     @app.post("/api/answer")
     def answer(payload: dict[str, Any] = Body(...)) -> JSONResponse:
         try:
-            event = session.answer(str(payload.get("item")), label=payload.get("label"), spans=payload.get("spans"),
-                                   comment=str(payload.get("comment") or ""))
+            if isinstance(session, PairSession):
+                event = session.answer(str(payload.get("item")), choice=payload.get("choice"),
+                                       comment=str(payload.get("comment") or ""))
+            else:
+                event = session.answer(str(payload.get("item")), label=payload.get("label"),
+                                       spans=payload.get("spans"), comment=str(payload.get("comment") or ""))
         except UserError as exc:
             raise fail(exc) from None
         nxt = session.next_item(exclude=[event["item"]])

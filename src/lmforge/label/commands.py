@@ -16,6 +16,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.label.labelstudio import LabelStudioImport
+from lmforge.label.pairwise import PairSession, PreferenceSet
 from lmforge.label.session import Item, Session
 from lmforge.label.weak import WeakResult
 from lmforge.records import atomic_path
@@ -56,18 +57,33 @@ def answer_log_path(dataset: str) -> Path:
 
 def open_session(dataset: str, out: Path | None = None, labels: list[str] | None = None,
                  kind: str = "classification", strategy: str = "entropy", annotator: str | None = None,
-                 max_comment: int | None = None, text_field: str = "text") -> Session:
-    """The labelling session `lmforge label serve` serves (pass it to `lmforge.label.app.serve`)."""
+                 max_comment: int | None = None, text_field: str = "text", max_pairs: int | None = None,
+                 seed: int = 0) -> Session | PairSession:
+    """The labelling session `lmforge label serve` serves (pass it to `lmforge.label.app.serve`).
+
+    For kind pairwise the dataset holds prompts and answers (`pairwise.load_pairs`: at most
+    `max_pairs` per prompt, left/right by a coin seeded with `seed`); labels, strategy and
+    text_field do not apply.
+    """
     from lmforge.label.session import MAX_COMMENT_CHARS, load_items
     from lmforge.label.store import AnswerStore
 
+    comment_chars = MAX_COMMENT_CHARS if max_comment is None else max_comment
+    if kind == "pairwise":
+        from lmforge.label.pairwise import load_pairs
+
+        if dataset.startswith("builtin:"):
+            raise ConfigError("kind pairwise needs a JSONL file of prompts and answers (from `lmforge generate "
+                              "--prompts-file F -n K --out FILE`), not a built-in task")
+        return PairSession(load_pairs(dataset, max_pairs, seed), AnswerStore(out or answer_log_path(dataset)),
+                           annotator=annotator or login_name(), name=Path(dataset).name,
+                           max_comment_chars=comment_chars)
     items = load_items(dataset, kind, text_field)
     names = labels or default_labels(dataset, items, kind)
     if not names:
         raise ConfigError("--labels is needed: the dataset has no predictions to take the label set from")
     return Session(items, names, AnswerStore(out or answer_log_path(dataset)), kind=kind, strategy=strategy,
-                   annotator=annotator or login_name(),
-                   max_comment_chars=MAX_COMMENT_CHARS if max_comment is None else max_comment,
+                   annotator=annotator or login_name(), max_comment_chars=comment_chars,
                    name=dataset if dataset.startswith("builtin:") else Path(dataset).name)
 
 
@@ -80,6 +96,31 @@ def write_answers(log: Path, out: Path, kind: str = "classification") -> int:
     examples = answers_to_examples(AnswerStore(log), kind)
     _write_jsonl(out, ({**e.to_dict(), "id": e.meta["id"]} for e in examples))
     return len(examples)
+
+
+def is_pairwise(log: Path) -> bool:
+    """Whether an answer log holds pairwise decisions (then `write_preferences` exports it)."""
+    from lmforge.label.pairwise import is_pairwise_log
+    from lmforge.label.store import AnswerStore
+
+    if not log.is_file():
+        raise InputError(f"answer log not found: {log}")
+    return is_pairwise_log(AnswerStore(log))
+
+
+def write_preferences(log: Path, out: Path) -> PreferenceSet:
+    """Write the pairs decided in a pairwise log as a preference set (JSONL that `load_preferences` reads).
+
+    Each pair's latest standing decision counts; ties and both-bad decisions are left out (and counted).
+    """
+    from lmforge.label.pairwise import preference_rows
+    from lmforge.label.store import AnswerStore
+
+    if not log.is_file():
+        raise InputError(f"answer log not found: {log}")
+    prefs = preference_rows(AnswerStore(log))
+    _write_jsonl(out, prefs.rows)
+    return prefs
 
 
 @dataclass
@@ -255,5 +296,6 @@ def label_issues(source: str, folds: int = 5, out: Path | None = None) -> LabelI
 
 
 __all__ = ["LabelIssues", "LabelStudioDataset", "LabelStudioExport", "SplitResult", "WeakLabels", "annotator_agreement",
-           "answer_log_path", "default_labels", "export_labelstudio", "import_labelstudio", "label_issues",
-           "login_name", "open_session", "split_source", "weak_label_source", "write_answers"]
+           "answer_log_path", "default_labels", "export_labelstudio", "import_labelstudio", "is_pairwise",
+           "label_issues", "login_name", "open_session", "split_source", "weak_label_source", "write_answers",
+           "write_preferences"]

@@ -12,6 +12,7 @@ Events:
      "suggestion": "pos", "annotator": "ann", "time": "2025-01-01T12:00:00+00:00"}
     {"event": "answer", ..., "spans": [[0, 3, "ORG"], [6, 8, "LOC"]]}       # NER, character offsets
     {"event": "undo", "seq": 8, "undoes": 7, "item": "r12", "annotator": "ann", "time": "..."}
+    {"event": "answer", ..., "item": "q3:0-2", "label": "b", "pair": {...}}   # pairwise, see `pairwise`
 
 The current answer of an item is its latest answer that has not been undone; undo always takes
 back the latest answer still standing (a stack), whoever gave it.
@@ -102,14 +103,16 @@ class AnswerStore:
         return event
 
     def answer(self, item: str, text: str, *, label: str | None = None, spans: list[list[Any]] | None = None,
-               comment: str = "", suggestion: Any = None, annotator: str = "") -> dict[str, Any]:
-        """Record one answer (a class or NER spans); it is on disk when this returns."""
+               comment: str = "", suggestion: Any = None, annotator: str = "",
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record one answer (a class or NER spans, and what `extra` adds); it is on disk when this returns."""
         if (label is None) == (spans is None):
             raise InputError("an answer has either a label or spans")
         with self._lock:
             event = {"event": "answer", "seq": len(self.events), "item": str(item), "text": text,
                      **({"label": label} if label is not None else {"spans": spans}),
-                     "comment": comment, "suggestion": suggestion, "annotator": annotator, "time": _now()}
+                     "comment": comment, "suggestion": suggestion, "annotator": annotator, "time": _now(),
+                     **{k: v for k, v in (extra or {}).items() if k not in ("event", "seq", "item")}}
             return self._append(event)
 
     def undo(self, annotator: str = "") -> dict[str, Any] | None:
@@ -139,6 +142,9 @@ def answers_to_examples(store: AnswerStore, kind: str) -> list:
 
     out = []
     for item, event in store.current().items():
+        if "pair" in event:
+            raise InputError(f"{store.path}: item {item} is a pairwise decision; its preference pairs are written "
+                             "by `lmforge label answers` as they are (pairwise.preference_rows)")
         meta = {"id": item, "annotator": event.get("annotator", ""), **({"comment": event["comment"]}
                                                                         if event.get("comment") else {})}
         if kind == "ner":

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lmforge.serve.generate import Completion
     from lmforge.serve.loading import LoadedModel
+    from lmforge.serve.samples import SamplesWritten
 
 
 def _load(model: Path, prompts: Sequence[str], chat: bool, tokenizer: Path | None,
           device: str, dtype: str = "auto") -> tuple[LoadedModel, list[str]]:
-    from lmforge.serve.chat import ChatEncoder
     from lmforge.serve.loading import load_generator
+    from lmforge.tokenize.chat import ChatEncoder
 
     loaded = load_generator(model, tokenizer, device=device, dtype=dtype)
     # With chat each prompt is a user turn: its special token strings are text, as the server reads them.
@@ -43,6 +44,23 @@ def generate_completions(model: Path, prompts: Sequence[str], max_new_tokens: in
     params = _params(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, n=n, stop=list(stop), seed=seed)
     return generate_batch(loaded.model, loaded.tokenizer, texts, params, loaded.stop_ids)
+
+
+def generate_samples(model: Path, out: Path, prompts_file: Path | None = None, prompts: Sequence[str] = (),
+                     max_new_tokens: int = 64, temperature: float = 0.8, top_k: int = 50, top_p: float = 1.0,
+                     repetition_penalty: float = 1.0, n: int = 1, stop: Sequence[str] = (), seed: int = 0,
+                     chat: bool = False, tokenizer: Path | None = None, device: str = "auto",
+                     dtype: str = "auto") -> SamplesWritten:
+    """`n` samples per prompt (from `prompts_file`, else `prompts`) written as JSON lines to `out` (see `samples`)."""
+    from lmforge.serve.loading import load_generator
+    from lmforge.serve.samples import PromptRow, read_prompts, write_samples
+
+    rows = read_prompts(prompts_file) if prompts_file is not None else \
+        [PromptRow(str(i), p) for i, p in enumerate(prompts, start=1)]
+    loaded = load_generator(model, tokenizer, device=device, dtype=dtype)
+    params = _params(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                     repetition_penalty=repetition_penalty, n=n, stop=list(stop), seed=seed)
+    return write_samples(loaded, rows, params, out, chat)
 
 
 def stream_completion(model: Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8, top_k: int = 50,
@@ -82,4 +100,4 @@ def serve_model(model: Path, host: str = "127.0.0.1", port: int = 8000, api_keys
     serve(model, config, tokenizer, device, dtype)
 
 
-__all__ = ["generate_completions", "serve_model", "stream_completion"]
+__all__ = ["generate_completions", "generate_samples", "serve_model", "stream_completion"]

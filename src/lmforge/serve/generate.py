@@ -8,7 +8,7 @@ the left (the most recent text matters most for continuation), with a warning.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,18 +49,26 @@ def _prompt_ids(prompt: str | list[int], tokenizer: Any, stop_ids: list[int]) ->
     return ids
 
 
-def generate_batch(model: Any, tokenizer: Any, prompts: list[str] | list[list[int]], params: SamplingParams,
-                   stop_ids: list[int] | None = None, slots: int = 8) -> list[list[Completion]]:
-    """`params.n` completions per prompt; prompts share the engine's batch as slots allow."""
+def generate_batch(model: Any, tokenizer: Any, prompts: list[str] | list[list[int]],
+                   params: SamplingParams | Sequence[SamplingParams], stop_ids: list[int] | None = None,
+                   slots: int = 8) -> list[list[Completion]]:
+    """`params.n` completions per prompt; prompts share the engine's batch as slots allow.
+
+    `params` may be one per prompt (each prompt its own seed, as `samples` gives them).
+    """
     stop_ids = list(stop_ids or [])
-    params = replace(params, max_new_tokens=min(params.max_new_tokens, model.config.block_size - 1))
+    each = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    if len(each) != len(prompts):
+        raise UserError(f"{len(each)} sampling parameters for {len(prompts)} prompts")
+    each = [replace(p, max_new_tokens=min(p.max_new_tokens, model.config.block_size - 1)) for p in each]
     was_training = model.training
-    ids = [fit_prompt(_prompt_ids(prompt, tokenizer, stop_ids), params, model.config.block_size) for prompt in prompts]
+    ids = [fit_prompt(_prompt_ids(prompt, tokenizer, stop_ids), p, model.config.block_size)
+           for prompt, p in zip(prompts, each, strict=True)]
     # The cache holds what these prompts need, not the model's whole context (32k slots of Qwen2.5 are GBs).
-    need = max((len(i) for i in ids), default=1) + params.max_new_tokens + 1
-    engine = Engine(model, tokenizer, slots=max(slots, params.n), stop_ids=stop_ids,
+    need = max((len(i) + p.max_new_tokens for i, p in zip(ids, each, strict=True)), default=1) + 1
+    engine = Engine(model, tokenizer, slots=max([slots, *(p.n for p in each)]), stop_ids=stop_ids,
                     max_len=min(need, model.config.block_size))
-    results = [[Completion() for _ in range(params.n)] for _ in prompts]
+    results = [[Completion() for _ in range(p.n)] for p in each]
 
     def sink_for(i: int):
         def sink(ev: Event) -> None:
@@ -71,8 +79,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str] | list[list[in
         return sink
 
     try:
-        for i, prompt_ids in enumerate(ids):
-            engine.submit(prompt_ids, params, sink_for(i))
+        for i, (prompt_ids, p) in enumerate(zip(ids, each, strict=True)):
+            engine.submit(prompt_ids, p, sink_for(i))
         engine.run()
     finally:
         model.train(was_training)

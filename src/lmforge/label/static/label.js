@@ -1,5 +1,6 @@
 // Keyboard-first labelling. The page is rendered by the server; this script only sends answers
-// and, for NER, edits the highlighted spans. Offsets sent to the server count Unicode code points
+// and, for NER, edits the highlighted spans. A pairwise page sends the key pressed (A = left,
+// B = right, tie, both_bad); the server knows which answer is on which side. Offsets sent to the server count Unicode code points
 // (Python's str indices), not the UTF-16 units JavaScript strings use.
 (function () {
   "use strict";
@@ -118,6 +119,11 @@
   }
 
   // ---------------------------------------------------------------- buttons and keys
+  const PAIR_KEYS = { a: "A", b: "B", t: "tie", x: "both_bad" };
+  document.querySelectorAll("#choices button[data-choice]").forEach((button) => {
+    button.addEventListener("click", () => answer({ choice: button.dataset.choice }));
+  });
+
   document.querySelectorAll("#labels button[data-label]").forEach((button) => {
     button.addEventListener("click", () => {
       if (cfg.kind === "ner") tagSelection(button.dataset.label);
@@ -142,13 +148,17 @@
       return;
     }
     if (e.ctrlKey || !cfg.item) return;
-    if (/^[1-9]$/.test(e.key)) {
+    const pairChoice = cfg.kind === "pairwise" ? PAIR_KEYS[e.key.toLowerCase()] : undefined;
+    if (pairChoice) {
+      e.preventDefault();
+      answer({ choice: pairChoice });
+    } else if (/^[1-9]$/.test(e.key) && cfg.kind !== "pairwise") {
       const label = cfg.labels[Number(e.key) - 1];
       if (!label) return;
       e.preventDefault();
       if (cfg.kind === "ner") tagSelection(label);
       else answer({ label: label });
-    } else if (e.key === "Enter") {
+    } else if (e.key === "Enter" && cfg.kind !== "pairwise") {
       e.preventDefault();
       if (cfg.kind === "ner") answer({ spans: spans });
       else if (cfg.suggestion && cfg.suggestion.label) answer({ label: cfg.suggestion.label });
@@ -162,6 +172,10 @@
     }
   });
 
+  if (cfg.choice) {
+    const chosen = document.querySelector('#choices button[data-choice="' + CSS.escape(cfg.choice) + '"]');
+    if (chosen) chosen.classList.add("chosen");
+  }
   if (cfg.answer && cfg.answer.label) {
     const chosen = document.querySelector('#labels button[data-label="' + CSS.escape(cfg.answer.label) + '"]');
     if (chosen) chosen.classList.add("chosen");
