@@ -95,9 +95,13 @@ def augment(recipe: RecipeLike, out: str | Path | None = None, *, seed: int | No
 
 
 def evaluate(model: str | Path, data: str, out: str | Path, *, metrics: str = "auto",
-             tokenizer: str | Path | None = None, max_docs: int = 2000) -> RunResult:
-    """`lmforge evaluate --out`: scores of a model on labelled data or text, as a run directory."""
-    section = {"model": str(model), "data": data, "metrics": metrics, "max_docs": max_docs}
+             tokenizer: str | Path | None = None, max_docs: int = 2000, **choice: Any) -> RunResult:
+    """`lmforge evaluate --out`: scores of a model on labelled data or text, as a run directory.
+
+    `choice` are the multiple-choice fields of the `evaluate:` section (shots, choice_scoring, device,
+    batch_size, seed, on_error), for metrics="choice".
+    """
+    section = {"model": str(model), "data": data, "metrics": metrics, "max_docs": max_docs, **choice}
     if tokenizer is not None:
         section["tokenizer"] = str(tokenizer)
     r = parse_recipe({"name": f"evaluate-{Path(model).name}", "evaluate": section}, where="evaluate")

@@ -1,4 +1,4 @@
-"""Model evaluation: classification, NER, generated-text and language-model metrics, and reports.
+"""Model evaluation: classification, NER, text, language-model and multiple-choice metrics; reports.
 
 Names are exported lazily (PEP 562): `from lmforge.evaluate import rouge` imports only the
 module that defines `rouge`, so `import lmforge.evaluate` itself costs nothing, and sacrebleu,
@@ -16,6 +16,8 @@ _EXPORTS = {
     "text": ("bleu", "chrf", "detect_lang", "exact_match", "normalize_answer", "qa_f1", "rouge"),
     "lm": ("bits_per_byte", "lm_scores", "perplexity_from_nll"),
     "report": ("compare_table", "to_markdown", "write_report"),
+    "choice": ("evaluate_choice", "run_choice"),
+    "choice_data": ("load_choice",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -22,6 +22,8 @@ from lmforge.errors import InputError
 from lmforge.records import atomic_path, write_json_atomic
 
 MISSING = "—"
+# The first column's name in these group tables (multiple-choice results); other groups say "label".
+GROUP_LABELS = {"subjects": "subject", "languages": "language"}
 
 
 def _is_scalar(value: Any) -> bool:
@@ -106,7 +108,8 @@ def _dict_sections(results: Mapping[str, Any]) -> list[str]:
             main[key] = value
     lines = _table(["metric", "value"], [[cell(k), cell(v)] for k, v in main.items()]) if main else []
     for key, value in groups:
-        lines += ["", f"### {key}", "", *_rows_table([(str(k), v) for k, v in value.items()], "label")]
+        first = GROUP_LABELS.get(key, "label")
+        lines += ["", f"### {key}", "", *_rows_table([(str(k), v) for k, v in value.items()], first)]
     if has_matrix:
         lines += ["", "### confusion matrix", "", *_matrix(labels, matrix)]
     return lines

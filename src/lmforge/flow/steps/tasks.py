@@ -121,10 +121,19 @@ class EvaluateConfig(StrictModel):
     """The `evaluate:` section (and `lmforge evaluate`): a model scored on labelled data or text."""
 
     model: str = Field(description="fine-tuned model directory, lmforge checkpoint or HF causal LM directory")
-    data: str = Field(description="labelled file, builtin:NAME, or text/JSONL/run directory for perplexity")
-    metrics: Literal["auto", "perplexity"] = Field("auto", description="auto: the task's metrics; or perplexity")
+    data: str = Field(description="labelled file, builtin:NAME, text/JSONL/run directory for perplexity, or "
+                                  "multiple-choice questions (C-Eval/CMMLU/MMLU files, builtin:choice) for choice")
+    metrics: Literal["auto", "perplexity", "choice"] = Field(
+        "auto", description="auto: the task's metrics; perplexity; or choice: multiple-choice accuracy")
     tokenizer: str | None = Field(None, description="tokenizer directory [default: the model's own]")
     max_docs: int = Field(2000, gt=0, description="perplexity: documents to score at most")
+    shots: int = Field(0, ge=0, le=25, description="choice: solved examples before each question")
+    choice_scoring: Literal["letter", "text"] = Field(
+        "letter", description="choice: log P of the answer letter, or of each option's full text (cloze)")
+    device: str = Field("auto", description="choice: auto, cpu, cuda or cuda:N")
+    batch_size: int = Field(8, gt=0, description="choice: sequences per forward pass")
+    seed: int = Field(0, description="choice: draws the solved examples of subjects without a dev split")
+    on_error: Literal["raise", "skip"] = Field("raise", description="choice: a bad row stops the run, or is skipped")
 
 
 class EvaluateStep(Step):
@@ -134,7 +143,7 @@ class EvaluateStep(Step):
     Config = EvaluateConfig
 
     def writes(self) -> list[str]:
-        return ["report.json", "report.md"]
+        return ["report.json", "report.md"] + (["predictions.jsonl"] if self.config.metrics == "choice" else [])
 
     def run(self, ctx: StepContext) -> Summary:
         from lmforge.evaluate.report import jsonable, write_report
@@ -142,9 +151,17 @@ class EvaluateStep(Step):
 
         cfg = self.config
         tokenizer = ctx.base_dir / cfg.tokenizer if cfg.tokenizer else None
-        with progress.task(f"evaluate: {cfg.model}", total=None):
-            result = evaluate_model(ctx.base_dir / cfg.model, _data_arg(cfg.data, ctx), cfg.metrics, tokenizer,
-                                    cfg.max_docs)
+        if cfg.metrics == "choice":
+            from lmforge.evaluate.choice import evaluate_choice
+
+            result = evaluate_choice(ctx.base_dir / cfg.model, _data_arg(cfg.data, ctx), tokenizer=tokenizer,
+                                     shots=cfg.shots, scoring=cfg.choice_scoring, device=cfg.device,
+                                     batch_size=cfg.batch_size, seed=cfg.seed, on_error=cfg.on_error,
+                                     predictions=ctx.path("predictions.jsonl"))
+        else:
+            with progress.task(f"evaluate: {cfg.model}", total=None):
+                result = evaluate_model(ctx.base_dir / cfg.model, _data_arg(cfg.data, ctx), cfg.metrics, tokenizer,
+                                        cfg.max_docs)
         write_report(ctx.path("report"), result, title=f"{cfg.model} on {cfg.data}")
         return {"file": "report.json", "results": jsonable(result)}
 
