@@ -23,9 +23,10 @@ def _tokenizer(tmp_path) -> PreTrainedTokenizerFast:
 
 
 def test_each_kind_has_one_spec_and_unknown_kinds_are_refused():
-    assert sorted(SPECS) == ["classification", "instruction", "ner"]
+    assert sorted(SPECS) == ["classification", "conversation", "instruction", "ner", "preference"]
     assert spec_for("instruction").generative and not spec_for("ner").generative
-    with pytest.raises(UserError, match=r"task kind must be one of \['classification', 'instruction', 'ner'\]"):
+    assert spec_for("conversation").generative and spec_for("preference").generative
+    with pytest.raises(UserError, match=r"task kind must be one of \['classification', 'conversation', 'instruction', "):
         spec_for("summarisation")
 
 

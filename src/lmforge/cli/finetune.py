@@ -1,7 +1,9 @@
 """Fine-tune a model on a labelled task, pick the best validation checkpoint, score it on the test split.
 
 The recipe has a `finetune:` section (task, data, model, training settings); see
-recipes/finetune-zh-sentiment.yaml. The model is an lmforge checkpoint, a Hugging Face directory on
+recipes/finetune-zh-sentiment.yaml. Tasks: classification, ner, instruction, conversation (multi-turn
+chat, packed; recipes/chat-sft-qwen.yaml) and preference (DPO, IPO, SimPO, ORPO; recipes/dpo-qwen.yaml,
+docs/chat-tuning.md). The model is an lmforge checkpoint, a Hugging Face directory on
 disk, or a fresh preset; `lora:` trains adapters and merges them on save; `search:` runs a grid;
 `compare_scratch: true` also trains the same architecture from scratch and writes a comparison.
 
@@ -10,6 +12,8 @@ Examples:
   lmforge finetune recipes/finetune-zh-sentiment.yaml --out runs/ft-sentiment
 
   lmforge finetune recipes/finetune-zh-sentiment.yaml --out runs/ft --from runs/bert-tiny/pretrain/checkpoint
+
+  lmforge finetune recipes/dpo-qwen.yaml --out runs/qwen-dpo --from runs/qwen-chat/best
 """
 
 from __future__ import annotations
