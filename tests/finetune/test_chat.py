@@ -143,3 +143,14 @@ def test_conversation_finetune_packs_and_the_server_renders_the_trained_prompt(t
         assert len(starts) == len(answers)
         for start, turn in zip(starts, answers, strict=True):
             assert served.encode(messages[:turn]) == enc.ids[0][:start].tolist()
+
+
+def test_packing_places_every_conversation_once_within_capacity_and_fills_rows():
+    from lmforge.finetune.chat_data import pack
+
+    lengths = np.random.default_rng(3).integers(5, 300, size=2000).tolist()
+    rows = pack(lengths, 512, seed=1)
+    assert sorted(i for row in rows for i in row) == list(range(2000))
+    assert max(sum(lengths[i] for i in row) for row in rows) <= 512
+    assert sum(lengths) / (512 * len(rows)) > 0.99  # best fit, longest first, leaves almost no gaps
+    assert pack(lengths, 512, seed=1) == rows and pack([600, 3], 512, seed=0) == [[0], [1]]

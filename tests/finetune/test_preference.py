@@ -79,7 +79,7 @@ def test_sequence_logps_sum_only_the_answer_tokens(tok_dir, pairs):
         pair = row % 3
         ids = torch.from_numpy((enc.chosen if row < 3 else enc.rejected)[pair])
         start = enc.prompt_len[pair]
-        logp = torch.log_softmax(model(input_ids=ids[None])[0].float(), -1)
+        logp = torch.log_softmax(model(input_ids=ids[None])[0].detach().float(), -1)
         want = sum(float(logp[t - 1, ids[t]]) for t in range(start, len(ids)))
         assert float(got[row]) == pytest.approx(want, abs=1e-4)
         assert int(n[row]) == len(ids) - start
@@ -179,3 +179,16 @@ def test_a_killed_dpo_run_resumes_bit_for_bit(tok_dir, pairs, tmp_path):
                        if "loss" in r}
     assert curve(tmp_path / "killed") == curve(tmp_path / "straight")
     assert resumed.test == straight.test
+
+
+def test_lora_dpo_starts_at_the_reference_and_saves_the_tuned_model(tok_dir, pairs, tmp_path):
+    from lmforge.finetune.run import finetune
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    finetune(_dpo_config(tok_dir, path, steps=3, lora={"r": 4, "alpha": 8}, lr=1e-2), tmp_path / "lora")
+    log = [json.loads(x) for x in (tmp_path / "lora" / "log.jsonl").read_text().splitlines()]
+    curve = [r["loss"] for r in log if "loss" in r]
+    assert curve[0] == pytest.approx(math.log(2), abs=1e-4)  # reference = the base with adapters off = step 1's policy
+    assert curve[-1] != curve[0]
+    assert json.loads((tmp_path / "lora" / "best" / "finetune.json").read_text())["trained_as"] == "preference"

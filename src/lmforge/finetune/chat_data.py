@@ -153,21 +153,24 @@ def pack(lengths: Sequence[int], capacity: int, seed: int) -> list[list[int]]:
     """Example indices grouped into rows of at most `capacity` tokens: best fit, longest first.
 
     Ties in length are broken by a seeded shuffle, so the packing is a function of (lengths, seed).
+    The rows' free space is kept sorted, so each example finds its row by bisection.
     """
+    import bisect
+
     order = np.random.default_rng([seed, 7]).permutation(len(lengths))
     order = sorted(order.tolist(), key=lambda i: -lengths[i])
     rows: list[list[int]] = []
-    free: list[int] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row), ascending
     for i in order:
-        n = lengths[i]
-        fits = [r for r, f in enumerate(free) if f >= n]
-        if fits:
-            best = min(fits, key=lambda r: free[r])
-            rows[best].append(i)
-            free[best] -= n
+        n = int(lengths[i])
+        at = bisect.bisect_left(free, (n, -1))  # the fullest row that still fits it
+        if at < len(free):
+            room, row = free.pop(at)
+            rows[row].append(i)
+            bisect.insort(free, (room - n, row))
         else:
             rows.append([i])
-            free.append(capacity - n)
+            bisect.insort(free, (capacity - n, len(rows) - 1))
     return rows
 
 
