@@ -147,24 +147,29 @@ def _shard_logps(model: nn.Module, source: PairSource, pairs: range, device: tor
 
 def compute_reference(model: nn.Module, sources: dict[str, PairSource], directory: Path, model_id: str,
                       device: torch.device, autocast: Callable, shard_pairs: int = 512,
-                      on_shard: Callable[[int, int], None] | None = None) -> None:
+                      on_shard: Callable[[int, int], None] | None = None, write: bool = True) -> None:
     """Fill each source's `reference` from shards in `directory`, computing the missing ones with `model`.
 
     Shards of an earlier pass over other pairs or another reference are discarded (the fingerprint
     in meta.json says which). `shard_pairs` is rounded to whole batches, so a shard is whole batches.
+    Only one process of a data-parallel run writes (`write`); the others compute what is missing
+    for themselves, which gives them the same numbers.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from lmforge.records import atomic_path, write_json_atomic
 
-    directory.mkdir(parents=True, exist_ok=True)
     meta, stamp = directory / "meta.json", fingerprint(sources, model_id)
-    if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("fingerprint") != stamp:
-        log.info("reference log-probabilities in %s belong to other data or another model: recomputing", directory)
-        for old in directory.glob("*-*.*"):
-            old.unlink()
-    write_json_atomic(meta, {"fingerprint": stamp, "model": model_id})
+    stale = meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("fingerprint") != stamp
+    if write:
+        directory.mkdir(parents=True, exist_ok=True)
+        if stale:
+            log.info("reference log-probabilities in %s belong to other data or another model: recomputing",
+                     directory)
+            for old in directory.glob("*-*.*"):
+                old.unlink()
+        write_json_atomic(meta, {"fingerprint": stamp, "model": model_id})
     was_training = model.training
     model.eval()
     try:
@@ -176,15 +181,16 @@ def compute_reference(model: nn.Module, sources: dict[str, PairSource], director
                 path = directory / f"{name}-{k:05d}.parquet"
                 done = path.with_suffix(".done")
                 pairs = range(start, min(start + step, len(source.data)))
-                if done.is_file():
+                if done.is_file() and not stale:
                     part = pq.read_table(path)
                     values = np.stack([part["chosen"].to_numpy(), part["rejected"].to_numpy()], axis=1)
                 else:
                     values = _shard_logps(model, source, pairs, device, autocast)
-                    with atomic_path(path) as tmp:
-                        pq.write_table(pa.table({"pair": list(pairs), "chosen": values[:, 0],
-                                                 "rejected": values[:, 1]}), tmp)
-                    done.write_text("", encoding="utf-8")
+                    if write:
+                        with atomic_path(path) as tmp:
+                            pq.write_table(pa.table({"pair": list(pairs), "chosen": values[:, 0],
+                                                     "rejected": values[:, 1]}), tmp)
+                        done.write_text("", encoding="utf-8")
                 table[pairs.start : pairs.stop] = values
                 if on_shard is not None:
                     on_shard(k + 1, len(shards))
@@ -201,6 +207,7 @@ def reference_pass(cfg, model: nn.Module, sources: dict[str, PairSource], direct
 
     from lmforge import progress
     from lmforge.models.checkpoint_io import resolve_device
+    from lmforge.train import distributed
     from lmforge.train.runtime import autocast_settings
 
     device = resolve_device(cfg.device)
@@ -221,7 +228,7 @@ def reference_pass(cfg, model: nn.Module, sources: dict[str, PairSource], direct
     with (adapters_off() if adapters_off else contextlib.nullcontext()), \
             progress.task("reference log-probabilities (shards)", total=None) as bar:
         compute_reference(reference, sources, directory, model_id, device, autocast,
-                          on_shard=lambda done, total: bar.advance())
+                          on_shard=lambda done, total: bar.advance(), write=distributed.from_env().main)
     if given:
         del reference
         gc.collect()
