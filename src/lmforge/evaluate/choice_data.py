@@ -33,7 +33,6 @@ import csv
 import gzip
 import io
 import json
-import logging
 import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -42,8 +41,8 @@ from typing import Any, Literal
 
 from lmforge.errors import InputError
 from lmforge.lang import has_han
-
-log = logging.getLogger(__name__)
+from lmforge.tasks.loaders import Problems
+from lmforge.tasks.spans import RowError
 
 SUFFIXES = (".csv", ".jsonl", ".jsonl.gz", ".ndjson")
 SPLITS = ("dev", "val", "test")
@@ -56,30 +55,6 @@ MAX_MAPPING_BYTES = 1 << 20
 CHINESE_LAYOUTS = ("ceval-csv", "cmmlu-csv")
 BUILTIN = "builtin:choice"
 BUILTIN_DIR = Path(__file__).parent / "data" / "choice"
-
-
-class RowError(Exception):
-    """One row cannot be read: `Problems` adds the file and line, or counts it as skipped."""
-
-
-class Problems:
-    """Bad rows of one file: an InputError at the first, or with on_error="skip" a count and one log line."""
-
-    def __init__(self, path: Path, on_error: str) -> None:
-        if on_error not in ("raise", "skip"):
-            raise InputError(f"on_error must be raise or skip (got {on_error!r})")
-        self.path, self.skip, self.count, self.first = path, on_error == "skip", 0, ""
-
-    def bad(self, line: int, message: str) -> None:
-        text = f"{self.path}:{line}: {message}"
-        if not self.skip:
-            raise InputError(text)
-        self.count += 1
-        self.first = self.first or text
-
-    def done(self, kept: int) -> None:
-        if self.count:
-            log.warning("%s: skipped %d bad rows, kept %d (first: %s)", self.path, self.count, kept, self.first)
 
 
 @dataclass(frozen=True)
