@@ -392,6 +392,8 @@ def test_evaluate_command_writes_report_and_predictions(tmp_path, capsys):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| subject | name | language | questions | correct | accuracy | correct_norm | accuracy_norm |" in md
     assert "| chinese_geography | 中国地理 | zh | 10 |" in md and "| chinese_geography | 中国地理 | zh | 10 |" in printed
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Evaluation" in html and "by subject" in html and "中国地理" in html
 
     bad = write_csv(tmp_path / "bad" / "law_val.csv", [[0, "题", "甲", "乙", "丙", "丁", "Z"]], CEVAL)
     assert main(["evaluate", str(run), str(bad), "--metrics", "choice"]) == 2

@@ -116,6 +116,13 @@ def _short(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _padding(padding: dict[str, Any] | None) -> str | None:
+    """Conversation tuning's padding share, packed against one conversation per row."""
+    if not padding:
+        return None
+    return " / ".join(f"{padding[k]['padding']:.1%} {k}" for k in ("packed", "unpacked") if k in padding)
+
+
 def finetune_sections(run: Run) -> list[Section] | None:
     sections = []
     for path in training.find_logs(run.dir):
@@ -131,7 +138,9 @@ def finetune_sections(run: Run) -> list[Section] | None:
                  ["examples (train / val / test)", " / ".join(f"{v:,}" for v in (r.get("sizes") or {}).values())],
                  ["labels", ", ".join(map(str, ft.task.get("labels") or [])) or None], ["steps", r.get("steps")],
                  ["stopped early", r.get("stopped_early")], ["seconds", r.get("seconds")],
-                 ["training examples / s", r.get("train_examples_per_second")]]
+                 ["training examples / s", r.get("train_examples_per_second")],
+                 ["training tokens / s", r.get("train_tokens_per_second")], ["padding", _padding(r.get("padding"))],
+                 ["dropped in encoding", (r.get("encoding") or {}).get("dropped")]]
         blocks: list[Any] = [Grid([Table(["", ""], [f for f in facts if f[1] is not None], kv=True),
                                    Table(["metric", "validation (best)", "test"], _metric_rows(r))])]
         blocks += _curves(log, ft.name)[:1]
@@ -190,6 +199,24 @@ def samples_section(run: Run) -> Section | None:
     return Section("samples", "Generated samples", [
         Table(["prompt", "completion"], [[s.get("prompt", ""), s.get("completion", "")] for s in samples],
               wide_text=True, caption=caption)])
+
+
+def evaluation_section(run: Run) -> Section | None:
+    """An `lmforge evaluate` run: its figures, and one table per breakdown (subjects, languages, classes)."""
+    path = run.dir / "report.json"
+    if not (run.dir / "steps" / "evaluate.done").is_file() or not path.is_file():
+        return None
+    report = read_json(path)
+    scalars = [[k, v] for k, v in report.items() if not isinstance(v, dict | list)]
+    blocks: list[Any] = [Table(["", ""], scalars, kv=True)]
+    for name, value in report.items():
+        rows = value.items() if isinstance(value, dict) else ()
+        if not rows or not all(isinstance(v, dict) for _, v in rows):
+            continue
+        columns = list(dict.fromkeys(c for _, v in rows for c in v if not isinstance(v[c], dict | list)))
+        blocks.append(Table([name.rstrip("s") or name, *columns], [[k, *(v.get(c) for c in columns)] for k, v in rows],
+                            caption=f"by {name.rstrip('s')}"))
+    return Section("evaluation", "Evaluation", blocks)
 
 
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
