@@ -184,9 +184,12 @@ def run_demo(out: str | Path = "lmforge-demo", steps: int | None = None, workers
         "sentiment": _scores(timed("sentiment", lambda: _finetune(out, "sentiment", {
             "task": "classification", "data": sentiment_data, "epochs": size.epochs,
             "model": {"from": str(out / "pretrain" / "checkpoint")}, "head": {"pool": "mean"}}))),
+        # The tagger's default head (a +-2 window and a CRF) learns at 2e-3: test F1 0.79 pretrained and
+        # 0.83 from scratch on the full demo, against 0.23 and 0.22 with the old linear head at 5e-4.
         "ner": _scores(timed("ner", lambda: _finetune(out, "ner", {
             "task": "ner", "data": {"builtin": "zh_ner", "options": {"max_sentences": size.ner_sentences}},
-            "epochs": size.ner_epochs, "model": {"from": str(out / "bert" / "pretrain" / "checkpoint")}}))),
+            "epochs": size.ner_epochs, "lr": 0.002, "warmup_steps": 20,
+            "model": {"from": str(out / "bert" / "pretrain" / "checkpoint")}}))),
     }
     report = out / REPORT_NAME
     if ran or not report.is_file():  # the data run's report, redone with the parts that came after it

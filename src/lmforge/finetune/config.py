@@ -59,11 +59,15 @@ class FinetuneModel(ModelSpec):
 
 
 class HeadConfig(StrictModel):
-    """The task head on top of the model: how a sequence is pooled for classification, its dropout."""
+    """The task head on top of the model: how a sequence is pooled for classification, a tagger's
+    neighbour window and CRF (ner), its dropout."""
 
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout before the task head")
     pool: Literal["auto", "cls", "mean", "last"] = Field(
         default="auto", description="classification input: mean of the token states (auto), last token, or BERT's [CLS] pooler")
+    window: int = Field(default=2, ge=0, le=8, description="ner: a convolution over each token's neighbours up to "
+                        "this far either side, before the tag layer (0: none)")
+    crf: bool = Field(default=True, description="ner: a linear-chain CRF over the tags, trained and decoded per sentence")
 
 
 def _legacy_model(data: Any) -> Any:

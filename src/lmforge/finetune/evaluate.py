@@ -33,11 +33,14 @@ def _examples(data: str, kind: str) -> list[Example]:
 
 def _predict(model: torch.nn.Module, spec: TaskSpec, examples: list[Example], tokenizer, labels: list[str],
              max_len: int, batch_size: int) -> tuple[list, list, float]:
-    """(gold, predicted, mean loss) of a classification or tagging model over `examples`, in order."""
+    """(gold, predicted, mean loss) of a classification or tagging model over `examples`, in order;
+    a tagger's words past `max_len` are scored as predicted O (`TaskSpec.whole`)."""
     from lmforge.finetune import tasks
 
     enc = spec.encode(examples, tokenizer, labels, max_len)
-    return tasks.predict(model, tasks.ExampleSource(enc, batch_size, 0, shuffle=False), torch.device("cpu"))
+    gold, pred, loss = tasks.predict(model, tasks.ExampleSource(enc, batch_size, 0, shuffle=False),
+                                     torch.device("cpu"), labels)
+    return (*spec.whole(examples, gold, pred, labels), loss)
 
 
 def evaluate_task(model_dir: str | Path, data: str, tokenizer: str | Path | None = None,
@@ -162,7 +165,7 @@ def _score_chat(model: torch.nn.Module, data: TaskData, cfg: FinetuneConfig, tok
     if cfg.task == "preference":
         from lmforge.finetune.preference import PreferenceObjective
 
-        objective, source = PreferenceObjective(cfg.preference), pairs
+        objective, source = PreferenceObjective(cfg.preference, not is_hf_model(model)), pairs
     else:
         encoded, _ = encode_conversations(data.test, chat_encoder(tokenizer), cfg.seq_len, pad_id_of(tokenizer))
         objective, source = ChatLM(fused=not is_hf_model(model)), ChatSource(encoded, cfg.batch_size, 0, shuffle=False)

@@ -49,11 +49,14 @@ def _imports_natively(meta: dict[str, Any]) -> bool:
 
 
 def build_task_model(kind: str, source: str | Path | None, labels: list[str], dropout: float,
-                     scratch: nn.Module | None = None, fresh: bool = False, pool: str = "auto") -> nn.Module:
+                     scratch: nn.Module | None = None, fresh: bool = False, pool: str = "auto",
+                     window: int = 0, crf: bool = False) -> nn.Module:
     """The task model on the backbone at `source`, or on `scratch` (a fresh backbone).
 
     `fresh` keeps `source`'s architecture but not its weights: the from-scratch baseline. Whether
     the result is a Hugging Face model is asked of the model later (`models.protocols.is_hf_model`).
+    `window` and `crf` shape an lmforge tagger's head (`models.heads.TokenTagger`); a Hugging Face
+    token classifier keeps its own head, and its tags are decoded under the BIO rules instead.
     """
     resolved = None if source is None else resolve_source(source)
     native = resolved is not None and resolved.kind is SourceKind.HF and _imports_natively(resolved.meta)
@@ -88,4 +91,4 @@ def build_task_model(kind: str, source: str | Path | None, labels: list[str], dr
         return CausalLMAdapter(backbone)
     if kind == "classification":
         return SequenceClassifier(backbone, len(labels), dropout, pool)
-    return TokenTagger(backbone, len(labels), dropout)
+    return TokenTagger(backbone, labels, dropout, window=window, crf=crf)

