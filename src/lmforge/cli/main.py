@@ -27,6 +27,7 @@ from lmforge.cli import (
 )
 from lmforge.cli import generate as generate_cli
 from lmforge.cli import label as label_cli
+from lmforge.cli import quality as quality_cli
 from lmforge.cli import report as report_cli
 from lmforge.cli import serve as serve_cli
 from lmforge.cli.console import console, setup_logging
@@ -75,6 +76,7 @@ app.add_typer(collect.app, name="collect")
 app.add_typer(corpora.app, name="corpora")
 app.add_typer(tokenizer.app, name="tokenizer")
 app.add_typer(label_cli.app, name="label")
+app.add_typer(quality_cli.app, name="quality")
 
 
 def main(argv: list[str] | None = None) -> int:

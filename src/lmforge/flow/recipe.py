@@ -52,11 +52,12 @@ from lmforge.pipeline.executors import ExecutorConfig
 from lmforge.pipeline.input import InputConfig
 from lmforge.pipeline.registry import is_custom, resolve_stage
 from lmforge.pipeline.step import Step
+from lmforge.quality.annotate import AnnotateConfig, AnnotateStep
 from lmforge.tokenize.bpe import TokenizerConfig
 from lmforge.train.config import PretrainConfig
 
-SECTIONS = ("input", "pipeline", "tokenizer", "tokens", "pretrain", "generate", "finetune", "augment", "label",
-            "evaluate", "report")
+SECTIONS = ("input", "pipeline", "annotate", "tokenizer", "tokens", "pretrain", "generate", "finetune", "augment",
+            "label", "evaluate", "report")
 
 
 class Recipe(StrictModel):
@@ -64,6 +65,7 @@ class Recipe(StrictModel):
     input: InputConfig | None = None
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     pipeline: list[dict[str, Any]] = Field(default_factory=list)
+    annotate: AnnotateConfig | None = None
     tokenizer: TokenizerConfig | None = None
     tokens: TokensConfig | None = None
     pretrain: PretrainConfig | None = None
@@ -76,9 +78,12 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _has_work(self) -> Recipe:
-        if all(getattr(self, s) is None for s in ("input", "finetune", "augment", "label", "evaluate")):
+        own_input = self.annotate is not None and self.annotate.input is not None
+        if all(getattr(self, s) is None for s in ("input", "finetune", "augment", "label", "evaluate")) and not own_input:
             raise ValueError("a recipe needs an 'input' section (data steps), or a 'finetune', 'augment', 'label' "
-                             "or 'evaluate' section")
+                             "or 'evaluate' section (or 'annotate' with its own input)")
+        if self.annotate is not None and self.annotate.input is None and self.input is None:
+            raise ValueError("annotate rates the pipeline's output: give an 'input' section, or annotate.input")
         if self.input is None and (self.pipeline or self.tokenizer or self.pretrain or self.generate or self.tokens):
             raise ValueError("pipeline, tokenizer, tokens, pretrain and generate need an 'input' section")
         return self
@@ -112,6 +117,8 @@ def build_steps(recipe: Recipe) -> list[Step]:
     steps: list[Step] = []
     if recipe.input is not None:
         steps += [InputStep(recipe.input), PipelineStep(StageList(stages=recipe.pipeline))]
+    if recipe.annotate is not None:
+        steps.append(AnnotateStep(recipe.annotate))
     percent = recipe.pretrain.val_percent if recipe.pretrain is not None else 0.0
     if recipe.tokenizer is not None:
         steps.append(TokenizerStep(recipe.tokenizer, holdout_percent=percent))

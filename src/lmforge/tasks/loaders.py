@@ -255,7 +255,8 @@ def load_records(run_or_stage_dir: str | Path, label_field: str = "label", kind:
     return _records(Path(run_or_stage_dir), cfg)
 
 
-def _record_files(path: Path) -> list[Path]:
+def record_files(path: Path) -> list[Path]:
+    """The record shards of a run directory (its last stage with shards), a stage directory, or one file."""
     if path.is_file():
         return [path]
     stages = path / "stages"
@@ -276,7 +277,7 @@ def _records(path: Path, cfg: LoaderConfig) -> list[Example]:
 
     out: list[Example] = []
     row_cfg = cfg.model_copy(update={"label_field": "label", "text_field": "text"})
-    for file in _record_files(path):
+    for file in record_files(path):
         problems = Problems(file, cfg.on_error)
         reader = read_parquet(file) if file.suffix == ".parquet" else read_jsonl(file)
         kept = 0
