@@ -2,6 +2,8 @@
 
 Examples:
 
+  lmforge quality annotate runs/web --url http://127.0.0.1:8000/v1 --model demo --out runs/web/annotate
+
   lmforge quality train runs/web/annotate --label-key annotation.score --out models/edu
 
   lmforge quality train --good runs/wiki --bad runs/spam --out models/good-vs-spam

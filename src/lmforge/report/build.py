@@ -15,6 +15,7 @@ from typing import Any
 
 from lmforge.report import data, plots
 from lmforge.report.html import Details, Figure, Section, Table, Text
+from lmforge.report.quality import quality_section
 from lmforge.report.run import Run
 from lmforge.report.sections import (
     configs_section,
@@ -186,7 +187,8 @@ def logs_section(run: Run) -> Section | None:
 
 # --------------------------------------------------------------------------- the page
 
-BUILDERS: list[Callable[[Run], Any]] = [funnel_section, documents_section, dedup_section, tokenizer_section,
+BUILDERS: list[Callable[[Run], Any]] = [funnel_section, documents_section, dedup_section, quality_section,
+                                        tokenizer_section,
                                         pretrain_sections, finetune_sections, evaluation_section, samples_section,
                                         configs_section,
                                         logs_section]

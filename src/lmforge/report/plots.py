@@ -183,6 +183,22 @@ def length_histogram(lengths: Mapping[str, np.ndarray], title: str) -> str:
     return ch.svg
 
 
+def score_histogram(kept: np.ndarray, dropped: np.ndarray, cutoff: float | None, title: str, xlabel: str) -> str:
+    """Quality scores on shared bins, kept stacked on dropped, with the cutoff as a dashed line."""
+    everything = np.concatenate([kept, dropped])
+    edges = np.histogram_bin_edges(everything, bins=40) if everything.size else np.linspace(0, 1, 41)
+    with Chart(title) as ch:
+        ax = ch.fig.add_subplot()
+        ax.hist([dropped, kept], bins=edges, stacked=True, color=[COLORS[1], COLORS[0]],
+                label=[f"dropped ({dropped.size:,})", f"kept ({kept.size:,})"])
+        if cutoff is not None:
+            ax.axvline(cutoff, color="#222222", linestyle="--", linewidth=1.2, label=f"cutoff {cutoff:.4g}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("documents")
+        ax.legend(frameon=False)
+    return ch.svg
+
+
 # --------------------------------------------------------------------------- training
 
 
