@@ -87,7 +87,12 @@ def test_sequence_logps_sum_only_the_answer_tokens(tok_dir, pairs):
         assert answer == (pairs[pair].chosen if row < 3 else pairs[pair].rejected) + "<|im_end|>"
 
 
-def test_row_by_row_log_probabilities_equal_the_full_logits_path_with_gradients(tok_dir, pairs):
+@pytest.mark.parametrize("row_by_row", [True, False])
+def test_row_by_row_log_probabilities_equal_the_full_logits_path_with_gradients(tok_dir, pairs, row_by_row,
+                                                                                monkeypatch):
+    from lmforge.models.heads import CausalLMAdapter
+
+    monkeypatch.setattr(CausalLMAdapter, "full_logits_bytes", 0 if row_by_row else 512 << 20)
     chat = chat_encoder_for(tok_dir)
     enc, _ = encode_pairs(pairs[:4], chat, 256, 0)
     model = _model(chat.tokenizer.get_vocab_size())

@@ -49,6 +49,19 @@ def test_scores_in_c_equal_the_sparse_product():
     assert np.abs(f.scores(TEXTS, weight, bias) - want).max() < 1e-4
 
 
+def test_without_the_c_extension_python_gives_the_same_scores(monkeypatch):
+    pytest.importorskip("lmforge.quality._features")
+    f = Featurizer(bits=14)
+    weight, bias = np.random.default_rng(1).normal(size=(1, f.dim)).astype(np.float32), np.zeros(1, np.float32)
+    compiled = f.scores(TEXTS, weight, bias)
+    monkeypatch.setitem(__import__("sys").modules, "lmforge.quality._features", None)  # as if no compiler was there
+    features._extension.cache_clear()
+    try:
+        assert np.allclose(f.scores(TEXTS, weight, bias), compiled, atol=1e-4)
+    finally:
+        features._extension.cache_clear()
+
+
 def test_tokens_fold_case_width_and_digits_and_chinese_is_read_by_character():
     f = Featurizer(bits=20, ngrams=2)
     same = f.matrix(["Price 1999 ＡＢＣ", "price 2024 abc", "Price 1999 ABC!"])
