@@ -1,4 +1,4 @@
-"""Near-duplicate detection: lmforge's MinHash-LSH stage against datasketch on a labelled set, one core.
+"""Near-duplicate detection: lmforge's MinHash-LSH stage against datasketch and rensa on a labelled set, one core.
 
 The labelled set is built here from the built-in corpora, separately per language:
 - base documents: consecutive paragraphs of peoples_daily + reviews (Chinese, >= 200 characters)
@@ -13,7 +13,7 @@ The labelled set is built here from the built-in corpora, separately per languag
 - ground truth: a base and its copies form one cluster; a duplicate pair is two documents of one
   cluster. Both tools are scored on the pairs inside the clusters they output.
 
-Both tools get the same shingles (character 5-grams of whitespace-free lowercased text for
+All three tools get the same shingles (character 5-grams of whitespace-free lowercased text for
 Chinese, word 5-grams of lowercased `\\w+` words for English), num_perm 128 and 16 bands x 8
 rows. lmforge runs as the executor would (map per shard, summaries to zstd Parquet, reduce,
 decisions to Parquet, apply), with its default verification (a candidate pair needs 94 of 128
@@ -21,14 +21,18 @@ equal signature values: an estimate no more than two standard errors below 0.8).
 runs MinHash.update_batch + MinHashLSH insert/query with union-find over the query results,
 reusing one set of permutations (its fastest documented use); its timed run does no
 verification (so the speedup is, if anything, understated), and its F1 is also shown with the
-same verification rule added. Shingling is timed for both; building the set is not. The
+same verification rule added. rensa (a Rust MinHash-LSH) is run the same way: RMinHash.from_token_sets
+(its bulk constructor) + RMinHashLSH(threshold, 128, 16 bands) insert_many/query_all with the same
+union-find, timed without verification, its F1 also shown with it. Shingling is timed for every
+tool; building the set is not. The
 process is pinned to one CPU and Arrow to one thread; each tool's fastest of `--repeats` runs
 counts.
 
 Memory: peak of Python/NumPy allocations (tracemalloc) plus Arrow's pool, measured in a
 separate untimed pass, per phase, for two shard sizes and two corpus sizes.
 
-Last line: `f1_zh <x> f1_en <x> speedup <x> peak_mb <x>`.
+Last line: `f1_zh <x> f1_en <x> speedup <x> peak_mb <x> rensa_speedup <x>` (speedups are the other
+tool's seconds over lmforge's, both languages together).
 """
 
 from __future__ import annotations
@@ -221,7 +225,7 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-# --------------------------------------------------------------------------- the two tools
+# --------------------------------------------------------------------------- the three tools
 
 
 def fresh_copies(records: list[Record]) -> list[Record]:
@@ -322,6 +326,22 @@ def run_datasketch(records: list[Record], lang: str, verify: bool) -> np.ndarray
     return np.array([uf.find(i) for i in range(len(records))])
 
 
+def run_rensa(records: list[Record], lang: str, verify: bool) -> np.ndarray:
+    """rensa's bulk path: one Rust call builds every sketch, one inserts them, one queries them all."""
+    from rensa import RMinHash, RMinHashLSH
+
+    sketches = RMinHash.from_token_sets([shingles(r.text, lang) for r in records], NUM_PERM, 1)
+    lsh = RMinHashLSH(THRESHOLD, NUM_PERM, BANDS)  # rows = NUM_PERM / BANDS = 8
+    lsh.insert_many(sketches)
+    uf = UnionFind(len(records))
+    cutoff = agreement_needed(NUM_PERM, THRESHOLD) / NUM_PERM  # lmforge's verification rule
+    for i, candidates in enumerate(lsh.query_all(sketches)):
+        for j in candidates:
+            if j != i and (not verify or sketches[i].jaccard(sketches[j]) >= cutoff):
+                uf.union(i, j)
+    return np.array([uf.find(i) for i in range(len(records))])
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -377,7 +397,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
             p, r, f = prf(cluster_pairs(lmforge_labels(s.records, out)), truth)
             f1[lang] = f
-            seconds[lang] = [min(times), 0.0]
+            seconds[lang] = [min(times), 0.0, 0.0]
             rows.append(("lmforge", lang, len(s.records), len(truth), p, r, f, len(s.records) / min(times)))
             times = []
             for _ in range(args.repeats):
@@ -389,6 +409,16 @@ def main() -> None:
             rows.append(("datasketch", lang, len(s.records), len(truth), p, r, f, len(s.records) / min(times)))
             p, r, f = prf(cluster_pairs(run_datasketch(s.records, lang, verify=True)), truth)
             rows.append(("datasketch+verify", lang, len(s.records), len(truth), p, r, f, float("nan")))
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                labels = run_rensa(s.records, lang, verify=False)
+                times.append(time.perf_counter() - t0)
+            p, r, f = prf(cluster_pairs(labels), truth)
+            seconds[lang][2] = min(times)
+            rows.append(("rensa", lang, len(s.records), len(truth), p, r, f, len(s.records) / min(times)))
+            p, r, f = prf(cluster_pairs(run_rensa(s.records, lang, verify=True)), truth)
+            rows.append(("rensa+verify", lang, len(s.records), len(truth), p, r, f, float("nan")))
 
         memory = []
         both = sets["zh"].records + sets["en"].records
@@ -406,17 +436,20 @@ def main() -> None:
         shown = "-" if np.isnan(rate) else f"{rate:.0f}"
         print(f"{tool:<19}{lang:<6}{n:>7}{pairs:>12}{p:>11.3f}{r:>8.3f}{f:>7.3f}{shown:>10}")
     total = sum(len(s.records) for s in sets.values())
-    t_lmf, t_ds = (sum(t[k] for t in seconds.values()) for k in (0, 1))
-    speedup = t_ds / t_lmf
-    by_lang = ", ".join(f"{lang} {ds / lm:.1f}x" for lang, (lm, ds) in seconds.items())
-    print(f"both languages: lmforge {total / t_lmf:.0f} docs/s, datasketch {total / t_ds:.0f} docs/s on one core; "
-          f"speedup {speedup:.1f}x ({by_lang})")
+    t_lmf, t_ds, t_rs = (sum(t[k] for t in seconds.values()) for k in (0, 1, 2))
+    speedup, rensa_speedup = t_ds / t_lmf, t_rs / t_lmf
+    by_lang = ", ".join(f"{lang} {ds / lm:.1f}x" for lang, (lm, ds, _) in seconds.items())
+    by_lang_rs = ", ".join(f"{lang} {rs / lm:.2f}x" for lang, (lm, _, rs) in seconds.items())
+    print(f"both languages: lmforge {total / t_lmf:.0f} docs/s, datasketch {total / t_ds:.0f} docs/s, "
+          f"rensa {total / t_rs:.0f} docs/s on one core; speedup over datasketch {speedup:.1f}x ({by_lang}), "
+          f"over rensa {rensa_speedup:.2f}x ({by_lang_rs})")
     print("peak memory (MB: tracemalloc + Arrow pool high-water mark, largest shard of each phase)")
     print(f"{'corpus':<18}{'docs':>7}{'shard':>7}{'map':>8}{'reduce':>8}{'apply':>8}")
     for name, n, shard, peaks in memory:
         print(f"{name:<18}{n:>7}{shard:>7}{peaks['map']:>8.1f}{peaks['reduce']:>8.1f}{peaks['apply']:>8.1f}")
     peak = max(max(p.values()) for name, n, shard, p in memory if name == "full corpus" and shard == args.shard_size)
-    print(f"f1_zh {f1['zh']:.3f} f1_en {f1['en']:.3f} speedup {speedup:.3f} peak_mb {peak:.1f}")
+    print(f"f1_zh {f1['zh']:.3f} f1_en {f1['en']:.3f} speedup {speedup:.3f} peak_mb {peak:.1f} "
+          f"rensa_speedup {rensa_speedup:.3f}")
 
 
 if __name__ == "__main__":

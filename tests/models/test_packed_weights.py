@@ -21,7 +21,11 @@ def moe_model(dtype: torch.dtype) -> GPT:
     return GPT(GPTConfig(**MOE)).to(dtype).eval()
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+BF16 = pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    not cpu_kernels.BF16_KERNELS, reason="oneDNN's bf16 kernels need AVX-512 BW/VL/DQ or AVX-NE-CONVERT"))
+
+
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
 def test_packed_decoding_gives_the_same_tokens(dtype, monkeypatch):
     prompts = [[5, 17, 42, 7], [3] * 11, list(range(20, 40))]
     params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
@@ -34,6 +38,15 @@ def test_packed_decoding_gives_the_same_tokens(dtype, monkeypatch):
     assert [c[0].token_ids for c in packed] == [c[0].token_ids for c in plain]
 
 
+def test_bf16_weights_are_packed_only_where_onednn_has_bf16_kernels(monkeypatch):
+    weight = torch.zeros(8, 8, dtype=torch.bfloat16)
+    monkeypatch.setattr(cpu_kernels, "BF16_KERNELS", False)  # an AVX2-only CPU: packing would fail to build
+    assert not cpu_kernels.can_pack(weight) and cpu_kernels.can_pack(weight.float())
+    model = moe_model(torch.bfloat16)
+    assert model.pack_for_inference(1 << 30) == 0  # decodes on the plain path instead of failing
+
+
+@pytest.mark.skipif(not cpu_kernels.BF16_KERNELS, reason="oneDNN's bf16 kernels need AVX-512 BW/VL/DQ")
 def test_packed_copy_is_exact_and_dropped_when_the_weight_changes():
     model = moe_model(torch.bfloat16)
     x = torch.randint(0, 300, (2, 9))

@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from lmforge.collect.bounded import (
 )
 from lmforge.collect.encoding import decode_bytes, looks_binary
 from lmforge.collect.paths import Listing, expand_paths
+from lmforge.collect.remote import RemoteFile, read_staged
 from lmforge.config import StrictModel
 from lmforge.errors import InputError
 from lmforge.pipeline.source import Source, SourceContext
@@ -90,7 +92,7 @@ class FilesConfig(StrictModel):
         return self
 
 
-def file_format(path: Path) -> str | None:
+def file_format(path: Path | RemoteFile) -> str | None:
     """Format from the name, looking through a compression suffix (e.g. .jsonl.gz, .txt.xz)."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSIONS:
@@ -106,7 +108,7 @@ def list_files(config: FilesConfig, base_dir: Path) -> Listing:
     for full, listing in expand_paths(config.paths, base_dir, "input.files.paths", config.recursive):
         for m in listing.files:
             fmt = file_format(m)
-            if fmt is None or fmt in config.formats or full == m:
+            if fmt is None or fmt in config.formats or full == m or full == getattr(m, "url", None):
                 out[m] = None  # unknown formats are listed so that they show up in quarantine
         for path, reason in listing.skipped:
             skipped.setdefault(path, reason)
@@ -116,59 +118,65 @@ def list_files(config: FilesConfig, base_dir: Path) -> Listing:
 def iter_files(config: FilesConfig, base_dir: Path, work_dir: Path | None = None) -> Iterator[Record]:
     listing = list_files(config, base_dir)
     for path in listing.files:
-        yield from read_file(path, config)
+        if isinstance(path, RemoteFile) and file_format(path) is not None:  # unknown formats: quarantined unread
+            yield from read_staged(path, work_dir, config.max_file_bytes, "input.files.paths",
+                                   partial(read_file, config=config, name=str(path)),
+                                   partial(_bad, str(path), f"file:{file_format(path)}", "file_too_large"))
+        else:
+            yield from read_file(path, config)
     for path, reason in listing.skipped:
         yield _bad(path, f"file:{file_format(path) or 'unknown'}", reason, f"{reason.replace('_', ' ')}: not read")
 
 
-def read_file(path: Path, config: FilesConfig) -> Iterator[Record]:
-    """Records of one file; problems with the file become one quarantine record."""
+def read_file(path: Path, config: FilesConfig, name: str | None = None) -> Iterator[Record]:
+    """Records of one file, called `name` in them (a remote file's URL); problems become one quarantine record."""
+    name = name or str(path)
     fmt = file_format(path)
     source = f"file:{fmt or 'unknown'}"
     if fmt is None:
-        yield _bad(path, source, "unsupported_format", f"no reader for {path.name!r}; known: {sorted(FORMATS)}")
+        yield _bad(name, source, "unsupported_format", f"no reader for {path.name!r}; known: {sorted(FORMATS)}")
         return
     try:
         size = path.stat().st_size
     except OSError as exc:
-        yield _bad(path, source, "unreadable_file", str(exc))
+        yield _bad(name, source, "unreadable_file", str(exc))
         return
     if size == 0:
-        yield _bad(path, source, "empty_file", "file is empty")
+        yield _bad(name, source, "empty_file", "file is empty")
         return
     if size > config.max_file_bytes:
-        yield _bad(path, source, "file_too_large", f"{size} bytes > max_file_bytes {config.max_file_bytes}")
+        yield _bad(name, source, "file_too_large", f"{size} bytes > max_file_bytes {config.max_file_bytes}")
         return
     packed = compression(path)
     if packed and fmt in _RANDOM_ACCESS:
-        yield _bad(path, source, "unsupported_format", f"{fmt} files are read uncompressed, not as {packed}")
+        yield _bad(name, source, "unsupported_format", f"{fmt} files are read uncompressed, not as {packed}")
         return
     prov = {"content_type": CONTENT_TYPES[fmt], "modified_at": _mtime(path), "bytes": size}
     if packed:
         prov["compression"] = packed
     try:
-        for record in _READERS[fmt](path, config, source):
+        for record in _READERS[fmt](path, config, source, name):
             record.provenance = {**prov, **record.provenance}
             yield record
     except TooLarge as exc:
-        log.warning("%s: %s (max_file_bytes): the rest of the file is quarantined", path, exc)
-        yield _bad(path, source, TooLarge.reason, f"{exc} (max_file_bytes {config.max_file_bytes})")
+        log.warning("%s: %s (max_file_bytes): the rest of the file is quarantined", name, exc)
+        yield _bad(name, source, TooLarge.reason, f"{exc} (max_file_bytes {config.max_file_bytes})")
     except (OSError, EOFError, ValueError, *STREAM_ERRORS) as exc:
-        yield _bad(path, source, "corrupt_file", f"{type(exc).__name__}: {exc}")
+        yield _bad(name, source, "corrupt_file", f"{type(exc).__name__}: {exc}")
 
 
 def _mtime(path: Path) -> str:
     return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
 
 
-def _bad(path: Path, source: str, reason: str, error: str, text: str = "") -> Record:
+def _bad(path: Path | str, source: str, reason: str, error: str, text: str = "") -> Record:
     return Record(
         id=make_id(source, f"{path}#{reason}"), text=text, source=source, url=str(path),
         meta={"drop_reason": reason, "drop_stage": "input", "error": error[:300]},
     )
 
 
-def _bad_line(path: Path, source: str, locator: str, reason: str, line: int, error: str,
+def _bad_line(path: Path | str, source: str, locator: str, reason: str, line: int, error: str,
               text: str = "", size: int | None = None) -> Record:
     """One bad line or row: quarantined on its own, the rest of the file is read."""
     meta: dict[str, Any] = {"drop_reason": reason, "drop_stage": "input", "error": error[:300], "line": line}
@@ -177,43 +185,43 @@ def _bad_line(path: Path, source: str, locator: str, reason: str, line: int, err
     return Record(id=make_id(source, f"{locator}#{reason}"), text=text, source=source, url=str(path), meta=meta)
 
 
-def _too_long(path: Path, source: str, locator: str, line: int, long: LongLine, limit: int) -> Record:
+def _too_long(path: Path | str, source: str, locator: str, line: int, long: LongLine, limit: int) -> Record:
     return _bad_line(path, source, locator, "line_too_long", line, f"{long.size} bytes > max_line_bytes {limit}",
                      long.head.decode("utf-8", "replace"), long.size)
 
 
-def _whole(path: Path, config: FilesConfig, source: str) -> bytearray | Record:
+def _whole(path: Path, config: FilesConfig, source: str, name: str) -> bytearray | Record:
     """The decompressed file in memory (up to max_file_bytes), unless its first chunk shows it is binary."""
     chunks = iter_chunks(path, config.max_file_bytes)
     first = next(chunks, b"")
     if looks_binary(first):
-        return _bad(path, source, "binary_file", "not text: NUL or control bytes in the first 8 KB")
+        return _bad(name, source, "binary_file", "not text: NUL or control bytes in the first 8 KB")
     return read_all(itertools.chain([first], chunks))
 
 
-def _read_text(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
+def _read_text(path: Path, config: FilesConfig, source: str, name: str) -> Iterator[Record]:
     if config.text_split == "file":
-        data = _whole(path, config, source)
+        data = _whole(path, config, source, name)
         decoded = data if isinstance(data, Record) else decode_bytes(data)
         if decoded is None:
-            decoded = _bad(path, source, "undecodable", "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
+            decoded = _bad(name, source, "undecodable", "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
         if isinstance(decoded, Record):
             yield decoded
         elif decoded[0].strip():
-            yield Record(id=make_id(source, str(path)), text=decoded[0], source=source, url=str(path),
+            yield Record(id=make_id(source, name), text=decoded[0], source=source, url=name,
                          provenance={"encoding": decoded[1]})
         return
     stream = text_lines(iter_chunks(path, config.max_file_bytes), config.max_line_bytes)
     if isinstance(stream, str):
-        yield _bad(path, source, stream, "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
+        yield _bad(name, source, stream, "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
         return
     split = _split_lines if config.text_split == "line" else _paragraphs
     for i, piece in split(stream, config.max_line_bytes):
-        locator = f"{path}#{i}"
+        locator = f"{name}#{i}"
         if isinstance(piece, tuple):
-            yield _too_long(path, source, locator, *piece, config.max_line_bytes)
+            yield _too_long(name, source, locator, *piece, config.max_line_bytes)
         elif piece.strip():
-            yield Record(id=make_id(source, locator), text=piece, source=source, url=str(path),
+            yield Record(id=make_id(source, locator), text=piece, source=source, url=name,
                          provenance={"encoding": stream.codec})
 
 
@@ -259,23 +267,23 @@ def _paragraphs(stream: TextLines, limit: int) -> Iterator[tuple[int, Piece]]:
         yield i, (first, LongLine(size, b"")) if long else "".join(parts)
 
 
-def _read_html(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
+def _read_html(path: Path, config: FilesConfig, source: str, name: str) -> Iterator[Record]:
     from lmforge.collect.html import declared_charset
 
-    data = _whole(path, config, source)
+    data = _whole(path, config, source, name)
     if isinstance(data, Record):
         yield data
         return
     decoded = decode_bytes(data, declared_charset(data))
     if decoded is None:
-        yield _bad(path, source, "undecodable", "HTML page in no known encoding")
+        yield _bad(name, source, "undecodable", "HTML page in no known encoding")
         return
     text, codec = decoded
-    yield Record(id=make_id(source, str(path)), text=text, source=source, url=str(path),
+    yield Record(id=make_id(source, name), text=text, source=source, url=name,
                  provenance={"encoding": codec})
 
 
-def _item_record(obj: Any, path: Path, locator: str, config: FilesConfig, source: str) -> Record:
+def _item_record(obj: Any, path: Path | str, locator: str, config: FilesConfig, source: str) -> Record:
     if not isinstance(obj, dict) or not isinstance(obj.get(config.text_field), str):
         return Record(id=make_id(source, f"{locator}#no_text_field"), source=source, url=str(path),
                       text=json.dumps(obj, ensure_ascii=False, default=str)[:10_000],
@@ -288,11 +296,11 @@ def _item_record(obj: Any, path: Path, locator: str, config: FilesConfig, source
                   lang=str(obj.get("lang") or ""), meta={"fields": jsonable(meta)} if meta else {})
 
 
-def _read_json(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
-    data = _whole(path, config, source)
+def _read_json(path: Path, config: FilesConfig, source: str, name: str) -> Iterator[Record]:
+    data = _whole(path, config, source, name)
     decoded = data if isinstance(data, Record) else decode_bytes(data, "utf-8")
     if decoded is None:
-        decoded = _bad(path, source, "undecodable", "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
+        decoded = _bad(name, source, "undecodable", "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
     if isinstance(decoded, Record):
         yield decoded
         return
@@ -300,24 +308,24 @@ def _read_json(path: Path, config: FilesConfig, source: str) -> Iterator[Record]
     try:
         parsed = json.loads(decoded[0])
     except ValueError as exc:
-        yield _bad(path, source, "bad_json", str(exc))
+        yield _bad(name, source, "bad_json", str(exc))
         return
     items = parsed if isinstance(parsed, list) else [parsed]
     for i, obj in enumerate(items):
-        yield _item_record(obj, path, f"{path}[{i}]", config, source)
+        yield _item_record(obj, name, f"{name}[{i}]", config, source)
 
 
-def _read_jsonl(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
+def _read_jsonl(path: Path, config: FilesConfig, source: str, name: str) -> Iterator[Record]:
     lines = iter_lines(iter_chunks(path, config.max_file_bytes), config.max_line_bytes)
     for lineno, raw in enumerate(lines, start=1):
-        locator = f"{path}:{lineno}"
+        locator = f"{name}:{lineno}"
         if isinstance(raw, LongLine):
-            yield _too_long(path, source, locator, lineno, raw, config.max_line_bytes)
+            yield _too_long(name, source, locator, lineno, raw, config.max_line_bytes)
         elif raw.strip():
-            yield _json_line(raw, path, locator, lineno, config, source)
+            yield _json_line(raw, name, locator, lineno, config, source)
 
 
-def _json_line(raw: bytes, path: Path, locator: str, lineno: int, config: FilesConfig, source: str) -> Record:
+def _json_line(raw: bytes, path: Path | str, locator: str, lineno: int, config: FilesConfig, source: str) -> Record:
     """One JSONL line: with the default fields, a whole Record as `records.read_jsonl` reads it."""
     try:
         obj = json.loads(raw)
@@ -368,10 +376,10 @@ class _Rows:
             self.problem = (reason, self.lineno, error, size)
 
 
-def _read_csv(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
+def _read_csv(path: Path, config: FilesConfig, source: str, name: str) -> Iterator[Record]:
     stream = text_lines(iter_chunks(path, config.max_file_bytes), config.max_line_bytes, nul_ok=True)
     if isinstance(stream, str):
-        yield _bad(path, source, stream, "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
+        yield _bad(name, source, stream, "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
         return
     rows = _Rows(stream.lines, config.max_line_bytes)
     csv.field_size_limit(config.max_line_bytes)  # a quoted field running over many lines stops here too
@@ -383,7 +391,7 @@ def _read_csv(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
         rows.flag("bad_csv", str(exc))
     if rows.problem is not None or fields is None or config.text_field not in fields:
         reason = rows.problem[0] if rows.problem else "no_text_field"
-        yield _bad(path, source, reason, f"no column {config.text_field!r} in the header (columns: {fields})")
+        yield _bad(name, source, reason, f"no column {config.text_field!r} in the header (columns: {fields})")
         return
     for i in itertools.count(1):
         rows.problem = None
@@ -393,13 +401,13 @@ def _read_csv(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
             return
         except csv.Error as exc:  # e.g. a quoted field longer than max_line_bytes: the parser starts afresh
             rows.flag("bad_csv_row", str(exc))
-        locator = f"{path}:{i}"
+        locator = f"{name}:{i}"
         if rows.problem is not None:
             reason, line, error, size = rows.problem
             yield _bad_line(path, source, locator, reason, line, error, size=size)
             continue
         row.pop(None, None)  # more cells than header fields
-        record = _item_record(row, path, locator, config, source)
+        record = _item_record(row, name, locator, config, source)
         record.provenance = {"encoding": stream.codec}
         yield record
 
@@ -414,7 +422,7 @@ def _within(records: Iterator[Record], limit: int) -> Iterator[Record]:
         yield record
 
 
-def _read_parquet(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
+def _read_parquet(path: Path, config: FilesConfig, source: str, name: str) -> Iterator[Record]:
     """Rows of a Parquet file. A file that is not readable Parquet stops the run with an InputError
     naming it (as `records.read_parquet` does): it is a broken input, not a bad row."""
     import pyarrow as pa
@@ -423,7 +431,7 @@ def _read_parquet(path: Path, config: FilesConfig, source: str) -> Iterator[Reco
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"cannot read Parquet file {path}: {exc}") from None
+        raise InputError(f"cannot read Parquet file {name}: {exc}") from None
     meta = pf.metadata
     if sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) > config.max_file_bytes:
         raise TooLarge(config.max_file_bytes)  # the uncompressed size, from the footer: nothing read yet
@@ -431,23 +439,23 @@ def _read_parquet(path: Path, config: FilesConfig, source: str) -> Iterator[Reco
         yield from _within(read_parquet(path), config.max_file_bytes)
         return
     if config.text_field not in pf.schema_arrow.names:
-        yield _bad(path, source, "no_text_field", f"no column {config.text_field!r} "
+        yield _bad(name, source, "no_text_field", f"no column {config.text_field!r} "
                                                   f"(columns: {pf.schema_arrow.names})")
         return
-    rows = (_item_record(row, path, f"{path}:{b}:{i}", config, source)
+    rows = (_item_record(row, name, f"{name}:{b}:{i}", config, source)
             for b, batch in enumerate(pf.iter_batches(batch_size=4096))
             for i, row in enumerate(batch.to_pylist()))
     try:
         yield from _within(rows, config.max_file_bytes)
     except pa.ArrowException as exc:
-        raise InputError(f"cannot read Parquet file {path}: {exc}") from None
+        raise InputError(f"cannot read Parquet file {name}: {exc}") from None
 
 
-def _read_pdf(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
+def _read_pdf(path: Path, config: FilesConfig, source: str, name: str) -> Iterator[Record]:
     try:
         import pypdf
     except ImportError:
-        yield _bad(path, source, "pdf_unsupported", "install lmforge[pdf] (pypdf) to read PDF files")
+        yield _bad(name, source, "pdf_unsupported", "install lmforge[pdf] (pypdf) to read PDF files")
         return
     pages: list[str] = []
     try:
@@ -463,16 +471,16 @@ def _read_pdf(path: Path, config: FilesConfig, source: str) -> Iterator[Record]:
     except TooLarge:
         raise
     except pypdf.errors.LimitReachedError as exc:  # pypdf's own cap on one decompressed stream
-        yield _bad(path, source, TooLarge.reason, f"LimitReachedError: {exc}")
+        yield _bad(name, source, TooLarge.reason, f"LimitReachedError: {exc}")
         return
     except Exception as exc:  # noqa: BLE001 - pypdf raises many types for damaged files
-        yield _bad(path, source, "corrupt_pdf", f"{type(exc).__name__}: {exc}")
+        yield _bad(name, source, "corrupt_pdf", f"{type(exc).__name__}: {exc}")
         return
     text = "\n\n".join(p.strip() for p in pages if p.strip())
     if not text:
-        yield _bad(path, source, "pdf_no_text", f"{len(pages)} pages without a text layer (scanned?)")
+        yield _bad(name, source, "pdf_no_text", f"{len(pages)} pages without a text layer (scanned?)")
         return
-    yield Record(id=make_id(source, str(path)), text=text, source=source, url=str(path),
+    yield Record(id=make_id(source, name), text=text, source=source, url=name,
                  meta={"pdf": {"pages": len(pages)}}, provenance={"encoding": "pdf"})
 
 

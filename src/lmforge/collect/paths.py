@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.collect.remote import RemoteFile, is_url, list_remote
 from lmforge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class Listing:
     """What one pattern matched: files in sorted order, and entries skipped with a reason."""
 
-    files: list[Path] = field(default_factory=list)
+    files: list[Path | RemoteFile] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     def skip(self, path: Path, reason: str) -> None:
@@ -38,13 +39,18 @@ class Listing:
 
 
 def expand_paths(patterns: list[str], base_dir: Path, field: str, recursive: bool = True,
-                 directories: bool = True) -> Iterator[tuple[Path, Listing]]:
+                 directories: bool = True) -> Iterator[tuple[Path | str, Listing]]:
     """(pattern as a path, what it matched) per pattern; a pattern matching nothing is an error.
 
     Relative patterns start at `base_dir` (the recipe's folder); with `directories`, a directory
     stands for the files below it. The error names `field[i]` so a recipe mistake is easy to find.
+    A URL (`s3://bucket/crawl/*.warc.gz`) is listed through fsspec: it comes back as itself, with
+    RemoteFile entries that the source stages before reading (`collect.remote`).
     """
     for i, pattern in enumerate(patterns):
+        if is_url(pattern):
+            yield pattern, Listing(list_remote(pattern, f"{field}[{i}]", recursive, directories))
+            continue
         full = Path(pattern) if Path(pattern).is_absolute() else base_dir / pattern
         if directories and full.is_dir():
             listing = walk(full, _everything, recursive)

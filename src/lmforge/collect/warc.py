@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from lmforge.collect.html import decode_html
 from lmforge.collect.paths import expand_paths
+from lmforge.collect.remote import ObjectTooLarge, RemoteFile, read_staged
 from lmforge.config import StrictModel
 from lmforge.errors import require
 from lmforge.pipeline.source import Source, SourceContext
@@ -42,6 +43,10 @@ class WarcConfig(StrictModel):
     )
     statuses: list[int] = Field(default_factory=lambda: [200], description="HTTP statuses kept")
     max_bytes: int = Field(10_000_000, gt=0, description="payloads larger than this are quarantined")
+    max_file_bytes: int = Field(
+        50_000_000_000, gt=0,
+        description="largest remote WARC (s3://, https://, ...) downloaded; a bigger object is quarantined "
+                    "as file_too_large without being fetched. Local files are read in place, whatever their size")
 
     @model_validator(mode="before")
     @classmethod
@@ -49,22 +54,39 @@ class WarcConfig(StrictModel):
         return {"paths": value} if isinstance(value, list | str) else value
 
 
-def list_warcs(config: WarcConfig, base_dir: Path) -> list[Path]:
+def list_warcs(config: WarcConfig, base_dir: Path) -> list[Path | RemoteFile]:
     expanded = expand_paths(config.paths, base_dir, "input.warc.paths", directories=False)
     return [m for _, listing in expanded for m in listing.files]  # bad links were logged by expand_paths
 
 
 def iter_warc(config: WarcConfig, base_dir: Path, work_dir: Path | None = None) -> Iterator[Record]:
     for path in list_warcs(config, base_dir):
-        yield from read_warc(path, config)
+        if isinstance(path, RemoteFile):
+            yield from _read_remote(path, config, work_dir)
+        else:
+            yield from read_warc(path, config)
 
 
-def read_warc(path: str | Path, config: WarcConfig | None = None, source: str = "warc") -> Iterator[Record]:
-    """Records of one WARC/ARC file, with quarantine records for damaged members and skipped responses."""
+def _read_remote(remote: RemoteFile, config: WarcConfig, work_dir: Path | None) -> Iterator[Record]:
+    """A remote WARC, staged into the run's cache and read there; its records name the URL, not the copy."""
+    url = str(remote)
+    return read_staged(remote, work_dir, config.max_file_bytes, "input.warc.paths",
+                       lambda local: read_warc(local, config, name=url),
+                       lambda error: _damaged(url, "warc", 0, error, ObjectTooLarge.reason))
+
+
+def read_warc(path: str | Path, config: WarcConfig | None = None, source: str = "warc",
+              name: str | None = None) -> Iterator[Record]:
+    """Records of one WARC/ARC file, with quarantine records for damaged members and skipped responses.
+
+    `name` is what records call the file (ids of damaged members, `warc_file`): a remote file's URL
+    rather than the path of its cached copy, so the ids do not depend on where the run is.
+    """
     path = Path(path)
+    name = name or str(path)
     config = config or WarcConfig(paths=[str(path)])
     if ".arc" in [s.lower() for s in path.suffixes]:
-        yield from _read_arc(path, config, source)
+        yield from _read_arc(path, config, source, name)
         return
     gzipped = path.name.lower().endswith(".gz")
     offset, size = 0, path.stat().st_size
@@ -78,14 +100,14 @@ def read_warc(path: str | Path, config: WarcConfig | None = None, source: str = 
                     yield held
                     held = None
                 if record.record_type in doc_types:
-                    held = _to_record(record, path, config, source, last_pos)
+                    held = _to_record(record, name, config, source, last_pos)
         except OSError as exc:
             error = exc
         if not gzipped:
             if held is not None:
                 yield held
             if error is not None:
-                yield _damaged(path, source, last_pos or offset, f"{type(error).__name__}: {error}")
+                yield _damaged(name, source, last_pos or offset, f"{type(error).__name__}: {error}")
             return
         damaged_at = _find_damage(path, offset, last_pos, error is not None, size)
         if held is not None:
@@ -97,7 +119,7 @@ def read_warc(path: str | Path, config: WarcConfig | None = None, source: str = 
             return
         if damaged_at != last_pos:  # a cut-short last record was quarantined just above
             reason = f"{type(error).__name__}: {error}" if error else "truncated gzip member at end of file"
-            yield _damaged(path, source, damaged_at, reason)
+            yield _damaged(name, source, damaged_at, reason)
         nxt = _next_member(path, damaged_at + 1)
         if nxt is None:
             return
@@ -174,22 +196,21 @@ def _next_member(path: Path, start: int) -> int | None:
     return None
 
 
-def _damaged(path: Path, source: str, offset: int, error: str) -> Record:
+def _damaged(name: str, source: str, offset: int, error: str, reason: str = "corrupt_warc_member") -> Record:
     return Record(
-        id=make_id(source, f"{path}@{offset}#damaged"), text="", source=source, url=str(path),
-        meta={"drop_reason": "corrupt_warc_member", "drop_stage": "input", "error": error[:300],
-              "warc_offset": offset},
+        id=make_id(source, f"{name}@{offset}#damaged"), text="", source=source, url=name,
+        meta={"drop_reason": reason, "drop_stage": "input", "error": error[:300], "warc_offset": offset},
     )
 
 
-def _to_record(record, path: Path, config: WarcConfig, source: str, offset: int) -> Record:
+def _to_record(record, name: str, config: WarcConfig, source: str, offset: int) -> Record:
     headers = record.headers
     uri = headers.get("WARC-Target-URI") or ""
-    record_id = headers.get("WARC-Record-ID") or f"{path}@{offset}"
+    record_id = headers.get("WARC-Record-ID") or f"{name}@{offset}"
     status = record.http_headers.status_code if record.is_http and record.http_headers else None
     content_type = (record.http_content_type if record.is_http else headers.get("Content-Type")) or ""
     prov = {"fetched_at": headers.get("WARC-Date"), "content_type": content_type, "http_status": status,
-            "warc_file": path.name, "warc_offset": offset, "warc_record_id": record_id}
+            "warc_file": _base_name(name), "warc_offset": offset, "warc_record_id": record_id}
     rec = Record(id=make_id(source, record_id), text="", source=source, url=uri, provenance=prov)
     reason = _skip_reason(status if record.is_http else 200, content_type, config)
     body = b"" if reason else record.reader.read(config.max_bytes + 1)
@@ -222,7 +243,11 @@ def _skip_reason(status: int | None, content_type: str | None, config: WarcConfi
     return None
 
 
-def _read_arc(path: Path, config: WarcConfig, source: str) -> Iterator[Record]:
+def _base_name(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1] if "://" in name else Path(name).name
+
+
+def _read_arc(path: Path, config: WarcConfig, source: str, name: str) -> Iterator[Record]:
     """Legacy ARC files, converted record by record by warcio (slower, but ARC collections are small)."""
     require("warcio", "data")
     from warcio.archiveiterator import ArchiveIterator
@@ -239,7 +264,8 @@ def _read_arc(path: Path, config: WarcConfig, source: str) -> Iterator[Record]:
                 ctype = rec.http_headers.get_header("Content-Type") if rec.http_headers else ""
                 out = Record(id=make_id(source, f"{uri}@{it.offset}"), text="", source=source, url=uri,
                              provenance={"fetched_at": rec.rec_headers.get_header("WARC-Date"),
-                                         "content_type": ctype, "http_status": status, "warc_file": path.name,
+                                         "content_type": ctype, "http_status": status,
+                                         "warc_file": _base_name(name),
                                          "warc_offset": it.offset})
                 body = rec.content_stream().read(config.max_bytes + 1)
                 if reason := _skip_reason(status, ctype, config) or ("too_large" if len(body) > config.max_bytes
@@ -251,7 +277,7 @@ def _read_arc(path: Path, config: WarcConfig, source: str) -> Iterator[Record]:
                     out.text, out.provenance["encoding"] = decoded
                 yield out
         except (ArchiveLoadFailed, OSError, EOFError, zlib.error) as exc:
-            yield _damaged(path, source, it.offset, f"{type(exc).__name__}: {exc}")
+            yield _damaged(name, source, it.offset, f"{type(exc).__name__}: {exc}")
 
 
 class WarcSource(Source):

@@ -42,6 +42,10 @@ ENABLED = _X86 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mk
 # bfloat16 dot products in hardware (AVX-512 BF16, AMX): bf16 matmuls at twice the float32 rate.
 # Elsewhere oneDNN emulates bfloat16, slower than float32, so bf16 is only chosen where this holds.
 NATIVE_BF16 = ENABLED and sysinfo.native_bf16()
+# oneDNN's bf16 inner product and weight packing at all, emulated or not: AVX-512 BW/VL/DQ or AVX-NE-CONVERT.
+# An AVX2-only CPU (Zen 3, Haswell to Alder Lake) has neither: there a packed bf16 weight fails to build.
+BF16_KERNELS = ENABLED and (NATIVE_BF16 or {"avx512bw", "avx512vl", "avx512dq"} <= sysinfo.cpu_flags()
+                            or "avx_ne_convert" in sysinfo.cpu_flags())
 
 
 def use_onednn(*tensors: torch.Tensor | None) -> bool:
@@ -275,7 +279,7 @@ def packed_linear(x: torch.Tensor, packed: Packed | None, weight: torch.Tensor,
 
 def can_pack(weight: torch.Tensor) -> bool:
     return (ENABLED and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and weight.device.type == "cpu"
-            and weight.dtype in (torch.float32, torch.bfloat16))
+            and (weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and BF16_KERNELS)))
 
 
 def pack_for_inference(model: torch.nn.Module, budget_bytes: int) -> int:
