@@ -93,3 +93,22 @@ def test_stage_counters_reach_stats():
     assert "<EMAIL>" in texts[0] and "<PHONE>" in texts[0]
     assert dict(st.counters) == {"email": 2, "phone": 1}
     assert st.to_dict()["counters"] == {"email": 2, "phone": 1}
+
+
+def test_exact_dedup_names_the_kept_copy_across_shards_whatever_their_order():
+    """Duplicates in a later shard whose kept copies lie in earlier shards in the opposite order."""
+    import pyarrow as pa
+
+    from lmforge.dedup.exact import ExactDedup
+    from lmforge.pipeline.stage import Summaries
+    from lmforge.records import Record
+
+    stage = ExactDedup()
+    shards = [[Record(id="a", text="alpha text")], [Record(id="b", text="beta text")],
+              [Record(id="b2", text="beta text"), Record(id="a2", text="Alpha  text"), Record(id="c", text="gamma")]]
+    decisions = stage.reduce(Summaries([(f"s{i}", stage.map(s)) for i, s in enumerate(shards)]))
+    assert [decisions[f"s{i}"].column("duplicate_of").to_pylist() for i in range(3)] == [
+        [None], [None], ["b", "a", None]]
+    assert decisions["s0"].schema.field("duplicate_of").type == pa.string()
+    kept = list(stage.apply(decisions["s2"], shards[2]))
+    assert [r.id for r in kept] == ["c"]

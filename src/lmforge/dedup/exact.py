@@ -47,23 +47,35 @@ class ExactDedup(GlobalStage):
         return pa.table({"hash": pa.array(hashes, pa.int64()), "id": pa.array(ids, pa.string())})
 
     def reduce(self, summaries):
+        """Keep-first by hash. Holds about 40 bytes per document (the hashes, a sort order, the kept row
+        of each): ids are read back for the duplicates' kept copies only, never for every document."""
         import numpy as np
         import pyarrow as pa
 
-        tables = [summaries.read(sid) for sid in summaries.ids]
-        sizes = [t.num_rows for t in tables]
-        if not sizes or sum(sizes) == 0:
-            return {sid: pa.table({"duplicate_of": pa.array([], pa.string())}) for sid in summaries.ids}
-        hashes = np.concatenate([t.column("hash").to_numpy() for t in tables])
-        ids = np.concatenate([np.asarray(t.column("id").to_pylist(), dtype=object) for t in tables])
-        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-        winner = first[inverse]  # global row index of the kept copy for every row
-        row = np.arange(len(hashes))
-        duplicate_of = np.where(winner == row, None, ids[winner])
-        out, start = {}, 0
-        for sid, n in zip(summaries.ids, sizes, strict=True):
-            out[sid] = pa.table({"duplicate_of": pa.array(duplicate_of[start : start + n].tolist(), pa.string())})
-            start += n
+        sizes = [summaries.num_rows(sid) for sid in summaries.ids]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        hashes = np.concatenate([np.zeros(0, np.int64)] + [summaries.read(sid, ["hash"]).column(0).to_numpy()
+                                                           for sid in summaries.ids])  # (N,)
+        order = np.argsort(hashes, kind="stable")  # equal hashes stay in row order: the first is the kept one
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = hashes[order[1:]] != hashes[order[:-1]]
+        del hashes
+        winner = np.empty_like(order)  # the kept row of every row
+        winner[order] = order[starts][np.cumsum(starts) - 1]
+        del order, starts
+        duplicates = np.flatnonzero(winner != np.arange(len(winner)))  # ascending rows
+        kept_ids = None
+        if len(duplicates):  # `take` wants ascending rows; kept rows are not in the duplicates' order
+            rows, back = np.unique(winner[duplicates], return_inverse=True)
+            kept_ids = summaries.take("id", rows, offsets).take(pa.array(back))
+        out = {}
+        for i, sid in enumerate(summaries.ids):
+            lo, hi = np.searchsorted(duplicates, offsets[i : i + 2])
+            column: list[str | None] = [None] * sizes[i]
+            for row, kept in zip(duplicates[lo:hi] - offsets[i], kept_ids.slice(lo, hi - lo).to_pylist()
+                                 if kept_ids is not None else [], strict=True):
+                column[row] = kept
+            out[sid] = pa.table({"duplicate_of": pa.array(column, pa.string())})
         return out
 
     def apply(self, decision, records: Iterable[Record]) -> Iterator[Record]:

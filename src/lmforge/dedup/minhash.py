@@ -206,7 +206,7 @@ class MinHashDedup(GlobalStage):
         kept = np.unique(keeper)
         log.info("minhash_dedup: %d documents, %d band matches, %d clusters, %d duplicates",
                  total, band_hits, len(kept), len(clustered) - len(kept))
-        kept_ids = self._ids_of(kept, offsets, summaries, sids)
+        kept_ids = summaries.take("id", kept, offsets)
         out: dict[str, Any] = {}
         for i, sid in enumerate(sids):
             lo, hi = int(offsets[i]), int(offsets[i + 1])
@@ -231,18 +231,6 @@ class MinHashDedup(GlobalStage):
             "cluster": kept_ids.take(pa.array(pos, mask=~in_cluster)),
             "cluster_size": pa.array(size, pa.int32()),
         })
-
-    @staticmethod
-    def _ids_of(indices: np.ndarray, offsets: np.ndarray, summaries: Summaries, sids: list[str]):
-        """Record ids of ascending global indices, reading only the shards that hold one."""
-        import pyarrow as pa
-
-        parts = [pa.array([], pa.string())]
-        shard_of = np.searchsorted(offsets, indices, side="right") - 1
-        for shard in np.unique(shard_of):
-            ids = summaries.read(sids[shard], ["id"]).column(0)
-            parts.append(ids.take(pa.array(indices[shard_of == shard] - offsets[shard])).combine_chunks())
-        return pa.concat_arrays(parts)
 
     # ------------------------------------------------------------------ apply
 

@@ -202,6 +202,22 @@ class Summaries:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, column: str, indices, offsets=None):
+        """`column`'s values (a pyarrow Array) at ascending global rows (counted across the shards in
+        order), reading only the shards that hold one: a reduce that needs the ids of its duplicates
+        only never holds every id. `offsets` (len(ids) + 1 first rows) spares counting the rows again."""
+        import numpy as np
+        import pyarrow as pa
+
+        if offsets is None:
+            offsets = np.concatenate([[0], np.cumsum([self.num_rows(sid) for sid in self.ids])]).astype(np.int64)
+        parts = [pa.array([], pa.string())]
+        shard_of = np.searchsorted(offsets, indices, side="right") - 1
+        for shard in np.unique(shard_of):
+            values = self.read(self.ids[shard], [column]).column(0)
+            parts.append(values.take(pa.array(indices[shard_of == shard] - offsets[shard])).combine_chunks())
+        return pa.concat_arrays(parts)
+
 
 class GlobalStage(Stage):
     """A stage that needs the whole corpus, run as map (per shard) -> reduce (once) -> apply (per shard).
