@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,8 @@ def test_commoncrawl_recipe_runs_on_ray_and_reports(tmp_path):
     assert data["executor"]["kind"] == "ray"
     data["input"]["shard_size"] = 8  # several Ray tasks for a small crawl
     data["pipeline"][0]["url_blocklist"] = {"extra_domains": ["spam.example.com"]}
+    data["tokenizer"]["vocab_size"] = 400  # a small crawl
+    data["tokens"]["val_percent"] = 25  # so that a few documents are held out
     result = run_recipe(parse_recipe(data, where=str(RECIPE)), tmp_path / "run", base_dir=tmp_path)
 
     dropped = result.stats["totals"]["dropped"]
@@ -76,5 +79,8 @@ def test_commoncrawl_recipe_runs_on_ray_and_reports(tmp_path):
                    for u in pq.read_table(p, columns=["url"]).column("url").to_pylist()]
     assert sorted(kept + quarantined) == sorted(urls)  # every response kept or quarantined, exactly once
     assert {u for u in kept if "news.example.cn" in u} == {f"https://news.example.cn/{i}" for i in range(12)}
+    manifest = json.loads((tmp_path / "run" / "tokens" / "train" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["documents"] + json.loads((tmp_path / "run" / "tokens" / "val" / "manifest.json").read_text(
+        encoding="utf-8"))["documents"] == len(kept)  # every kept document was encoded, once
     page_html = result.report.read_text(encoding="utf-8")
     assert "Data funnel: records kept after each stage" in page_html and "lang_de" in page_html

@@ -86,6 +86,8 @@ class Recipe(StrictModel):
             raise ValueError("annotate rates the pipeline's output: give an 'input' section, or annotate.input")
         if self.input is None and (self.pipeline or self.tokenizer or self.pretrain or self.generate or self.tokens):
             raise ValueError("pipeline, tokenizer, tokens, pretrain and generate need an 'input' section")
+        if (self.tokens is not None or self.pretrain is not None) and self.tokenizer is None:
+            raise ValueError("tokens and pretrain encode with the recipe's tokenizer: add a 'tokenizer' section")
         return self
 
     @field_validator("pipeline", mode="before")
@@ -113,7 +115,8 @@ class Recipe(StrictModel):
 
 
 def build_steps(recipe: Recipe) -> list[Step]:
-    """The recipe's sections as Steps, in run order; `tokens` comes with `pretrain` even when not written."""
+    """The recipe's sections as Steps, in run order; `tokens` comes with `pretrain` even when not written,
+    and runs on its own when written without it (token shards for another trainer)."""
     steps: list[Step] = []
     if recipe.input is not None:
         steps += [InputStep(recipe.input), PipelineStep(StageList(stages=recipe.pipeline))]
@@ -122,8 +125,10 @@ def build_steps(recipe: Recipe) -> list[Step]:
     percent = recipe.pretrain.val_percent if recipe.pretrain is not None else 0.0
     if recipe.tokenizer is not None:
         steps.append(TokenizerStep(recipe.tokenizer, holdout_percent=percent))
+    if recipe.pretrain is not None or recipe.tokens is not None:
+        steps.append(TokensStep(recipe.tokens or TokensConfig(), default_percent=percent))
     if recipe.pretrain is not None:
-        steps += [TokensStep(recipe.tokens or TokensConfig(), default_percent=percent), PretrainStep(recipe.pretrain)]
+        steps.append(PretrainStep(recipe.pretrain))
     sections = ((GenerateStep, recipe.generate), (FinetuneStep, recipe.finetune), (AugmentStep, recipe.augment),
                 (LabelStep, recipe.label), (EvaluateStep, recipe.evaluate))
     steps += [cls(cfg) for cls, cfg in sections if cfg is not None]

@@ -85,7 +85,8 @@ class TokensStep(Step):
                 if split == "train":
                     info["chars_per_token"] = round(manifest["chars"] / max(1, manifest["tokens"]), 3)
         if not info["documents"]["val"]:
-            raise UserError(f"pretrain.val_percent={self.percent} held out no documents; raise it or add data")
+            field = "tokens.val_percent" if self.config.val_percent is not None else "pretrain.val_percent"
+            raise UserError(f"{field}={self.percent} held out no documents; raise it or add data")
         return info
 
 
