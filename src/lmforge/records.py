@@ -260,3 +260,16 @@ def write_jsonl(path: str | Path, records: Iterable[Record]) -> int:
             fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a small JSON-lines file that people write by
+    hand (prompts, sample sets); a line that is not JSON is an InputError naming `path:line`."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import random
 import threading
@@ -37,6 +36,7 @@ from typing import Any
 
 from lmforge.errors import InputError
 from lmforge.label.store import AnswerStore
+from lmforge.records import json_lines
 
 log = logging.getLogger(__name__)
 
@@ -167,27 +167,20 @@ def load_pairs(path: str | Path, max_pairs: int | None = None, seed: int = 0) ->
     pairs: list[Pair] = []
     dropped: Counter = Counter()
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-            try:
-                if not isinstance(row, dict):
-                    raise InputError(f"not a JSON object (got {type(row).__name__})")
-                meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
-                prompt_id = str(row.get("id", meta.get("id", lineno)))
-                got, lost = row_pairs(row, prompt_id, max_pairs, seed)
-            except InputError as exc:  # RowError (a bad message) included
-                raise InputError(f"{path}:{lineno}: {exc}") from None
-            if prompt_id in seen:
-                raise InputError(f"{path}:{lineno}: id {prompt_id!r} appears twice")
-            seen.add(prompt_id)
-            pairs += got
-            dropped += lost
+    for lineno, row in json_lines(path):
+        try:
+            if not isinstance(row, dict):
+                raise InputError(f"not a JSON object (got {type(row).__name__})")
+            meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+            prompt_id = str(row.get("id", meta.get("id", lineno)))
+            got, lost = row_pairs(row, prompt_id, max_pairs, seed)
+        except InputError as exc:  # RowError (a bad message) included
+            raise InputError(f"{path}:{lineno}: {exc}") from None
+        if prompt_id in seen:
+            raise InputError(f"{path}:{lineno}: id {prompt_id!r} appears twice")
+        seen.add(prompt_id)
+        pairs += got
+        dropped += lost
     if dropped:
         log.warning("%s: %s left out of the pairs", path, ", ".join(f"{v} {k} answers" for k, v in dropped.items()))
     if not pairs:

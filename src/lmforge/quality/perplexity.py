@@ -22,13 +22,12 @@ import functools
 import importlib.util
 import logging
 import math
-import os
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.quality.scoring import KeepConfig, PerLanguage, ScoreStage, kth_best, per_language
+from lmforge.quality.scoring import KeepConfig, PerLanguage, ScoreStage, existing_path, kth_best, per_language
 from lmforge.records import Record
 
 log = logging.getLogger(__name__)
@@ -64,13 +63,7 @@ class PerplexityConfig(KeepConfig):
     @field_validator("model", "tokenizer", "kenlm")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        """Absolute, so worker processes with another working directory read the same files."""
-        if value is None:
-            return None
-        path = os.path.abspath(os.path.expanduser(value))
-        if not os.path.exists(path):
-            raise ValueError(f"{value!r} does not exist (relative paths start at {os.getcwd()})")
-        return path
+        return existing_path(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> PerplexityConfig:

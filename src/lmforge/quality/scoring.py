@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
@@ -47,6 +48,17 @@ def language_code(lang: str, text: str) -> str:
 
 def language_of(record: Record) -> str:
     return language_code(record.lang, record.text)
+
+
+def existing_path(value: str | None) -> str | None:
+    """`value` made absolute, so worker processes with another working directory read the same files;
+    a path that does not exist is a config error now rather than in a worker later."""
+    if value is None:
+        return None
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.exists(path):
+        raise ValueError(f"{value!r} does not exist (relative paths start at {os.getcwd()})")
+    return path
 
 
 def per_language(value: PerLanguage | None, lang: str) -> float | None:

@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +31,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.errors import ConfigError, InputError
-from lmforge.quality.scoring import KeepConfig, ScoreStage
+from lmforge.quality.scoring import KeepConfig, ScoreStage, existing_path
 from lmforge.records import Record
 
 log = logging.getLogger(__name__)
@@ -83,13 +82,7 @@ class TransformerQualityConfig(KeepConfig):
     @field_validator("model", "tokenizer")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        """Absolute, so worker processes with another working directory read the same files."""
-        if value is None:
-            return None
-        path = os.path.abspath(os.path.expanduser(value))
-        if not os.path.exists(path):
-            raise ValueError(f"{value!r} does not exist (relative paths start at {os.getcwd()})")
-        return path
+        return existing_path(value)
 
     @model_validator(mode="after")
     def _loadable(self) -> TransformerQualityConfig:

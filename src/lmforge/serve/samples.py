@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import InputError
+from lmforge.records import json_lines
 
 if TYPE_CHECKING:
     from lmforge.serve.loading import LoadedModel
@@ -81,22 +82,15 @@ def read_prompts(path: str | Path) -> list[PromptRow]:
                          "file may have; split it")
     rows: list[PromptRow] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                parsed = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-            try:
-                row = prompt_row(parsed, str(lineno))
-            except InputError as exc:  # RowError (a bad message) included
-                raise InputError(f"{path}:{lineno}: {exc}") from None
-            if row.id in seen:
-                raise InputError(f"{path}:{lineno}: id {row.id!r} appears twice")
-            seen.add(row.id)
-            rows.append(row)
+    for lineno, parsed in json_lines(path):
+        try:
+            row = prompt_row(parsed, str(lineno))
+        except InputError as exc:  # RowError (a bad message) included
+            raise InputError(f"{path}:{lineno}: {exc}") from None
+        if row.id in seen:
+            raise InputError(f"{path}:{lineno}: id {row.id!r} appears twice")
+        seen.add(row.id)
+        rows.append(row)
     if not rows:
         raise InputError(f"{path}: no prompts")
     return rows
