@@ -25,6 +25,7 @@ def shrunk(name: str, tmp_path: Path, docs: int, **pretrain) -> Path:
     return path
 
 
+@pytest.mark.slow  # 60-80 s on two cores; the demo test trains, resumes and reports a GPT in the default run
 def test_gpt_tiny_cpu_recipe_trains_resumes_and_exports(tmp_path, lmforge_cli):
     recipe = shrunk("gpt-tiny-cpu.yaml", tmp_path, docs=300, steps=30, save_every=10, eval_every=10, log_every=5)
     out, hf = tmp_path / "run", tmp_path / "hf"
@@ -52,6 +53,7 @@ def test_gpt_tiny_cpu_recipe_trains_resumes_and_exports(tmp_path, lmforge_cli):
     assert diff < 1e-4
 
 
+@pytest.mark.slow  # 50-70 s on two cores; the demo test pretrains a BERT with MLM and NSP in the default run
 def test_bert_tiny_cpu_recipe_trains_mlm_and_nsp(tmp_path):
     from lmforge.flow import run_recipe
 
