@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from lmforge.errors import InputError
 from lmforge.lang import has_han
-from lmforge.tasks.loaders import Problems
+from lmforge.tasks.loaders import Problems, json_object
 from lmforge.tasks.spans import RowError
 
 SUFFIXES = (".csv", ".jsonl", ".jsonl.gz", ".ndjson")
@@ -233,13 +233,7 @@ def read_jsonl(path: Path, data: bytes, problems: Problems) -> tuple[str, list[Q
         if not raw.strip():
             continue
         try:
-            try:
-                row = json.loads(raw)
-            except ValueError as exc:  # also UnicodeDecodeError
-                raise RowError(f"not valid JSON ({str(exc)[:200]})") from None
-            if not isinstance(row, dict):
-                raise RowError(f"not a JSON object (got {type(row).__name__})")
-            row = {k.strip().lower(): v for k, v in row.items()}  # CMMLU's rows say Question, A, ..., Answer
+            row = {k.strip().lower(): v for k, v in json_object(raw).items()}  # CMMLU's rows say Question, A, ..., Answer
             row_subject = _cell(row.get("subject") or subject, "subject")
             if "question" not in row:
                 raise RowError(f"no field 'question' (fields: {', '.join(row)[:200]})")

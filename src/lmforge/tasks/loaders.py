@@ -156,6 +156,17 @@ def _jsonl(path: Path, cfg: LoaderConfig) -> list[Example]:
     return jsonl_examples(path, lambda row: _example(row, cfg), cfg.on_error)
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """One JSONL line as a JSON object, or a RowError saying what it is instead."""
+    try:
+        row = json.loads(raw)
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise RowError(f"not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(row, dict):
+        raise RowError(f"not a JSON object (got {type(row).__name__})")
+    return row
+
+
 def jsonl_examples(path: Path, make: Callable[[dict[str, Any]], Example], on_error: str = "raise") -> list[Example]:
     """`make(row)` of every JSON object line, with meta where (file:line), id and split from the row."""
     problems, out = Problems(path, on_error), []
@@ -163,12 +174,7 @@ def jsonl_examples(path: Path, make: Callable[[dict[str, Any]], Example], on_err
         if not raw.strip():
             continue
         try:
-            try:
-                row = json.loads(raw)
-            except ValueError as exc:  # also UnicodeDecodeError
-                raise RowError(f"not valid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise RowError(f"not a JSON object (got {type(row).__name__})")
+            row = json_object(raw)
             ex = make(row)
         except RowError as exc:
             problems.bad(lineno, str(exc))
