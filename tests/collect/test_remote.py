@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.collect import remote
+from lmforge import storage as remote
 from lmforge.collect.files import FilesConfig, iter_files
 from lmforge.collect.remote import RemoteFile, is_url, public_url
 from lmforge.collect.warc import WarcConfig, iter_warc
