@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,74 @@ def browser():
         b = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+S3_SECRET = "s3cr3t-KEY-never-logged-0123456789"  # a fake secret: tests/collect/test_remote.py checks no log shows it
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server on a free loopback port, with dummy credentials and the endpoint in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "lmforge-test", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            mp.delenv(key, raising=False)
+        yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def empty_s3(s3_server):
+    """`empty_s3(*buckets)`: a boto3 client of the test S3 server after removing every bucket and creating `buckets`
+    (and a fresh s3fs client, whose listing cache would remember the removed objects)."""
+    return _empty_s3
+
+
+def _empty_s3(*buckets: str):
+    """A boto3 client of the test S3 server after removing every bucket and creating `buckets`
+    (and a fresh s3fs client, whose listing cache would remember the removed objects)."""
+    import boto3
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    client = boto3.client("s3")
+    for bucket in client.list_buckets().get("Buckets", []):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=bucket["Name"], Key=obj["Key"])
+        client.delete_bucket(Bucket=bucket["Name"])
+    for bucket in buckets:
+        client.create_bucket(Bucket=bucket)
+    return client
+
+
+@pytest.fixture()
+def make_warc():
+    """`make_warc(path, items)`: a gzipped WARC of HTTP responses, items as (url, body bytes, content type, status)."""
+
+    def write(path: Path, items: list[tuple[str, bytes, str, str]]) -> Path:
+        import io
+
+        from warcio.statusandheaders import StatusAndHeaders
+        from warcio.warcwriter import WARCWriter
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as fh:
+            writer = WARCWriter(fh, gzip=True)
+            for url, body, ctype, status in items:
+                headers = StatusAndHeaders(status, [("Content-Type", ctype)], protocol="HTTP/1.1")
+                writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body),
+                                                              http_headers=headers))
+        return path
+
+    return write

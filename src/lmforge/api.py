@@ -60,11 +60,11 @@ def pretrain(recipe: RecipeLike, out: str | Path | None = None, *, steps: int | 
     model = r.pretrain.model.model_copy(update={"source": str(init_from)}) if init_from else None  # model.from
     updates = {"steps": steps, "device": device, "model": model}
     r.pretrain = r.pretrain.model_copy(update={k: v for k, v in updates.items() if v is not None})
-    run_dir = Path(out or Path("runs") / r.name)
-    result = run_recipe(r, run_dir, base_dir=base, on_train_step=on_train_step)
+    result = run_recipe(r, out or Path("runs") / r.name, base_dir=base, on_train_step=on_train_step)
     if export_hf is not None and distributed_rank() == 0:
         from lmforge.models.export import export_hf as export
 
+        run_dir = result.run_dir  # the local mirror of a run on a store
         export(run_dir / "pretrain" / "checkpoint", run_dir / "tokenizer", export_hf)
     return result
 

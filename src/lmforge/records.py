@@ -153,8 +153,13 @@ def write_parquet(path: str | Path, records: Iterable[Record]) -> int:
     return table.num_rows
 
 
-def read_parquet(path: str | Path, batch_size: int = 4096) -> Iterator[Record]:
-    """Stream records from a shard; a file that is not readable Parquet raises InputError naming it."""
+def read_parquet(path: str | Path, batch_size: int = 4096, name: str | None = None) -> Iterator[Record]:
+    """Stream records from a shard; a file that is not readable Parquet raises InputError naming it.
+
+    Rows without an id get one made from `name` (default: the path) and their row number, and rows
+    without a url get `name` when one is given: a staged copy of a remote file passes its URL, so ids
+    do not depend on where the copy lies.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -167,12 +172,12 @@ def read_parquet(path: str | Path, batch_size: int = 4096) -> Iterator[Record]:
         raise InputError(f"Parquet file {path} has no 'text' column (columns: {sorted(names)})")
     try:
         for i, batch in enumerate(pf.iter_batches(batch_size=batch_size)):
-            yield from _batch_records(batch, path, i * batch_size)
+            yield from _batch_records(batch, name or str(path), i * batch_size, name)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read Parquet file {path}: {exc}") from None
 
 
-def _batch_records(batch, path, offset: int) -> Iterator[Record]:
+def _batch_records(batch, path: str, offset: int, url: str | None = None) -> Iterator[Record]:
     data = batch.to_pydict()
     n = batch.num_rows
     texts = data["text"]
@@ -186,7 +191,7 @@ def _batch_records(batch, path, offset: int) -> Iterator[Record]:
             id=str(ids[i]) if ids[i] is not None else make_id(str(path), str(offset + i)),
             text=texts[i] or "",
             source=sources[i] or "",
-            url=urls[i] or "",
+            url=urls[i] or url or "",
             lang=langs[i] or "",
             meta=json.loads(meta) if isinstance(meta, str) else dict(meta or {}),
             provenance=json.loads(prov) if isinstance(prov, str) else dict(prov or {}),

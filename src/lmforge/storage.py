@@ -165,7 +165,7 @@ def local_copy(url: str, field: str, max_bytes: int | None = None) -> Path:
     `.complete` file exists; a killed download is redone from the objects still missing.
     """
     files = list_remote(url, field)
-    fs, base = filesystem(_prefix(url), field)
+    fs, base = filesystem(url_root(url), field)
     base = base.rstrip("/")
     key = hashlib.sha256("\x00".join([url, *(f"{f.url}|{f.size}|{f.version}" for f in files)]).encode()).hexdigest()
     root = cache_root() / "remote" / key[:32]
@@ -187,7 +187,7 @@ def local_copy(url: str, field: str, max_bytes: int | None = None) -> Path:
     return target
 
 
-def _prefix(url: str) -> str:
+def url_root(url: str) -> str:
     """What relative paths start from: the URL itself, or for a glob the folder above its first wildcard."""
     if not _is_glob(url):
         return url

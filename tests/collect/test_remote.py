@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from lmforge.collect.warc import WarcConfig, iter_warc
 from lmforge.errors import InputError
 from lmforge.records import make_id
 
-SECRET = "s3cr3t-KEY-never-logged-0123456789"
+SECRET = "s3cr3t-KEY-never-logged-0123456789"  # what the s3_server fixture (conftest) sets
 BUCKET = "lmforge-crawl"
 
 
@@ -51,40 +50,11 @@ def write_warc(path: Path, start: int, n: int) -> None:
                                                           payload=io.BytesIO(page(i)), http_headers=headers))
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's S3 server on a free loopback port, with dummy credentials and the endpoint in the environment."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "lmforge-test", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            mp.delenv(key, raising=False)
-        yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture()
-def s3(s3_server, tmp_path):
+def s3(empty_s3, tmp_path):
     """A bucket holding two WARCs and a few text files; the same files also lie in `tmp_path/local`."""
-    import boto3
-    import s3fs
 
-    s3fs.S3FileSystem.clear_instance_cache()  # a fresh client and listing cache per test
-    client = boto3.client("s3")
-    for bucket in client.list_buckets().get("Buckets", []):
-        for obj in client.list_objects_v2(Bucket=bucket["Name"]).get("Contents", []):
-            client.delete_object(Bucket=bucket["Name"], Key=obj["Key"])
-        client.delete_bucket(Bucket=bucket["Name"])
-    client.create_bucket(Bucket=BUCKET)
+    client = empty_s3(BUCKET)
     local = tmp_path / "local"
     (local / "crawl").mkdir(parents=True)
     (local / "text").mkdir()

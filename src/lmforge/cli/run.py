@@ -8,6 +8,8 @@ Examples:
 
   lmforge run someone-elses.yaml --no-custom-stages
 
+  lmforge run recipes/commoncrawl-warc-ray.yaml --out s3://bucket/runs/cc   # credentials from the environment
+
 Re-running the same command on the same --out resumes where it stopped. A custom stage
 ("package.module:Class") imports and runs that module's code; --no-custom-stages refuses any
 recipe that names one, before anything is imported.
@@ -27,7 +29,9 @@ NO_CUSTOM_STAGES = typer.Option(
 
 def run_command(
     recipe: Path = typer.Argument(..., help="YAML recipe file."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
+    out: str | None = typer.Option(
+        None, "--out", "-o",
+        help="Run directory (default: runs/<recipe name>), or a store URL (s3://bucket/prefix) the run is published to."),
     executor: str | None = typer.Option(None, help="Override the recipe's executor: local or ray."),
     workers: int | None = typer.Option(None, min=1, help="Local worker processes (default: CPU cores)."),
     ray_address: str | None = typer.Option(None, help="Address of an existing Ray cluster."),

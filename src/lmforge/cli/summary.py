@@ -69,7 +69,10 @@ def print_run_summary(result) -> None:
         for s in steps["generate"]["samples"]:
             table.add_row(s["prompt"], s["completion"])
         out.print(table)
-    out.print(f"run directory: {result.run_dir}  (lmforge stats {result.run_dir})")
+    if getattr(result, "store", None):
+        out.print(f"run: {result.store}  (its local mirror: {result.run_dir}; lmforge stats {result.run_dir})")
+    else:
+        out.print(f"run directory: {result.run_dir}  (lmforge stats {result.run_dir})")
     if getattr(result, "report", None) is not None:
         out.print(f"report: {result.report}  (open it in a browser; works offline)")
 

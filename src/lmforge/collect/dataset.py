@@ -1,15 +1,19 @@
 """Datasets already on disk, offline: `datasets.save_to_disk` folders, Parquet/Arrow/JSONL directories,
 and Hugging Face hub dataset folders (a downloaded repo or a hub-cache snapshot).
 
-Nothing here touches the network: a hub folder is read as the files it contains.
+A local folder never touches the network: a hub folder is read as the files it contains. A URL
+(`s3://bucket/ds`, `hf://datasets/org/name`, ...) is staged into the user cache first (`lmforge.storage`)
+and read like a local folder, but records name it by the URL, never by the cache path: ids, locators and
+`source` are the same whoever staged it and wherever the cache is.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -18,13 +22,15 @@ from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, InputError, require
 from lmforge.pipeline.source import Source, SourceContext
 from lmforge.records import Record, jsonable, make_id
+from lmforge.storage import is_url, local_copy, public_url
 
 log = logging.getLogger(__name__)
 DATA_FORMATS = ("parquet", "jsonl", "json", "csv", "tsv", "text")
 
 
 class DatasetConfig(StrictModel):
-    path: str = Field(description="a dataset folder on disk (relative to the recipe)")
+    path: str = Field(description="a dataset folder on disk (relative to the recipe), or a URL of one "
+                                  "(s3://bucket/ds, hf://datasets/org/name), staged into the user cache")
     kind: Literal["auto", "saved", "arrow", "files"] = Field(
         "auto", description="saved: datasets.save_to_disk; arrow: Arrow IPC files; files: Parquet/JSONL/CSV")
     split: str | None = Field(None, description="split to read (default: all splits, in name order)")
@@ -41,18 +47,30 @@ def detect_kind(root: Path) -> str:
 
 
 def iter_dataset(config: DatasetConfig, base_dir: Path, work_dir: Path | None = None) -> Iterator[Record]:
-    root = Path(config.path) if Path(config.path).is_absolute() else base_dir / config.path
-    if not root.is_dir():
-        raise ConfigError(f"input.dataset.path: {root} is not a directory")
-    root = _snapshot(root)
-    kind = detect_kind(root) if config.kind == "auto" else config.kind
-    source = f"dataset:{root.name}"
-    if kind == "saved":
-        yield from _saved(root, config, source)
-    elif kind == "arrow":
-        yield from _arrow(sorted(_split_filter(root.rglob("*.arrow"), root, config.split)), config, source)
+    url = public_url(config.path) if is_url(config.path) else None
+    if url is not None:
+        root = local_copy(config.path, "input.dataset.path")
+        if not root.is_dir():
+            raise ConfigError(f"input.dataset.path: {url} is one object, not a dataset folder (name its prefix)")
     else:
-        yield from _files(root, config, source)
+        root = Path(config.path) if Path(config.path).is_absolute() else base_dir / config.path
+        if not root.is_dir():
+            raise ConfigError(f"input.dataset.path: {root} is not a directory")
+    staged, root = root, _snapshot(root)
+    kind = detect_kind(root) if config.kind == "auto" else config.kind
+    source = f"dataset:{root.name}" if url is None else \
+        f"dataset:{PurePosixPath(urlsplit(url).path).name or urlsplit(url).netloc}"
+
+    def name(path: Path) -> str:
+        """What records call a file or folder: its local path, or its URL for a staged copy."""
+        return str(path) if url is None else "/".join([url.rstrip("/"), *path.relative_to(staged).parts])
+
+    if kind == "saved":
+        yield from _saved(root, config, source, name)
+    elif kind == "arrow":
+        yield from _arrow(sorted(_split_filter(root.rglob("*.arrow"), root, config.split)), config, source, name)
+    else:
+        yield from _files(root, config, source, name)
 
 
 def _snapshot(root: Path) -> Path:
@@ -86,12 +104,12 @@ def _row_record(row: dict[str, Any], config: DatasetConfig, source: str, locator
                   meta={"fields": jsonable(extra)} if extra else {})
 
 
-def _saved(root: Path, config: DatasetConfig, source: str) -> Iterator[Record]:
+def _saved(root: Path, config: DatasetConfig, source: str, name_of: Callable[[Path], str]) -> Iterator[Record]:
     datasets = require("datasets", "data")
     try:
         loaded = datasets.load_from_disk(str(root))
     except (FileNotFoundError, ValueError, OSError) as exc:
-        raise InputError(f"cannot load dataset {root}: {exc}") from None
+        raise InputError(f"cannot load dataset {name_of(root)}: {exc}") from None
     if isinstance(loaded, datasets.DatasetDict):
         names = [config.split] if config.split else sorted(loaded)
         missing = [n for n in names if n not in loaded]
@@ -102,16 +120,17 @@ def _saved(root: Path, config: DatasetConfig, source: str) -> Iterator[Record]:
         parts = [(config.split or "train", loaded)]
     for name, ds in parts:
         if config.text_field not in ds.column_names:
-            raise InputError(f"dataset {root} split {name!r} has no column {config.text_field!r} "
+            raise InputError(f"dataset {name_of(root)} split {name!r} has no column {config.text_field!r} "
                              f"(columns: {ds.column_names})")
         for i, row in enumerate(ds):
-            yield _row_record(row, config, source, f"{root}/{name}#{i}")
+            yield _row_record(row, config, source, f"{name_of(root)}/{name}#{i}")
 
 
-def _arrow(paths: list[Path], config: DatasetConfig, source: str) -> Iterator[Record]:
+def _arrow(paths: list[Path], config: DatasetConfig, source: str, name_of: Callable[[Path], str]) -> Iterator[Record]:
     import pyarrow as pa
 
     for path in paths:
+        name = name_of(path)
         try:
             try:
                 reader = pa.ipc.open_stream(pa.memory_map(str(path)))
@@ -123,22 +142,23 @@ def _arrow(paths: list[Path], config: DatasetConfig, source: str) -> Iterator[Re
             offset = 0
             for batch in batches:
                 for i, row in enumerate(batch.to_pylist()):
-                    yield _row_record(row, config, source, f"{path}#{offset + i}")
+                    yield _row_record(row, config, source, f"{name}#{offset + i}")
                 offset += batch.num_rows
         except (pa.ArrowInvalid, OSError) as exc:
-            yield Record(id=make_id(source, f"{path}#damaged"), text="", source=source, url=str(path),
+            yield Record(id=make_id(source, f"{name}#damaged"), text="", source=source, url=name,
                          meta={"drop_reason": "corrupt_file", "drop_stage": "input", "error": str(exc)[:300]})
 
 
-def _files(root: Path, config: DatasetConfig, source: str) -> Iterator[Record]:
+def _files(root: Path, config: DatasetConfig, source: str, name_of: Callable[[Path], str]) -> Iterator[Record]:
     files = sorted(p for p in _split_filter(root.rglob("*"), root, config.split)
                    if p.is_file() and file_format(p) in DATA_FORMATS and not p.name.startswith("."))
     if not files:
-        raise InputError(f"no data files (Parquet, JSONL, CSV, text) under {root}"
+        raise InputError(f"no data files (Parquet, JSONL, CSV, text) under {name_of(root)}"
                          + (f" for split {config.split!r}" if config.split else ""))
     fcfg = FilesConfig(paths=[str(root)], text_field=config.text_field, id_field=config.id_field)
     for path in files:
-        for record in read_file(path, fcfg):
+        name = name_of(path)
+        for record in read_file(path, fcfg, name):
             record.source = source
             yield record
 

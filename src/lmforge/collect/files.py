@@ -436,7 +436,7 @@ def _read_parquet(path: Path, config: FilesConfig, source: str, name: str) -> It
     if sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) > config.max_file_bytes:
         raise TooLarge(config.max_file_bytes)  # the uncompressed size, from the footer: nothing read yet
     if config.text_field == "text":
-        yield from _within(read_parquet(path), config.max_file_bytes)
+        yield from _within(read_parquet(path, name=name if name != str(path) else None), config.max_file_bytes)
         return
     if config.text_field not in pf.schema_arrow.names:
         yield _bad(name, source, "no_text_field", f"no column {config.text_field!r} "

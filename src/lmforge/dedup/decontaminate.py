@@ -35,10 +35,11 @@ from pydantic import Field, field_validator, model_validator
 
 from lmforge.collect.files import FilesConfig, file_format, read_file
 from lmforge.config import StrictModel
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, InputError
 from lmforge.lang import CJK_RE, is_cjk
 from lmforge.pipeline.stage import Stage
 from lmforge.records import Record
+from lmforge.storage import is_url, list_remote, local_copy, public_url, url_root
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,15 @@ _TOKEN = re.compile(r"[^\W_]+")  # letters and digits; punctuation, spaces and "
 _NON_ALNUM = re.compile(r"[\W_]+")
 _ROW_PROBLEMS = {"no_text_field", "bad_json", "bad_utf8", "line_too_long", "nul_byte", "bad_csv_row"}  # one bad row; others condemn the file
 _STRUCTURED = {"json", "jsonl", "csv", "tsv", "parquet"}
+FIELD = "decontaminate.eval_files"
 
 
 class DecontaminateConfig(StrictModel):
     eval_files: list[str] = Field(
         default_factory=list,
-        description="evaluation files, directories or globs (jsonl, json, csv, tsv, parquet, txt, md); "
-                    "relative paths are resolved from the current directory when the config is validated",
+        description="evaluation files, directories or globs (jsonl, json, csv, tsv, parquet, txt, md), local or "
+                    "URLs (s3://bucket/evals/*.jsonl, staged into the user cache); relative paths are resolved "
+                    "from the current directory when the config is validated",
     )
     eval_tasks: list[str] = Field(
         default_factory=list,
@@ -77,9 +80,17 @@ class DecontaminateConfig(StrictModel):
     @field_validator("eval_files")
     @classmethod
     def _resolve(cls, patterns: list[str]) -> list[str]:
-        """Absolute paths, so worker processes and Ray nodes with another working directory agree."""
+        """Absolute paths, so worker processes and Ray nodes with another working directory agree; a URL
+        is kept as it is, once the store has listed something under it."""
         resolved = []
         for i, pattern in enumerate(patterns):
+            if is_url(pattern):
+                try:
+                    list_remote(pattern, FIELD)
+                except InputError as exc:
+                    raise ValueError(f"{exc} (entry {i})") from None
+                resolved.append(pattern)
+                continue
             path = os.path.abspath(os.path.expanduser(pattern))
             if not expand(path):
                 raise ValueError(
@@ -112,15 +123,29 @@ class DecontaminateConfig(StrictModel):
 
 
 def expand(pattern: str) -> list[Path]:
-    """Files named by a path, a directory (recursively) or a glob, sorted.
+    """Files named by a path, a directory (recursively) or a glob, sorted; a URL's staged local copies.
 
     In a directory only files of a readable format count, so a stray .DS_Store or notes.docx
     beside the benchmark files is not an error; a file named outright must be readable.
     """
-    path = Path(pattern)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and file_format(p) is not None)
-    return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    return [path for path, _ in eval_files(pattern)]
+
+
+def eval_files(pattern: str) -> list[tuple[Path, str]]:
+    """(local file, name) for each file `expand` finds: the name is the path, or the object's public URL."""
+    if not is_url(pattern):
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p) is not None)
+        else:
+            found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        return [(p, p.as_posix()) for p in found]
+    local = local_copy(pattern, FIELD)  # one object: that file; a prefix or a glob: a folder of its objects
+    if local.is_file():
+        return [(local, public_url(pattern))]
+    base = url_root(public_url(pattern))
+    return [(p, "/".join([base, *p.relative_to(local).parts]))
+            for p in sorted(local.rglob("*")) if p.is_file() and file_format(p) is not None]
 
 
 # --------------------------------------------------------------------------- hashing
@@ -230,15 +255,18 @@ class EvalIndex:
         return n_hits, [self.names[i] for i in sorted(files)]
 
 
-def _display_names(paths: list[Path]) -> list[str]:
-    """Paths relative to the eval files' common folder: short, yet mmlu/test.jsonl != gsm8k/test.jsonl."""
-    if len(paths) == 1:
-        return [paths[0].name]
-    root = os.path.commonpath([str(p.parent) for p in paths])
-    return [os.path.relpath(p, root) for p in paths]
+def _display_names(names: list[str]) -> list[str]:
+    """Paths (or URLs) relative to the eval files' common folder: short, yet mmlu/test.jsonl != gsm8k/test.jsonl."""
+    parts = [n.split("/") for n in names]
+    if len(parts) == 1:
+        return [parts[0][-1]]
+    common = 0
+    while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+        common += 1
+    return ["/".join(p[common:]) for p in parts]
 
 
-def eval_texts(path: Path, fields: list[str]) -> Iterator[str]:
+def eval_texts(path: Path, fields: list[str], name: str | None = None) -> Iterator[str]:
     """Eval items of one file; a file that cannot be read at all is a ConfigError."""
     if file_format(path) in _STRUCTURED:
         configs = [FilesConfig(paths=[str(path)], text_field=f) for f in fields]
@@ -250,7 +278,7 @@ def eval_texts(path: Path, fields: list[str]) -> Iterator[str]:
             if reason is None:
                 yield record.text
             elif reason not in _ROW_PROBLEMS:
-                raise ConfigError(f"decontaminate.eval_files: cannot use {path}: {reason} "
+                raise ConfigError(f"{FIELD}: cannot use {name or path}: {reason} "
                                   f"({record.meta.get('error', '')})")
 
 
@@ -264,11 +292,11 @@ def task_texts(name: str) -> Iterator[str]:
 
 
 def build_index(config: DecontaminateConfig) -> EvalIndex:
-    paths = list(dict.fromkeys(p for pattern in config.eval_files for p in expand(pattern)))
-    if config.eval_files and not paths:
-        raise ConfigError(f"decontaminate.eval_files: no file matches {config.eval_files}")
+    files = dict(pair for pattern in config.eval_files for pair in eval_files(pattern))  # local path -> name
+    if config.eval_files and not files:
+        raise ConfigError(f"{FIELD}: no file matches {[public_url(p) if is_url(p) else p for p in config.eval_files]}")
     sources: list[tuple[str, Callable[[], Iterator[str]]]] = [
-        *((str(p), functools.partial(eval_texts, p, config.fields)) for p in paths),
+        *((name, functools.partial(eval_texts, p, config.fields, name)) for p, name in files.items()),
         *((f"task:{t}", functools.partial(task_texts, t)) for t in config.eval_tasks)]
     parts: dict[str, list[tuple[np.ndarray, int]]] = {"words": [], "chars": []}
     lengths: dict[str, set[int]] = {"words": {config.n}, "chars": {config.char_n}}
@@ -293,7 +321,7 @@ def build_index(config: DecontaminateConfig) -> EvalIndex:
                 f"decontaminate.text_field: no usable eval item with field(s) {config.fields} in {path} "
                 f"(items need {config.min_item_tokens}+ words/characters)")
         items += used
-    names = _display_names(paths) if paths else []
+    names = _display_names(list(files.values())) if files else []
     index = EvalIndex(names + [f"task:{t}" for t in config.eval_tasks], _Grams.build(parts["words"], lengths["words"]),
                       _Grams.build(parts["chars"], lengths["chars"]))
     log.info("decontaminate: %d eval items from %d files (%d too short, skipped): "

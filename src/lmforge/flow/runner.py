@@ -32,6 +32,7 @@ from lmforge.pipeline.executors import ExecutorConfig
 from lmforge.pipeline.runner import collect_stats
 from lmforge.pipeline.step import Step, StepContext, Summary
 from lmforge.records import atomic_path, read_json, write_json_atomic
+from lmforge.storage import is_url
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class RunResult:
     stats: dict[str, Any]
     steps: dict[str, Summary] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)  # steps that ran in this invocation (the rest were done)
+    store: str | None = None  # the run's URL when it lives on an object store (run_dir is then its mirror)
 
     @property
     def output_dir(self) -> Path | None:
@@ -74,8 +76,19 @@ def step_done(run_dir: Path, step: str) -> Summary | None:
 
 def run_steps(steps: list[Step], run_dir: str | Path, config: dict[str, Any], *, base_dir: str | Path = ".",
               executor: ExecutorConfig | None = None,
-              on_train_step: Callable[[int, float], None] | None = None) -> RunResult:
-    """Run `steps` in order in `run_dir`, skipping finished ones; `config` is what config.yaml records."""
+              on_train_step: Callable[[int, float], None] | None = None,
+              after_step: Callable[[], Any] | None = None) -> RunResult:
+    """Run `steps` in order in `run_dir`, skipping finished ones; `config` is what config.yaml records.
+
+    A URL `run_dir` (s3://...) runs in a local mirror published to the store as it goes (flow.mirror).
+    """
+    if is_url(str(run_dir)):
+        from lmforge.flow.mirror import mirror_dir
+
+        if distributed_rank() == 0:
+            return _run_mirrored(steps, str(run_dir), config, base_dir=base_dir, executor=executor,
+                                 on_train_step=on_train_step)
+        run_dir = mirror_dir(str(run_dir))  # the other ranks of rank 0's node follow it in its mirror
     run_dir = Path(run_dir)
     check_steps(steps)
     ctx = StepContext(run_dir, Path(base_dir), executor or ExecutorConfig(), {}, on_train_step, distributed_rank())
@@ -96,7 +109,19 @@ def run_steps(steps: list[Step], run_dir: str | Path, config: dict[str, Any], *,
                 result.ran.append(step.name)
                 result.steps[step.name] = summary
                 result.stats = write_stats(run_dir, result.steps)
+                if after_step is not None:
+                    after_step()
             ctx.summaries[step.name] = result.steps[step.name] = summary
+    return result
+
+
+def _run_mirrored(steps: list[Step], url: str, config: dict[str, Any], **kwargs: Any) -> RunResult:
+    from lmforge.flow.mirror import RunMirror
+
+    with RunMirror(url, interval=float(os.environ.get("LMFORGE_MIRROR_INTERVAL_S", 10))) as mirror:
+        log.info("run %s: working in the mirror %s", mirror.shown, mirror.local)
+        result = run_steps(steps, mirror.local, config, after_step=mirror.publish, **kwargs)
+    result.store = mirror.shown
     return result
 
 

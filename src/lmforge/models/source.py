@@ -9,6 +9,8 @@ Accepted directories:
 The tokenizer is the one given, else the first of the model directory, `../tokenizer` and
 `../../tokenizer` that holds `tokenizer.json` (or a WordPiece `vocab.txt`): an lmforge run keeps
 it at `RUN/tokenizer`, beside `RUN/pretrain/checkpoint`; HF and fine-tuned directories hold their own.
+Any of these may be a URL (`s3://bucket/run/`, `hf://org/model`, ...), and so may the tokenizer: it is
+staged into the user cache with its layout (`lmforge.storage.local_copy`) and classified as that folder.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn as nn
 
 from lmforge.errors import InputError, UserError
 from lmforge.models.heads import HEAD_FILE, HF_AUTO
+from lmforge.storage import is_url, local_copy
 
 CONFIG = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -79,7 +82,9 @@ def is_hf_dir(path: Path) -> bool:
 
 def resolve_source(path: str | Path, tokenizer: str | Path | None = None) -> ModelSource:
     """Classify `path` (see the module docstring); `tokenizer` overrides the one found beside it."""
-    p = Path(path)
+    p = local_copy(path, "model") if isinstance(path, str) and is_url(path) else Path(path)
+    if isinstance(tokenizer, str) and is_url(tokenizer):
+        tokenizer = local_copy(tokenizer, "tokenizer")
     if not p.exists():
         raise InputError(f"model path {p} does not exist")
     if (p / "pretrain" / "checkpoint").is_dir():  # a run directory

@@ -31,6 +31,7 @@ from lmforge.config import StrictModel
 from lmforge.errors import InputError, require
 from lmforge.lang import HAN_RE, cut
 from lmforge.records import atomic_path
+from lmforge.storage import is_url, local_copy
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -335,9 +336,10 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, out_dir: str 
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load from a tokenizer directory or directly from a tokenizer.json file."""
+    """Load from a tokenizer directory or directly from a tokenizer.json file, local or a URL of either
+    (`s3://bucket/tok/`, staged into the user cache first)."""
     tk = require("tokenizers", "train")
-    p = Path(path)
+    p = local_copy(path, "tokenizer") if isinstance(path, str) and is_url(path) else Path(path)
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():
         raise InputError(f"no tokenizer found at {file}: train one first or fix the path")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -204,10 +205,16 @@ def encode_texts(texts: Iterable[str], tokenizer_dir: str | Path, out_dir: str |
             yield text
 
     tokens = write_token_shard(tok, counted(), out, shard_id, batch_size)
-    write_json_atomic(out / META_FILE, {"tokenizer": str(tokenizer_dir), "vocab_size": tok.get_vocab_size(),
+    write_json_atomic(out / META_FILE, {"tokenizer": _relative(tokenizer_dir, out), "vocab_size": tok.get_vocab_size(),
                                         "dtype": token_dtype(tok.get_vocab_size()).name, "eos_id": eos_id(tok)})
     write_json_atomic(marker_path(out, shard_id), {"shard": shard_id, **counts, "tokens": tokens})
     return out
+
+
+def _relative(path: str | Path, out_dir: Path) -> str:
+    """`path` as seen from `out_dir` (`../../tokenizer`): the folder stays valid when its run is moved,
+    copied or mirrored to an object store, and two runs of one recipe write the same bytes."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(out_dir).resolve())).as_posix()
 
 
 def _claim(out_dir: Path, tokenizer_dir: Path, sha: str, source: Path,
@@ -229,12 +236,12 @@ def _claim(out_dir: Path, tokenizer_dir: Path, sha: str, source: Path,
         return meta
     tok = load_tokenizer(tokenizer_dir)
     meta = {
-        "tokenizer": str(tokenizer_dir),
+        "tokenizer": _relative(tokenizer_dir, out_dir),
         "tokenizer_sha256": sha,
         "vocab_size": tok.get_vocab_size(),
         "dtype": token_dtype(tok.get_vocab_size()).name,
         "eos_id": eos_id(tok),
-        "source": str(source),
+        "source": _relative(source, out_dir),
         "holdout": list(holdout) if holdout else None,
     }
     write_json_atomic(meta_path, meta)
