@@ -152,7 +152,7 @@ def test_a_tokenizer_on_s3_loads_and_encodes_like_the_local_one(s3, tok_dir):
         load_tokenizer(f"s3://{BUCKET}/none")
 
 
-def test_a_run_on_s3_resolves_to_its_staged_checkpoint_and_tokenizer(s3, tmp_path, tok_dir):
+def test_a_run_on_s3_resolves_to_its_staged_checkpoint_and_tokenizer(s3, tmp_path, tok_dir, lmforge_cli):
     import shutil
 
     import torch
@@ -179,3 +179,14 @@ def test_a_run_on_s3_resolves_to_its_staged_checkpoint_and_tokenizer(s3, tmp_pat
     assert given.tokenizer is not None and tree(given.tokenizer) == tree(tok_dir)
     with pytest.raises(InputError, match=r"^model: .*s3://no-such-bucket/run"):
         resolve_source("s3://no-such-bucket/run")
+
+    # the commands that take a MODEL folder take its URL: the same greedy text as from the local run
+    greedy = ("--temperature", "0", "--max-new-tokens", "6", "--device", "cpu")
+    from_store = lmforge_cli("generate", url, "the river", *greedy)
+    from_disk = lmforge_cli("generate", str(run), "the river", *greedy)
+    assert from_store.returncode == 0, from_store.stderr
+    text = [r.stdout + r.stderr for r in (from_store, from_disk)]
+    assert text[0].splitlines()[-3:] == text[1].splitlines()[-3:] and "the river" in text[0]
+    missing = lmforge_cli("generate", "s3://no-such-bucket/run", "x")
+    assert missing.returncode == 2 and "MODEL: cannot read s3://no-such-bucket/run" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

@@ -187,6 +187,11 @@ def local_copy(url: str, field: str, max_bytes: int | None = None) -> Path:
     return target
 
 
+def local_path(text: str, field: str) -> Path:
+    """A path as given, or the local copy of a URL (`local_copy`): for commands that take a folder."""
+    return local_copy(text, field) if is_url(text) else Path(text)
+
+
 def url_root(url: str) -> str:
     """What relative paths start from: the URL itself, or for a glob the folder above its first wildcard."""
     if not _is_glob(url):

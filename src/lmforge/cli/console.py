@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 from rich.console import Console, ConsoleDimensions
 from rich.logging import RichHandler
@@ -119,5 +120,19 @@ def setup_logging(debug: bool) -> None:
         where = " (%(filename)s:%(lineno)d)" if debug else ""
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-8s %(message)s{where}", datefmt="[%X]"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
-    for noisy in ("urllib3", "filelock", "ray"):
+    for noisy in ("urllib3", "filelock", "ray", "botocore", "aiobotocore", "s3fs", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def model_path(text: str) -> Path:
+    """A MODEL argument: a folder, or a URL (s3://bucket/runs/x) staged into the user cache first."""
+    from lmforge.storage import local_path
+
+    return local_path(text, "MODEL")
+
+
+def tokenizer_path(text: str) -> Path:
+    """A --tokenizer option: a folder or tokenizer.json, or a URL staged as `model_path` does."""
+    from lmforge.storage import local_path
+
+    return local_path(text, "--tokenizer")

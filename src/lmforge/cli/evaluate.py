@@ -25,13 +25,17 @@ from pathlib import Path
 
 import typer
 
+from lmforge.cli.console import model_path, tokenizer_path
+
 
 def evaluate_command(
-    model: Path = typer.Argument(..., help="Fine-tuned model, lmforge checkpoint or HF causal LM directory."),
+    model: Path = typer.Argument(
+        ..., parser=model_path, help="Fine-tuned model, lmforge checkpoint or HF causal LM directory."),
     data: str = typer.Argument(..., help="Labelled file, builtin:NAME, text for perplexity, or multiple-choice "
                                          "questions for choice."),
     metrics: str = typer.Option("auto", help="auto (by task), perplexity, or choice (multiple-choice accuracy)."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (default: the model's own)."),
+    tokenizer: Path | None = typer.Option(
+        None, parser=tokenizer_path, help="Tokenizer directory (default: the model's own)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory: report.json, report.md, report.html, stats.json."),
     max_docs: int = typer.Option(2000, help="Perplexity: documents to score at most."),
     shots: int = typer.Option(0, help="Choice: solved examples before each question (the dev split's, else "

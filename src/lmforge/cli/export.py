@@ -18,11 +18,15 @@ from pathlib import Path
 
 import typer
 
+from lmforge.cli.console import model_path, tokenizer_path
+
 
 def export_command(
-    checkpoint: Path = typer.Argument(..., help="lmforge checkpoint, fine-tuned model or Hugging Face directory."),
+    checkpoint: Path = typer.Argument(
+        ..., parser=model_path, help="lmforge checkpoint, fine-tuned model or Hugging Face directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory (hf) or file (gguf) to write."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (default: beside the model or its run)."),
+    tokenizer: Path | None = typer.Option(
+        None, parser=tokenizer_path, help="Tokenizer directory (default: beside the model or its run)."),
     format: str = typer.Option("hf", "--format", help="hf (a transformers directory) or gguf (one llama.cpp file)."),
     gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF weights: f32, f16, bf16 or q8_0."),
 ) -> None:

@@ -24,9 +24,12 @@ from pathlib import Path
 
 import typer
 
+from lmforge.cli.console import model_path, tokenizer_path
+
 
 def generate_command(
-    model: Path = typer.Argument(..., help="Run directory, lmforge checkpoint, fine-tuned model or HF directory."),
+    model: Path = typer.Argument(
+        ..., parser=model_path, help="Run directory, lmforge checkpoint, fine-tuned model or HF directory."),
     prompts: list[str] | None = typer.Argument(None, help="One or more prompts (or --prompts-file)."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", help="JSON lines of prompts: {prompt} or "
                                              "{messages} (chat template), optional id and meta."),
@@ -42,7 +45,8 @@ def generate_command(
     seed: int = typer.Option(0, help="Same seed, same text."),
     chat: bool = typer.Option(False, "--chat", help="Apply the model's chat template (user turn)."),
     stream: bool = typer.Option(False, "--stream", help="Print text as it is generated (one prompt, n=1)."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (default: beside the model or its run)."),
+    tokenizer: Path | None = typer.Option(
+        None, parser=tokenizer_path, help="Tokenizer directory (default: beside the model or its run)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", help="float32, bfloat16, float16, or auto: float32 on a CPU, the checkpoint's dtype on a GPU."),
 ) -> None:

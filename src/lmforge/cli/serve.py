@@ -22,9 +22,12 @@ from pathlib import Path
 
 import typer
 
+from lmforge.cli.console import model_path, tokenizer_path
+
 
 def serve_command(
-    model: Path = typer.Argument(..., help="Run directory, lmforge checkpoint, fine-tuned model or HF directory."),
+    model: Path = typer.Argument(
+        ..., parser=model_path, help="Run directory, lmforge checkpoint, fine-tuned model or HF directory."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to bind."),
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable)."),
@@ -38,7 +41,8 @@ def serve_command(
     max_model_len: int | None = typer.Option(None, "--max-model-len", min=16,
                                              help="Tokens per sequence the KV cache holds (default: the model's context)."),
     backend: str = typer.Option("lmforge", help="lmforge, or vllm (needs vllm and a GPU)."),
-    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory (default: beside the model or its run)."),
+    tokenizer: Path | None = typer.Option(
+        None, parser=tokenizer_path, help="Tokenizer directory (default: beside the model or its run)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", help="float32, bfloat16, float16, or auto: float32 on a CPU, the checkpoint's dtype on a GPU."),
 ) -> None:
