@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -37,29 +36,22 @@ def page(i: int) -> bytes:
     return f"<html><body><p>Page {i}: 第{i}页的正文内容，用于测试远程读取。</p></body></html>".encode()
 
 
-def write_warc(path: Path, start: int, n: int) -> None:
-    from warcio.statusandheaders import StatusAndHeaders
-    from warcio.warcwriter import WARCWriter
-
-    with path.open("wb") as fh:
-        writer = WARCWriter(fh, gzip=True)
-        for i in range(start, start + n):
-            status = "404 Not Found" if i % 5 == 4 else "200 OK"
-            headers = StatusAndHeaders(status, [("Content-Type", "text/html")], protocol="HTTP/1.1")
-            writer.write_record(writer.create_warc_record(f"https://site.example/{i}", "response",
-                                                          payload=io.BytesIO(page(i)), http_headers=headers))
+def warc_items(start: int, n: int) -> list[tuple[str, bytes, str, str]]:
+    """Responses for `make_warc`: pages `start`..`start + n - 1`, every fifth one a 404."""
+    return [(f"https://site.example/{i}", page(i), "text/html", "404 Not Found" if i % 5 == 4 else "200 OK")
+            for i in range(start, start + n)]
 
 
 @pytest.fixture()
-def s3(empty_s3, tmp_path):
+def s3(empty_s3, tmp_path, make_warc):
     """A bucket holding two WARCs and a few text files; the same files also lie in `tmp_path/local`."""
 
     client = empty_s3(BUCKET)
     local = tmp_path / "local"
     (local / "crawl").mkdir(parents=True)
     (local / "text").mkdir()
-    write_warc(local / "crawl" / "crawl-00000.warc.gz", 0, 6)
-    write_warc(local / "crawl" / "crawl-00001.warc.gz", 6, 5)
+    make_warc(local / "crawl" / "crawl-00000.warc.gz", warc_items(0, 6))
+    make_warc(local / "crawl" / "crawl-00001.warc.gz", warc_items(6, 5))
     (local / "text" / "a.jsonl").write_text("\n".join(json.dumps({"text": f"行 {i}"}) for i in range(3)) + "\n",
                                             encoding="utf-8")
     (local / "text" / "b.txt").write_text("第一段。\n\n第二段。", encoding="utf-8")
@@ -145,13 +137,13 @@ def test_a_recipe_reads_warcs_from_s3_like_local_files_and_resumes_without_downl
     assert downloads == []
 
 
-def test_a_changed_object_is_downloaded_again(s3, tmp_path, downloads):
+def test_a_changed_object_is_downloaded_again(s3, tmp_path, downloads, make_warc):
     client, local = s3
     config = WarcConfig(paths=[f"s3://{BUCKET}/crawl/crawl-00001.warc.gz"])
     assert len(list(iter_warc(config, tmp_path, tmp_path / "work"))) == 5
     list(iter_warc(config, tmp_path, tmp_path / "work"))
     assert len(downloads) == 1
-    write_warc(local / "new.warc.gz", 100, 2)
+    make_warc(local / "new.warc.gz", warc_items(100, 2))
     client.upload_file(str(local / "new.warc.gz"), BUCKET, "crawl/crawl-00001.warc.gz")
     urls = [r.url for r in iter_warc(config, tmp_path, tmp_path / "work")]
     assert urls == ["https://site.example/100", "https://site.example/101"] and len(downloads) == 2

@@ -134,6 +134,12 @@ def test_a_run_on_s3_killed_and_resumed_elsewhere_equals_a_local_run(crawl, tmp_
     assert any(k.startswith("tokens/train/") for k in remote) and "tokenizer/tokenizer.json" in remote
     assert b"s3cr3t" not in b"".join(remote.values()) and b"s3cr3t" not in out
 
+    nowhere = subprocess.run([sys.executable, "-m", "lmforge", "run", str(path), "--out", "s3://no-such-bucket/cc"],
+                             env={**os.environ, "LMFORGE_CACHE_DIR": str(tmp_path / "cache-c")},
+                             capture_output=True, text=True, timeout=120)
+    assert nowhere.returncode == 2 and nowhere.stderr.strip().splitlines()[-1] \
+        == "error: --out: cannot read s3://no-such-bucket/cc: not found (no such bucket or object)"
+
     # a finished run re-run publishes nothing new
     before = {o["Key"]: o["LastModified"] for o in crawl.list_objects_v2(Bucket=RUNS)["Contents"]}
     third = lmforge_run(path, tmp_path / "cache-b")
@@ -222,7 +228,9 @@ def test_a_mirror_of_a_run_the_store_no_longer_holds_is_cleared(store):
     old = RunMirror("memory://runs/c", interval=3600)
     old.pull()
     write(old.local, {"config.yaml": "name: old\n", "s/shard-0.done": "{}"})
+    old.publish()
+    store.rm("/runs/c", recursive=True)  # someone deletes the run on the store to start again
     again = RunMirror("memory://runs/c", interval=3600)
     assert again.local == old.local
-    again.pull()  # nothing was ever published: a new run, not the old files
+    again.pull()  # the store holds no run: a new one, not the old files
     assert again.local.is_dir() and not any(again.local.iterdir())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
 import json
 import lzma
 import struct
@@ -161,22 +160,14 @@ def _warc_bomb_member(url: str, size: int) -> bytes:
     return gzip_bomb(size, b"<p>a</p>", warc + http, b"\r\n\r\n")
 
 
-def _warc_response(url: str, body: bytes) -> bytes:
-    from warcio.statusandheaders import StatusAndHeaders
-    from warcio.warcwriter import WARCWriter
-
-    buf = io.BytesIO()
-    writer = WARCWriter(buf, gzip=True)
-    headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
-    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers))
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("last", [False, True])  # the last member is also inflated to check the file ends whole
-def test_a_warc_member_bomb_is_quarantined_not_read(tmp_path, last):
+def test_a_warc_member_bomb_is_quarantined_not_read(tmp_path, last, make_warc):
     path = tmp_path / "bomb.warc.gz"
-    before = _warc_response("https://a.example/before", b"<p>before the bomb</p>")
-    after = _warc_response("https://a.example/after", b"<p>after the bomb</p>")
+    html = "text/html; charset=utf-8"
+    before = make_warc(tmp_path / "parts" / "before.warc.gz",
+                       [("https://a.example/before", b"<p>before the bomb</p>", html, "200 OK")]).read_bytes()
+    after = make_warc(tmp_path / "parts" / "after.warc.gz",
+                      [("https://a.example/after", b"<p>after the bomb</p>", html, "200 OK")]).read_bytes()
     bomb = _warc_bomb_member("https://a.example/bomb", GB)
     path.write_bytes(before + after + bomb if last else before + bomb + after)
     code = (

@@ -12,7 +12,6 @@ any other Ray on the machine).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -54,12 +53,9 @@ def _page(title: str, paragraphs: list[str]) -> bytes:
             "<footer>Copyright 2024. All rights reserved.</footer></body></html>").encode()
 
 
-def write_crawl(path: Path, pages: int = 40) -> int:
+def write_crawl(make_warc, path: Path, pages: int = 40) -> int:
     """`pages` Chinese and `pages` English pages of built-in text, plus verbatim copies (exact dedup) and
     copies with one paragraph changed (near-dup), a 404 and an image. Returns the number of responses."""
-    from warcio.statusandheaders import StatusAndHeaders
-    from warcio.warcwriter import WARCWriter
-
     from lmforge.collect.builtin import corpus_records
 
     zh = [r.text for r in corpus_records("peoples_daily", 2000) if len(r.text) > 80]
@@ -74,12 +70,7 @@ def write_crawl(path: Path, pages: int = 40) -> int:
         items.append((f"https://copy.example.org/{i}", _page(f"Docs {i}", near), "text/html", "200 OK"))
     items += [("https://docs.example.org/missing", b"<p>not found</p>", "text/html", "404 Not Found"),
               ("https://docs.example.org/logo.png", b"\x89PNG\r\n\x1a\n" + bytes(64), "image/png", "200 OK")]
-    with path.open("wb") as fh:
-        writer = WARCWriter(fh, gzip=True)
-        for url, body, ctype, status in items:
-            headers = StatusAndHeaders(status, [("Content-Type", ctype)], protocol="HTTP/1.1")
-            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body),
-                                                          http_headers=headers))
+    make_warc(path, items)
     return len(items)
 
 
@@ -207,10 +198,11 @@ def _token_files(run: Path) -> dict[str, bytes]:
             if p.is_file() and (p.suffix in (".tok", ".idx") or p.name == "manifest.json")}
 
 
-def test_cluster_run_survives_a_dead_worker_node_and_equals_local(ray_cluster, tmp_path, snapshot, lmforge_cli):
+def test_cluster_run_survives_a_dead_worker_node_and_equals_local(ray_cluster, tmp_path, snapshot, lmforge_cli,
+                                                                   make_warc):
     address, nodes = ray_cluster
     (tmp_path / "warc").mkdir()
-    responses = write_crawl(tmp_path / "warc" / "crawl-00000.warc.gz")
+    responses = write_crawl(make_warc, tmp_path / "warc" / "crawl-00000.warc.gz")
     recipe = write_recipe(tmp_path)
     on_ray = tmp_path / "ray"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -19,12 +18,9 @@ def page(title: str, paragraphs: list[str]) -> bytes:
             "<footer>Copyright 2024. All rights reserved.</footer></body></html>").encode()
 
 
-def write_crawl(path: Path) -> list[str]:
+def write_crawl(make_warc, path: Path) -> list[str]:
     """Pages made of built-in Chinese news and English docs paragraphs, with what a crawl also holds:
     a verbatim copy, a 404, an image, a blocked domain and a page in another language. Returns the URLs."""
-    from warcio.statusandheaders import StatusAndHeaders
-    from warcio.warcwriter import WARCWriter
-
     from lmforge.collect.builtin import corpus_records
 
     zh = [r.text for r in corpus_records("peoples_daily", 300) if len(r.text) > 80]
@@ -44,17 +40,12 @@ def write_crawl(path: Path) -> list[str]:
             "in den betroffenen Regionen erhalten bleiben und die Investitionen wieder steigen."] * 2),
          "text/html", "200 OK"),
     ]
-    with path.open("wb") as fh:
-        writer = WARCWriter(fh, gzip=True)
-        for url, body, ctype, status in items:
-            headers = StatusAndHeaders(status, [("Content-Type", ctype)], protocol="HTTP/1.1")
-            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body),
-                                                          http_headers=headers))
+    make_warc(path, items)
     return [url for url, *_ in items]
 
 
 @pytest.mark.usefixtures("local_ray")
-def test_commoncrawl_recipe_runs_on_ray_and_reports(tmp_path):
+def test_commoncrawl_recipe_runs_on_ray_and_reports(tmp_path, make_warc):
     import pyarrow.parquet as pq
 
     from lmforge.flow import run_recipe
@@ -62,7 +53,7 @@ def test_commoncrawl_recipe_runs_on_ray_and_reports(tmp_path):
     from lmforge.pipeline.runner import iter_output
 
     (tmp_path / "warc").mkdir()
-    urls = write_crawl(tmp_path / "warc" / "crawl-00000.warc.gz")
+    urls = write_crawl(make_warc, tmp_path / "warc" / "crawl-00000.warc.gz")
     data = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
     assert data["executor"]["kind"] == "ray"
     data["input"]["shard_size"] = 8  # several Ray tasks for a small crawl

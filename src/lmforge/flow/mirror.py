@@ -76,11 +76,16 @@ class RunMirror:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.publish()  # also after a failure: what finished is kept on the store
+        try:
+            self.publish()  # also after a failure: what finished is kept on the store
+        except Exception as err:  # noqa: BLE001
+            if exc_type is None:
+                raise
+            log.warning("%s: the last pass failed too (%s); re-run to publish and resume", self.shown, err)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -100,14 +105,19 @@ class RunMirror:
                 log.warning("%s holds no run: clearing the old mirror %s", self.shown, self.local)
                 shutil.rmtree(self.local)
             self.local.mkdir(parents=True, exist_ok=True)
+            self._write_manifest()  # an empty run: also finds a missing bucket or refused access before any work
             return
         fetched = 0
         for rel, entry in manifest["files"].items():
             path = self.local / rel
-            if not (path.is_file() and path.stat().st_size == entry["size"] and _sha256(path) == entry["sha256"]):
+            digest = _sha256(path) if path.is_file() and path.stat().st_size == entry["size"] else None
+            if digest != entry["sha256"]:
                 self._download(rel, path)
                 fetched += 1
-            self._published[rel] = {**entry, "stat": _stat(path)}
+                # A killed pass may have replaced a listed object before writing its manifest (only files
+                # that are rewritten: stats, logs, an unmarked shard); what was fetched is what is there.
+                digest = _sha256(path)
+            self._published[rel] = {"size": path.stat().st_size, "sha256": digest, "stat": _stat(path)}
         log.info("%s: resuming from the store (%d files, %d fetched) in %s",
                  self.shown, len(manifest["files"]), fetched, self.local)
 
@@ -154,7 +164,10 @@ class RunMirror:
             if not changed and not gone:
                 return 0
             for rel in changed:
-                self._upload(rel, current[rel])
+                try:
+                    self._upload(rel, current[rel])
+                except FileNotFoundError:  # removed since the scan: the next pass sees it gone
+                    self._published.pop(rel, None)
             for rel in gone:
                 del self._published[rel]
             self._write_manifest()
@@ -195,15 +208,23 @@ class RunMirror:
             self.fs.put_file(str(path), tmp)
             self.fs.mv(tmp, final)
         except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, FileNotFoundError) and not path.exists():
+                raise  # the local file went away, not the bucket
             raise store_error(FIELD, f"{self.url}/{rel}", exc) from None
+        if _stat(path) != stat:  # rewritten while it was read (a log line, new stats): unlisted until the next pass
+            self._published.pop(rel, None)
+            return
         self._published[rel] = {"size": stat[0], "sha256": digest, "stat": stat}
 
     def _write_manifest(self) -> None:
         files = {rel: {"size": e["size"], "sha256": e["sha256"]} for rel, e in sorted(self._published.items())}
         body = json.dumps({"url": self.shown, "files": files}, indent=1).encode()
         tmp = f"{self.root}/.{MANIFEST}.upload-{uuid.uuid4().hex[:8]}"
-        self.fs.pipe_file(tmp, body)
-        self.fs.mv(tmp, f"{self.root}/{MANIFEST}")
+        try:
+            self.fs.pipe_file(tmp, body)
+            self.fs.mv(tmp, f"{self.root}/{MANIFEST}")
+        except Exception as exc:  # noqa: BLE001
+            raise store_error(FIELD, self.url, exc) from None
 
 
 def _temporary(name: str) -> bool:
