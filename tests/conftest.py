@@ -226,6 +226,22 @@ def empty_s3(s3_server):
     return _empty_s3
 
 
+@pytest.fixture()
+def downloads(monkeypatch):
+    """The store paths `lmforge.storage` downloaded, in order: each is one GET of a whole object."""
+    from lmforge import storage
+
+    seen: list[str] = []
+    real = storage._download
+
+    def counting(fs, path, part, max_bytes):
+        seen.append(path)
+        return real(fs, path, part, max_bytes)
+
+    monkeypatch.setattr(storage, "_download", counting)
+    return seen
+
+
 def _empty_s3(*buckets: str):
     """A boto3 client of the test S3 server after removing every bucket and creating `buckets`
     (and a fresh s3fs client, whose listing cache would remember the removed objects)."""

@@ -32,19 +32,6 @@ def upload(client, local: Path, prefix: str) -> str:
     return f"s3://{BUCKET}/{prefix}"
 
 
-@pytest.fixture()
-def downloads(monkeypatch):
-    seen: list[str] = []
-    real = storage._download
-
-    def counting(fs, path, part, max_bytes):
-        seen.append(path)
-        return real(fs, path, part, max_bytes)
-
-    monkeypatch.setattr(storage, "_download", counting)
-    return seen
-
-
 def jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from lmforge import storage as remote
 from lmforge.collect.files import FilesConfig, iter_files
 from lmforge.collect.remote import RemoteFile, is_url, public_url
 from lmforge.collect.warc import WarcConfig, iter_warc
@@ -59,20 +58,6 @@ def s3(empty_s3, tmp_path, make_warc):
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         client.upload_file(str(path), BUCKET, path.relative_to(local).as_posix())
     return client, local
-
-
-@pytest.fixture()
-def downloads(monkeypatch):
-    """The URLs `remote` downloaded, in order: each is one GET of a whole object."""
-    seen: list[str] = []
-    real = remote._download
-
-    def counting(fs, path, part, max_bytes):
-        seen.append(path)
-        return real(fs, path, part, max_bytes)
-
-    monkeypatch.setattr(remote, "_download", counting)
-    return seen
 
 
 def run(paths: list[str], run_dir: Path, base_dir: Path):
