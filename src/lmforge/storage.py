@@ -27,7 +27,7 @@ import hashlib
 import logging
 import os
 import re
-import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -127,10 +127,15 @@ def stage(remote: RemoteFile, cache_dir: Path, max_bytes: int, field: str = "inp
     if dest.is_file() and (remote.size is None or dest.stat().st_size == remote.size):
         log.debug("%s: already staged at %s", remote, dest)
         return dest
+    # one ingest per run directory: a stale .part is a killed one, which this download replaces
+    return fetch(remote, dest, dest.with_name(dest.name + ".part"), max_bytes, field)
+
+
+def fetch(remote: RemoteFile, dest: Path, part: Path, max_bytes: int, field: str) -> Path:
+    """Download `remote` to `part`, then rename it to `dest` once complete and of the listed size."""
     if remote.size is not None and remote.size > max_bytes:
         raise ObjectTooLarge(f"{remote.size} bytes > {max_bytes}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")  # one ingest per run directory: a stale .part is a killed one
     fs, path = filesystem(remote.url, field)
     log.info("downloading %s", remote)
     try:
@@ -176,13 +181,12 @@ def local_copy(url: str, field: str, max_bytes: int | None = None) -> Path:
     limit = max_bytes if max_bytes is not None else 1 << 62
     for f in files:
         dest = target if single else target / _relative(fs._strip_protocol(f.url), base)
-        if dest.is_file() and (f.size is None or dest.stat().st_size == f.size):
-            continue
-        got = stage(f, root / ".staging", limit, field)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(got, dest)
-    shutil.rmtree(root / ".staging", ignore_errors=True)
-    (root / ".complete").write_text(public_url(url) + "\n", encoding="utf-8")
+        if not (dest.is_file() and (f.size is None or dest.stat().st_size == f.size)):
+            # a name of its own: worker processes may stage the same eval files or tokenizer at once
+            fetch(f, dest, dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"), limit, field)
+    done = root / f".complete.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    done.write_text(public_url(url) + "\n", encoding="utf-8")
+    os.replace(done, root / ".complete")
     log.info("%s: %d object(s) staged in %s", public_url(url), len(files), target)
     return target
 
@@ -269,14 +273,15 @@ def _safe_name(name: str) -> str:
     return cleaned[-200:] or "object"
 
 
-def store_error(field: str, url: str, exc: BaseException) -> InputError:
+def store_error(field: str, url: str, exc: BaseException, verb: str = "read") -> InputError:
+    """One line naming the field, the URL without secrets and what the store said."""
     if isinstance(exc, FileNotFoundError):
         what = "not found (no such bucket or object)"
     elif isinstance(exc, PermissionError):
         what = "access denied (check the credentials in the environment or profile)"
     else:
         what = f"{type(exc).__name__}: {short_error(exc, url)}"
-    return InputError(f"{field}: cannot read {public_url(url)}: {what}")
+    return InputError(f"{field}: cannot {verb} {public_url(url)}: {what}")
 
 
 def short_error(exc: BaseException, url: str) -> str:

@@ -138,7 +138,7 @@ def test_a_run_on_s3_killed_and_resumed_elsewhere_equals_a_local_run(crawl, tmp_
                              env={**os.environ, "LMFORGE_CACHE_DIR": str(tmp_path / "cache-c")},
                              capture_output=True, text=True, timeout=120)
     assert nowhere.returncode == 2 and nowhere.stderr.strip().splitlines()[-1] \
-        == "error: --out: cannot read s3://no-such-bucket/cc: not found (no such bucket or object)"
+        == "error: --out: cannot write s3://no-such-bucket/cc: not found (no such bucket or object)"
 
     # a finished run re-run publishes nothing new
     before = {o["Key"]: o["LastModified"] for o in crawl.list_objects_v2(Bucket=RUNS)["Contents"]}

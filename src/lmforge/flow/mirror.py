@@ -128,7 +128,7 @@ class RunMirror:
         except FileNotFoundError:
             return
         for key in orphans:
-            self.fs.rm_file(key)
+            self._remove(key)
         if orphans:
             log.info("%s: removed %d temporary object(s) of an interrupted pass", self.shown, len(orphans))
 
@@ -172,7 +172,7 @@ class RunMirror:
                 del self._published[rel]
             self._write_manifest()
             for rel in sorted(gone, key=lambda r: not r.endswith(MARKER_SUFFIX)):  # markers first
-                self.fs.rm_file(f"{self.root}/{rel}")
+                self._remove(f"{self.root}/{rel}")
             log.debug("%s: published %d file(s), removed %d", self.shown, len(changed), len(gone))
             return len(changed) + len(gone)
 
@@ -210,11 +210,19 @@ class RunMirror:
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc, FileNotFoundError) and not path.exists():
                 raise  # the local file went away, not the bucket
-            raise store_error(FIELD, f"{self.url}/{rel}", exc) from None
+            raise store_error(FIELD, f"{self.url}/{rel}", exc, "write") from None
         if _stat(path) != stat:  # rewritten while it was read (a log line, new stats): unlisted until the next pass
             self._published.pop(rel, None)
             return
         self._published[rel] = {"size": stat[0], "sha256": digest, "stat": stat}
+
+    def _remove(self, key: str) -> None:
+        try:
+            self.fs.rm_file(key)
+        except FileNotFoundError:  # already gone
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise store_error(FIELD, f"{self.fs.unstrip_protocol(key)}", exc, "remove") from None
 
     def _write_manifest(self) -> None:
         files = {rel: {"size": e["size"], "sha256": e["sha256"]} for rel, e in sorted(self._published.items())}
@@ -224,7 +232,7 @@ class RunMirror:
             self.fs.pipe_file(tmp, body)
             self.fs.mv(tmp, f"{self.root}/{MANIFEST}")
         except Exception as exc:  # noqa: BLE001
-            raise store_error(FIELD, self.url, exc) from None
+            raise store_error(FIELD, self.url, exc, "write") from None
 
 
 def _temporary(name: str) -> bool:
