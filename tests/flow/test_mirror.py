@@ -134,6 +134,15 @@ def test_a_run_on_s3_killed_and_resumed_elsewhere_equals_a_local_run(crawl, tmp_
     assert any(k.startswith("tokens/train/") for k in remote) and "tokenizer/tokenizer.json" in remote
     assert b"s3cr3t" not in b"".join(remote.values()) and b"s3cr3t" not in out
 
+    # the run's record shards on the store are an input like any other: same records, same ids
+    from lmforge.collect.files import FilesConfig, iter_files
+    from lmforge.pipeline.runner import iter_output
+
+    final = local.output_dir.relative_to(tmp_path / "local-run").as_posix()
+    shards = FilesConfig(paths=[f"s3://{RUNS}/cc/{final}/shard-*.parquet"])
+    kept = [(r.id, r.text, r.url) for r in iter_output(local.output_dir)]
+    assert [(r.id, r.text, r.url) for r in iter_files(shards, tmp_path, tmp_path / "work")] == kept and kept
+
     nowhere = subprocess.run([sys.executable, "-m", "lmforge", "run", str(path), "--out", "s3://no-such-bucket/cc"],
                              env={**os.environ, "LMFORGE_CACHE_DIR": str(tmp_path / "cache-c")},
                              capture_output=True, text=True, timeout=120)
