@@ -64,7 +64,7 @@ def test_every_benchmark_starts_from_the_repo_root():
     """`python benchmarks/NAME.py --help` from the repo root: the script's folder is sys.path[0], where a
     file named like a standard-library module (the old benchmarks/tokenize.py) broke every other script.
     The scripts start side by side, a process each, as a user would run them."""
-    scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+    scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("[!_]*.py"))  # _NAME.py: shared code, not a benchmark
     procs = {s: subprocess.Popen([sys.executable, f"benchmarks/{s}", "--help"], cwd=ROOT, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in scripts}
     for script, proc in procs.items():
@@ -75,7 +75,7 @@ def test_every_benchmark_starts_from_the_repo_root():
 
 def test_benchmarks_print_their_figures_as_the_last_line():
     """Each benchmark's docstring names its last line of `key value` pairs (the contract the issues rely on)."""
-    for path in (ROOT / "benchmarks").glob("*.py"):
+    for path in (ROOT / "benchmarks").glob("[!_]*.py"):
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         assert "Last line" in doc or "last line" in doc, path.name
 
