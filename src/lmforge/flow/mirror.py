@@ -127,6 +127,8 @@ class RunMirror:
             orphans = [k for k in self.fs.find(self.root) if ".upload-" in k.rsplit("/", 1)[-1]]
         except FileNotFoundError:
             return
+        except Exception as exc:  # noqa: BLE001
+            raise store_error(FIELD, self.url, exc) from None
         for key in orphans:
             self._remove(key)
         if orphans:
