@@ -89,10 +89,14 @@ class RunMirror:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.publish()
-            except Exception as exc:  # noqa: BLE001 - the next pass (or the last one) tries again
-                log.warning("%s: publishing failed, will retry: %s", self.shown, exc)
+            self.try_publish()
+
+    def try_publish(self) -> None:
+        """A pass during the run: a store that fails for a while (network, throttling) must not stop it."""
+        try:
+            self.publish()
+        except Exception as exc:  # noqa: BLE001 - the next pass (or the last one, which raises) tries again
+            log.warning("%s: publishing failed, will retry: %s", self.shown, exc)
 
     # ------------------------------------------------------------------ pull
 

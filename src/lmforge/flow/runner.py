@@ -120,7 +120,7 @@ def _run_mirrored(steps: list[Step], url: str, config: dict[str, Any], **kwargs:
 
     with RunMirror(url, interval=float(os.environ.get("LMFORGE_MIRROR_INTERVAL_S", 10))) as mirror:
         log.info("run %s: working in the mirror %s", mirror.shown, mirror.local)
-        result = run_steps(steps, mirror.local, config, after_step=mirror.publish, **kwargs)
+        result = run_steps(steps, mirror.local, config, after_step=mirror.try_publish, **kwargs)
     result.store = mirror.shown
     return result
 
