@@ -47,7 +47,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from _qwen_bench import (  # benchmarks/qwen_bench.py, beside this file
+from _qwen_bench import (  # benchmarks/_qwen_bench.py, beside this file
     add_model_options,
     finetune_config,
     instruction_rows,
