@@ -5,8 +5,9 @@ texts, save one random-weight `Qwen2ForCausalLM` both sides start from, run each
 process with the same optimizer knobs, time the optimizer steps (wall and CPU) and print the
 loss curves side by side. Each script keeps its own data, trainer options, table and last line.
 
-Not a package module: the scripts import it as `from _qwen_bench import ...`; the leading underscore keeps it out of the benchmark list (they run as
-`python benchmarks/NAME.py`, which puts this folder on sys.path).
+Not a package module: the scripts import it as `from _qwen_bench import ...` (they run as
+`python benchmarks/NAME.py`, which puts this folder on sys.path); the leading underscore keeps it
+out of the list of benchmarks that the tests start.
 """
 
 from __future__ import annotations
