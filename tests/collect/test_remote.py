@@ -157,6 +157,16 @@ def test_files_from_s3_are_named_by_their_url(s3, tmp_path, downloads):
         head.isoformat(timespec="seconds").replace("Z", "+00:00")
 
 
+def test_a_bad_csv_row_on_s3_is_quarantined_under_its_url(s3, tmp_path):
+    client, _ = s3
+    client.put_object(Bucket=BUCKET, Key="rows/r.csv", Body=("text\nshort row\n" + "x" * 200 + "\nlast row\n").encode())
+    url = f"s3://{BUCKET}/rows/r.csv"
+    records = list(iter_files(FilesConfig(paths=[url], max_line_bytes=64), tmp_path, tmp_path / "w"))
+    assert [r.text for r in records if not r.drop_reason] == ["short row", "last row"]
+    (bad,) = [r for r in records if r.drop_reason]
+    assert bad.drop_reason == "line_too_long" and bad.url == url and bad.id == make_id("file:csv", f"{url}:2#line_too_long")
+
+
 def test_an_object_over_the_limit_is_quarantined_without_being_fetched(s3, tmp_path, downloads):
     (rec,) = iter_files(FilesConfig(paths=[f"s3://{BUCKET}/text/a.jsonl"], max_file_bytes=10), tmp_path, tmp_path)
     assert rec.drop_reason == "file_too_large" and rec.url == f"s3://{BUCKET}/text/a.jsonl"

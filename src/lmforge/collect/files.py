@@ -404,7 +404,7 @@ def _read_csv(path: Path, config: FilesConfig, source: str, name: str) -> Iterat
         locator = f"{name}:{i}"
         if rows.problem is not None:
             reason, line, error, size = rows.problem
-            yield _bad_line(path, source, locator, reason, line, error, size=size)
+            yield _bad_line(name, source, locator, reason, line, error, size=size)
             continue
         row.pop(None, None)  # more cells than header fields
         record = _item_record(row, name, locator, config, source)
