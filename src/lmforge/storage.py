@@ -191,9 +191,16 @@ def local_copy(url: str, field: str, max_bytes: int | None = None) -> Path:
     return target
 
 
-def local_path(text: str, field: str) -> Path:
-    """A path as given, or the local copy of a URL (`local_copy`): for commands that take a folder."""
-    return local_copy(text, field) if is_url(text) else Path(text)
+def local_path(path: str | Path, field: str) -> Path:
+    """A path as given, or the local copy of a URL (`local_copy`): for whatever reads a folder or file
+    that may also live on a store (a model, a tokenizer)."""
+    return local_copy(path, field) if isinstance(path, str) and is_url(path) else Path(path)
+
+
+def copy_url(url: str, copy: Path, path: Path) -> str:
+    """The public URL that `path`, a file or folder inside `copy = local_copy(url)`, stands for: what
+    records and reports name it by, so that they never depend on where the cache is."""
+    return "/".join([url_root(public_url(url)).rstrip("/"), *path.relative_to(copy).parts])
 
 
 def url_root(url: str) -> str:

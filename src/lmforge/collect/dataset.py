@@ -22,7 +22,7 @@ from lmforge.config import StrictModel
 from lmforge.errors import ConfigError, InputError, require
 from lmforge.pipeline.source import Source, SourceContext
 from lmforge.records import Record, jsonable, make_id
-from lmforge.storage import is_url, local_copy, public_url
+from lmforge.storage import copy_url, is_url, local_copy, public_url
 
 log = logging.getLogger(__name__)
 DATA_FORMATS = ("parquet", "jsonl", "json", "csv", "tsv", "text")
@@ -63,7 +63,7 @@ def iter_dataset(config: DatasetConfig, base_dir: Path, work_dir: Path | None = 
 
     def name(path: Path) -> str:
         """What records call a file or folder: its local path, or its URL for a staged copy."""
-        return str(path) if url is None else "/".join([url.rstrip("/"), *path.relative_to(staged).parts])
+        return str(path) if url is None else copy_url(config.path, staged, path)
 
     if kind == "saved":
         yield from _saved(root, config, source, name)

@@ -39,7 +39,7 @@ from lmforge.errors import ConfigError, InputError
 from lmforge.lang import CJK_RE, is_cjk
 from lmforge.pipeline.stage import Stage
 from lmforge.records import Record
-from lmforge.storage import is_url, list_remote, local_copy, public_url, url_root
+from lmforge.storage import copy_url, is_url, list_remote, local_copy, public_url
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ def eval_files(pattern: str) -> list[tuple[Path, str]]:
     local = local_copy(pattern, FIELD)  # one object: that file; a prefix or a glob: a folder of its objects
     if local.is_file():
         return [(local, public_url(pattern))]
-    base = url_root(public_url(pattern))
-    return [(p, "/".join([base, *p.relative_to(local).parts]))
+    return [(p, copy_url(pattern, local, p))
             for p in sorted(local.rglob("*")) if p.is_file() and file_format(p) is not None]
 
 

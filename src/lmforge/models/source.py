@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from lmforge.errors import InputError, UserError
 from lmforge.models.heads import HEAD_FILE, HF_AUTO
-from lmforge.storage import is_url, local_copy
+from lmforge.storage import local_path
 
 CONFIG = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -82,9 +82,9 @@ def is_hf_dir(path: Path) -> bool:
 
 def resolve_source(path: str | Path, tokenizer: str | Path | None = None) -> ModelSource:
     """Classify `path` (see the module docstring); `tokenizer` overrides the one found beside it."""
-    p = local_copy(path, "model") if isinstance(path, str) and is_url(path) else Path(path)
-    if isinstance(tokenizer, str) and is_url(tokenizer):
-        tokenizer = local_copy(tokenizer, "tokenizer")
+    p = local_path(path, "model")
+    if tokenizer is not None:
+        tokenizer = local_path(tokenizer, "tokenizer")
     if not p.exists():
         raise InputError(f"model path {p} does not exist")
     if (p / "pretrain" / "checkpoint").is_dir():  # a run directory

@@ -31,7 +31,7 @@ from lmforge.config import StrictModel
 from lmforge.errors import InputError, require
 from lmforge.lang import HAN_RE, cut
 from lmforge.records import atomic_path
-from lmforge.storage import is_url, local_copy
+from lmforge.storage import local_path
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -339,7 +339,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load from a tokenizer directory or directly from a tokenizer.json file, local or a URL of either
     (`s3://bucket/tok/`, staged into the user cache first)."""
     tk = require("tokenizers", "train")
-    p = local_copy(path, "tokenizer") if isinstance(path, str) and is_url(path) else Path(path)
+    p = local_path(path, "tokenizer")
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():
         raise InputError(f"no tokenizer found at {file}: train one first or fix the path")
