@@ -32,7 +32,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,16 +207,7 @@ class RunMirror:
         if entry is not None and entry["sha256"] == digest:  # touched, not changed
             entry["stat"] = stat
             return
-        final = f"{self.root}/{rel}"
-        head, _, name = final.rpartition("/")
-        tmp = f"{head}/.{name}.upload-{uuid.uuid4().hex[:8]}"
-        try:
-            self.fs.put_file(str(path), tmp)
-            self.fs.mv(tmp, final)
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, FileNotFoundError) and not path.exists():
-                raise  # the local file went away, not the bucket
-            raise store_error(FIELD, f"{self.url}/{rel}", exc, "write") from None
+        self._put(rel, lambda tmp: self.fs.put_file(str(path), tmp), local=path)
         if _stat(path) != stat:  # rewritten while it was read (a log line, new stats): unlisted until the next pass
             self._published.pop(rel, None)
             return
@@ -233,12 +224,22 @@ class RunMirror:
     def _write_manifest(self) -> None:
         files = {rel: {"size": e["size"], "sha256": e["sha256"]} for rel, e in sorted(self._published.items())}
         body = json.dumps({"url": self.shown, "files": files}, indent=1).encode()
-        tmp = f"{self.root}/.{MANIFEST}.upload-{uuid.uuid4().hex[:8]}"
+        self._put(MANIFEST, lambda tmp: self.fs.pipe_file(tmp, body), shown=self.url)
+
+    def _put(self, rel: str, write: Callable[[str], object], local: Path | None = None,
+             shown: str | None = None) -> None:
+        """`write(key)` to a temporary key beside `rel`, then moved to it: no reader sees half an object.
+        A store error is one line naming `shown` (default: the object's URL); FileNotFoundError passes
+        through when it is the `local` file that went away, not the bucket."""
+        head, _, name = f"{self.root}/{rel}".rpartition("/")
+        tmp = f"{head}/.{name}.upload-{uuid.uuid4().hex[:8]}"
         try:
-            self.fs.pipe_file(tmp, body)
-            self.fs.mv(tmp, f"{self.root}/{MANIFEST}")
-        except Exception as exc:  # noqa: BLE001
-            raise store_error(FIELD, self.url, exc, "write") from None
+            write(tmp)
+            self.fs.mv(tmp, f"{head}/{name}")
+        except Exception as exc:  # noqa: BLE001 - every backend has its own errors; each becomes one line
+            if isinstance(exc, FileNotFoundError) and local is not None and not local.exists():
+                raise
+            raise store_error(FIELD, shown or f"{self.url}/{rel}", exc, "write") from None
 
 
 def _temporary(name: str) -> bool:
