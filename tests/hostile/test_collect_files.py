@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -27,6 +29,25 @@ def test_a_nul_byte_costs_one_csv_row_not_the_file(tmp_path):
                                                                      "third tab"]
     bad = sorted((Path(r.url).name, r.drop_reason, r.meta.get("line")) for r in recs if r.drop_reason)
     assert bad == [("rows.csv", "nul_byte", 3), ("rows.tsv", "nul_byte", 3)]
+
+
+def test_a_quoted_field_over_many_lines_costs_its_row_and_leaves_the_process_csv_limit_alone(tmp_path):
+    """The cap on a row that runs over lines is lmforge's own: `csv.field_size_limit` is global, and
+    lowering it once made every later CSV reader in the process (the built-in eval sets) fail."""
+    d = tmp_path / "in"
+    d.mkdir()
+    field = "\n".join(["twenty characters.."] * 6)  # 6 lines of 20, each under the limit, 119 in all
+    (d / "rows.csv").write_text(f'id,text\n1,first row\n2,"{field}"\n3,third row\n', encoding="utf-8")
+    (d / "ok.csv").write_text('id,text\n1,"two\nlines"\n', encoding="utf-8")
+    before = csv.field_size_limit()
+    recs = collect(tmp_path, max_line_bytes=64)
+    assert csv.field_size_limit() == before
+    assert sorted(r.text for r in recs if r.drop_reason is None) == ["first row", "third row", "two\nlines"]
+    bad = [(Path(r.url).name, r.drop_reason, r.meta.get("line"), r.meta["error"]) for r in recs if r.drop_reason]
+    assert bad[0] == ("rows.csv", "bad_csv_row", 6,  # the line that took the row past 64 characters
+                      "row running over several lines is longer than max_line_bytes 64")
+    assert {reason for _, reason, _, _ in bad[1:]} == {"no_text_field"}  # the field's tail, read afresh as rows
+    assert list(csv.reader(io.StringIO(f'"{"x" * 100}"\n'))) == [["x" * 100]]  # other readers keep their limit
 
 
 def test_a_binary_file_named_csv_is_still_one_quarantine_record(tmp_path):
