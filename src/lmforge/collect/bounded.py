@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import csv
 import functools
 import gzip
 import itertools
@@ -120,6 +121,43 @@ def iter_lines(chunks: Iterable[bytes], limit: int) -> Iterator[bytes | LongLine
         yield skipping
     elif buf:
         yield bytes(buf)
+
+
+class CsvLines:
+    """The lines of a CSV/TSV file as `csv` reads them, noting the first one (too long, or holding NUL)
+    that condemns its row, so that the row is quarantined and the rows around it are read as usual.
+
+    A row running over several lines (a quoted field holding newlines) is capped at `limit` here:
+    `csv.field_size_limit` would do it, but that limit is process-wide, and lowering it broke every
+    CSV reader that ran later in the process. The caller resets `problem` and `row_chars` per row."""
+
+    PLACEHOLDER = "\x00\n"  # stands in for a skipped line, so that its row still comes out to be dropped
+
+    def __init__(self, lines: Iterator[tuple[int, str | LongLine]], limit: int) -> None:
+        self.lines = lines
+        self.limit = limit
+        self.lineno = 0
+        self.row_chars = 0
+        self.problem: tuple[str, int, str, int | None] | None = None  # reason, line, error, bytes
+
+    def __iter__(self) -> CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        self.lineno, line = next(self.lines)
+        self.row_chars += 0 if isinstance(line, LongLine) else len(line)
+        if self.row_chars > self.limit:  # the parser drops the row and starts afresh on the next line
+            raise csv.Error(f"row running over several lines is longer than max_line_bytes {self.limit}")
+        if isinstance(line, LongLine):
+            self.flag("line_too_long", f"{line.size} bytes > max_line_bytes {self.limit}", line.size)
+            return self.PLACEHOLDER
+        if "\x00" in line:
+            self.flag("nul_byte", "NUL byte in the row")
+        return line
+
+    def flag(self, reason: str, error: str, size: int | None = None) -> None:
+        if self.problem is None:
+            self.problem = (reason, self.lineno, error, size)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from lmforge.collect.bounded import (
     COMPRESSIONS,
     STREAM_ERRORS,
+    CsvLines,
     LongLine,
     TextLines,
     TooLarge,
@@ -348,56 +349,13 @@ def _json_line(raw: bytes, path: Path | str, locator: str, lineno: int, config: 
     return record
 
 
-class _Rows:
-    """The lines `csv` reads, noting the first one (too long, or holding NUL) that condemns its row.
-
-    It also caps a row that runs over several lines (a quoted field holding newlines) at `limit`
-    characters, by raising `csv.Error` from inside the parser, which then starts afresh. That is
-    the job `csv.field_size_limit` would do, but that limit is global to the process: lowering it
-    here broke every other CSV reader that ran after a small `max_line_bytes`."""
-
-    PLACEHOLDER = "\x00\n"  # stands in for a skipped line, so that its row still comes out to be dropped
-
-    def __init__(self, lines: Iterator[tuple[int, str | LongLine]], limit: int) -> None:
-        self.lines = lines
-        self.limit = limit
-        self.lineno = 0
-        self.row_chars = 0
-        self.problem: tuple[str, int, str, int | None] | None = None  # reason, line, error, bytes
-
-    def __iter__(self) -> _Rows:
-        return self
-
-    def start_row(self) -> None:
-        self.problem = None
-        self.row_chars = 0
-
-    def __next__(self) -> str:
-        self.lineno, line = next(self.lines)
-        if not isinstance(line, LongLine):
-            self.row_chars += len(line)
-            if self.row_chars > self.limit:
-                raise csv.Error(f"row running over several lines is longer than max_line_bytes {self.limit}")
-        if isinstance(line, LongLine):
-            self.flag("line_too_long", f"{line.size} bytes > max_line_bytes {self.limit}", line.size)
-            return self.PLACEHOLDER
-        if "\x00" in line:
-            self.flag("nul_byte", "NUL byte in the row")
-        return line
-
-    def flag(self, reason: str, error: str, size: int | None = None) -> None:
-        if self.problem is None:
-            self.problem = (reason, self.lineno, error, size)
-
-
 def _read_csv(path: Path, config: FilesConfig, source: str, name: str) -> Iterator[Record]:
     stream = text_lines(iter_chunks(path, config.max_file_bytes), config.max_line_bytes, nul_ok=True)
     if isinstance(stream, str):
         yield _bad(name, source, stream, "not text in UTF-8, GB18030/GBK, Big5 or cp1252")
         return
-    rows = _Rows(stream.lines, config.max_line_bytes)
-    if csv.field_size_limit() < config.max_line_bytes:  # only ever raised: the limit is the process's
-        csv.field_size_limit(config.max_line_bytes)     # _Rows caps a row at max_line_bytes itself
+    rows = CsvLines(stream.lines, config.max_line_bytes)
+    csv.field_size_limit(max(csv.field_size_limit(), config.max_line_bytes))  # raised only: it is process-wide
     reader = csv.DictReader(rows, delimiter="\t" if file_format(path) == "tsv" else ",")
     try:
         fields = reader.fieldnames
@@ -409,7 +367,7 @@ def _read_csv(path: Path, config: FilesConfig, source: str, name: str) -> Iterat
         yield _bad(name, source, reason, f"no column {config.text_field!r} in the header (columns: {fields})")
         return
     for i in itertools.count(1):
-        rows.start_row()
+        rows.problem, rows.row_chars = None, 0
         try:
             row = next(reader)
         except StopIteration:
