@@ -243,3 +243,55 @@ def test_a_mirror_of_a_run_the_store_no_longer_holds_is_cleared(store):
     assert again.local == old.local
     again.pull()  # the store holds no run: a new one, not the old files
     assert again.local.is_dir() and not any(again.local.iterdir())
+
+
+# ---------------------------------------------------------------------------- reading a run on a store
+
+SMALL = """
+name: small
+input: {builtin: {corpora: [peoples_daily, reviews], max_docs_per_corpus: 40}, shard_size: 30}
+executor: {kind: local, workers: 1}
+pipeline: [{normalize: {}}, {length_filter: {min_chars: 20}}, {exact_dedup: {}}]
+"""
+
+
+def test_stats_and_report_read_a_run_by_its_url_from_another_machine(store, monkeypatch, tmp_path, capsys):
+    import hashlib
+
+    from lmforge.cli.main import main
+    from lmforge.flow import run_recipe
+    from lmforge.flow.recipe import parse_recipe
+
+    recipe = parse_recipe(yaml.safe_load(SMALL), where="test")
+    run_recipe(recipe, "memory://runs/small", base_dir=tmp_path)
+    run_recipe(recipe, tmp_path / "local", base_dir=tmp_path)
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "elsewhere"))  # a machine that never saw the run
+    capsys.readouterr()
+    assert main(["stats", "memory://runs/small", "--json"]) == 0
+    local = json.loads((tmp_path / "local" / "stats.json").read_text())
+    assert [(s["name"], s["in"], s["out"]) for s in json.loads(capsys.readouterr().out)["stages"]] == \
+        [(s["name"], s["in"], s["out"]) for s in local["stages"]]
+    fetched = [p.name for p in (tmp_path / "elsewhere").rglob("*") if p.is_file()]
+    assert fetched == ["stats.json"]  # stats needs one file, not the run's shards
+    assert main(["stats", "memory://runs/small"]) == 0 and "exact_dedup" in capsys.readouterr().out
+
+    before = json.loads(store.cat_file(f"/runs/small/{MANIFEST}"))["files"]
+    mirror = (tmp_path / "elsewhere" / "stats.json").parent
+    (mirror / "stages" / "old.txt").parent.mkdir()
+    (mirror / "stages" / "old.txt").write_text("left by an older run of this URL")
+    assert main(["report", "memory://runs/small"]) == 0
+    assert capsys.readouterr().out.startswith("report: memory://runs/small/report.html")
+    html = store.cat_file("/runs/small/report.html")
+    assert b"Data funnel" in html and b"exact_dedup" in html
+    after = json.loads(store.cat_file(f"/runs/small/{MANIFEST}"))["files"]
+    (written,) = (tmp_path / "elsewhere").rglob("report.html")  # rebuilt in this machine's mirror, then published
+    assert after["report.html"]["sha256"] == hashlib.sha256(html).hexdigest() == hashlib.sha256(
+        written.read_bytes()).hexdigest()
+    assert {k: v for k, v in after.items() if k != "report.html"} == \
+        {k: v for k, v in before.items() if k != "report.html"}  # the report is the only object it wrote
+    assert not any(".upload-" in k for k in store.find("/runs/small")) and not store.exists("/runs/small/stages/old.txt")
+
+    for command in ("stats", "report"):
+        assert main([command, "memory://runs/none"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == \
+            f"error: RUN_DIR: no lmforge run at memory://runs/none (no {MANIFEST}; is the URL right?)"

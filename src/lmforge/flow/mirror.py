@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lmforge.storage import cache_root, filesystem, public_url, store_error
+from lmforge.errors import InputError
+from lmforge.storage import cache_root, filesystem, is_url, public_url, store_error
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,11 @@ def mirror_dir(url: str) -> Path:
 class RunMirror:
     """The local folder a remote run works in, and the passes that keep the store in step with it."""
 
-    def __init__(self, url: str, interval: float = 10.0) -> None:
+    def __init__(self, url: str, interval: float = 10.0, field: str = FIELD) -> None:
         self.url = url.rstrip("/")
         self.shown = public_url(self.url)
-        self.fs, self.root = filesystem(self.url, FIELD)
+        self.field = field  # what a store error names: --out for a run, RUN_DIR for stats and report
+        self.fs, self.root = filesystem(self.url, field)
         self.root = self.root.rstrip("/")
         self.local = mirror_dir(self.url)
         self.interval = interval
@@ -111,8 +113,24 @@ class RunMirror:
             self.local.mkdir(parents=True, exist_ok=True)
             self._write_manifest()  # an empty run: also finds a missing bucket or refused access before any work
             return
+        self._fetch(manifest)
+
+    def pull_existing(self, wanted: Callable[[str], bool] = lambda rel: True) -> Path:
+        """The mirror of a run the store already holds, brought up to date with the `wanted` files of its
+        manifest, for commands that read a run (`lmforge stats`, `report`): a URL that holds no run is
+        the user's mistake here, and the store is left as it is."""
+        manifest = self._read_manifest()
+        if manifest is None:
+            raise InputError(f"{self.field}: no lmforge run at {self.shown} (no {MANIFEST}; is the URL right?)")
+        self.local.mkdir(parents=True, exist_ok=True)
+        self._fetch(manifest, wanted)
+        return self.local
+
+    def _fetch(self, manifest: dict[str, Any], wanted: Callable[[str], bool] = lambda rel: True) -> None:
         fetched = 0
         for rel, entry in manifest["files"].items():
+            if not wanted(rel):
+                continue
             path = self.local / rel
             digest = _sha256(path) if path.is_file() and path.stat().st_size == entry["size"] else None
             if digest != entry["sha256"]:
@@ -122,8 +140,8 @@ class RunMirror:
                 # that are rewritten: stats, logs, an unmarked shard); what was fetched is what is there.
                 digest = _sha256(path)
             self._published[rel] = {"size": path.stat().st_size, "sha256": digest, "stat": _stat(path)}
-        log.info("%s: resuming from the store (%d files, %d fetched) in %s",
-                 self.shown, len(manifest["files"]), fetched, self.local)
+        log.info("%s: %d files on the store, %d fetched into %s", self.shown, len(manifest["files"]), fetched,
+                 self.local)
 
     def _remove_orphans(self) -> None:
         """Temporary keys a killed pass left (uploaded, never moved to their name)."""
@@ -132,7 +150,7 @@ class RunMirror:
         except FileNotFoundError:
             return
         except Exception as exc:  # noqa: BLE001
-            raise store_error(FIELD, self.url, exc) from None
+            raise store_error(self.field, self.url, exc) from None
         for key in orphans:
             self._remove(key)
         if orphans:
@@ -144,7 +162,7 @@ class RunMirror:
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001 - every backend has its own errors; each becomes one line
-            raise store_error(FIELD, self.url, exc) from None
+            raise store_error(self.field, self.url, exc) from None
 
     def _download(self, rel: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +172,7 @@ class RunMirror:
             os.replace(part, path)
         except Exception as exc:  # noqa: BLE001
             part.unlink(missing_ok=True)
-            raise store_error(FIELD, f"{self.url}/{rel}", exc) from None
+            raise store_error(self.field, f"{self.url}/{rel}", exc) from None
 
     # ------------------------------------------------------------------ publish
 
@@ -181,6 +199,13 @@ class RunMirror:
                 self._remove(f"{self.root}/{rel}")
             log.debug("%s: published %d file(s), removed %d", self.shown, len(changed), len(gone))
             return len(changed) + len(gone)
+
+    def publish_file(self, rel: str) -> None:
+        """One file a command added to a fully pulled run (`lmforge report`'s report.html), then the
+        manifest: whatever else the mirror holds (an older run's leftovers) stays off the store."""
+        with self._lock:
+            self._upload(rel, _stat(self.local / rel))
+            self._write_manifest()
 
     def _scan(self) -> Iterator[tuple[str, tuple[int, int]]]:
         """Every publishable file of the mirror as (relative path, (size, mtime_ns))."""
@@ -219,7 +244,7 @@ class RunMirror:
         except FileNotFoundError:  # already gone
             pass
         except Exception as exc:  # noqa: BLE001
-            raise store_error(FIELD, f"{self.fs.unstrip_protocol(key)}", exc, "remove") from None
+            raise store_error(self.field, f"{self.fs.unstrip_protocol(key)}", exc, "remove") from None
 
     def _write_manifest(self) -> None:
         files = {rel: {"size": e["size"], "sha256": e["sha256"]} for rel, e in sorted(self._published.items())}
@@ -239,7 +264,7 @@ class RunMirror:
         except Exception as exc:  # noqa: BLE001 - every backend has its own errors; each becomes one line
             if isinstance(exc, FileNotFoundError) and local is not None and not local.exists():
                 raise
-            raise store_error(FIELD, shown or f"{self.url}/{rel}", exc, "write") from None
+            raise store_error(self.field, shown or f"{self.url}/{rel}", exc, "write") from None
 
 
 def _temporary(name: str) -> bool:
@@ -258,3 +283,12 @@ def _sha256(path: Path) -> str:
         while chunk := fh.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def local_run(run_dir: str, wanted: Callable[[str], bool] = lambda rel: True) -> tuple[Path, RunMirror | None]:
+    """A RUN_DIR argument, a folder or a run's URL: the local folder to read, and for a URL the mirror that
+    `pull_existing` brought up to date with the `wanted` files (to publish what the command adds)."""
+    if not is_url(run_dir):
+        return Path(run_dir), None
+    mirror = RunMirror(run_dir, field="RUN_DIR")
+    return mirror.pull_existing(wanted), mirror
