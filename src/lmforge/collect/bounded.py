@@ -129,7 +129,7 @@ class CsvLines:
 
     A row running over several lines (a quoted field holding newlines) is capped at `limit` here:
     `csv.field_size_limit` would do it, but that limit is process-wide, and lowering it broke every
-    CSV reader that ran later in the process. The caller resets `problem` and `row_chars` per row."""
+    CSV reader that ran later in the process. The caller calls `start_row` before each row."""
 
     PLACEHOLDER = "\x00\n"  # stands in for a skipped line, so that its row still comes out to be dropped
 
@@ -142,6 +142,9 @@ class CsvLines:
 
     def __iter__(self) -> CsvLines:
         return self
+
+    def start_row(self) -> None:
+        self.problem, self.row_chars = None, 0
 
     def __next__(self) -> str:
         self.lineno, line = next(self.lines)

@@ -367,7 +367,7 @@ def _read_csv(path: Path, config: FilesConfig, source: str, name: str) -> Iterat
         yield _bad(name, source, reason, f"no column {config.text_field!r} in the header (columns: {fields})")
         return
     for i in itertools.count(1):
-        rows.problem, rows.row_chars = None, 0
+        rows.start_row()
         try:
             row = next(reader)
         except StopIteration:
